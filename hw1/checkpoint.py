@@ -1,0 +1,78 @@
+"""Self-describing checkpoints: model name + config + args as plain data, loadable with weights_only.
+
+A checkpoint holds ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``epoch``, ``best``,
+``rng``, ``model_name``, ``model_config``, ``task``, ``args`` (a dict) and ``metrics`` (the
+epoch's record). Everything is tensors, numbers, strings, lists and dicts, so ``torch.load(...,
+weights_only=True)`` reads it and a file that would run code when unpickled is refused.
+"""
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import torch
+
+from hw1.errors import UserError
+from hw1.io import atomic_torch_save
+from hw1.models import TASK_OF, build_model
+
+REQUIRED = ("model", "model_name", "model_config")
+
+
+def plain(value):
+    """Convert argparse values (Paths, tuples) into types ``weights_only`` loading accepts."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state, path):
+    """Write ``state`` atomically: a crash while saving leaves the previous file intact."""
+    atomic_torch_save(state, path)
+
+
+def load_checkpoint(path, *, task=None):
+    """Load an hw1 checkpoint on the CPU, refusing anything that is not one (or is of the other task)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise UserError(f"{path}: refused to load: the file holds objects beyond tensors and plain data ({first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise UserError(f"{path}: corrupt or not a PyTorch checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
+        raise UserError(f"{path}: not an hw1 checkpoint (needs keys {', '.join(REQUIRED)})")
+    if ckpt["model_name"] not in TASK_OF:
+        raise UserError(f"{path}: unknown model {ckpt['model_name']!r}")
+    if task is not None and TASK_OF[ckpt["model_name"]] != task:
+        raise UserError(f"{path}: a {TASK_OF[ckpt['model_name']]} checkpoint ({ckpt['model_name']}), not a {task} one")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt):
+    """Rebuild the model a checkpoint describes and load its weights (no pretrained download)."""
+    config = dict(ckpt["model_config"], weights="none")
+    model = build_model(ckpt["model_name"], **config)
+    model.load_state_dict(ckpt["model"])
+    return model

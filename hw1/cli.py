@@ -1,0 +1,55 @@
+"""What train_cls.py and train_seg.py share: their common flags and how a script reports errors."""
+import argparse
+import logging
+import sys
+
+from hw1.errors import UserError
+
+
+def add_training_args(parser, *, data_dir, lr, batch_size, weight_decay, opt="sgd", workers=2):
+    """Flags common to both training scripts; ``--epochs`` defaults per model and is added by each script."""
+    g = parser.add_argument_group("data and output")
+    g.add_argument("--data-dir", default=data_dir, help="the extracted course data (default: %(default)s)")
+    g.add_argument("--out-dir", default=None, help="run folder (default: runs/<model>)")
+    g.add_argument("--workers", type=int, default=workers, help="DataLoader worker processes (default: %(default)s)")
+    g.add_argument("--save-epochs", type=int, nargs="*", default=None,
+                   help="epochs whose checkpoint is kept as epoch_NNN.pth (default: first, middle, last)")
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=int, default=batch_size, help="(default: %(default)s)")
+    g.add_argument("--opt", choices=["sgd", "adamw"], default=opt, help="(default: %(default)s)")
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate (default: %(default)s)")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
+    g.add_argument("--weight-decay", type=float, default=weight_decay, help="(default: %(default)s)")
+    g.add_argument("--no-wd-norm", action="store_true", help="no weight decay on norm layers and biases")
+    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up length (default: %(default)s)")
+    g.add_argument("--min-lr", type=float, default=0.0, help="lr at the end of the cosine (default: %(default)s)")
+    g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
+    g = parser.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
+                   help="autocast dtype; auto = bf16 where the hardware has it, fp16 on older GPUs (default: %(default)s)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC memory format (default: on)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    g.add_argument("--resume", default=None, help="continue from this checkpoint (e.g. runs/densenet/last.pth)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return parser
+
+
+def run(main, argv=None):
+    """Call ``main(argv)``; a :class:`UserError` becomes ``error: ...`` on stderr and exit status 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv)
+    except UserError as e:
+        if "--debug" in argv:
+            raise
+        logging.getLogger().handlers.clear()
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

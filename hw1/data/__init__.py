@@ -1,0 +1,1 @@
+"""Datasets, image decoding, the mask colour codec and the transforms of both tasks."""

@@ -1,0 +1,148 @@
+"""P1 data: the course's ``{label}_{id}.png`` folders (or any names plus a ``filename,label`` CSV).
+
+Every image is decoded once per run into one uint8 tensor (22,500 x 3 x 32 x 32 is 69 MB), so
+an epoch never touches a PNG again; the per-sample augmentations run on those uint8 tensors.
+"""
+import csv
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from hw1.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMG_EXTS = (".png", ".jpg", ".jpeg")
+# ImageNet statistics: ConvNeXt's pretrained weights expect them, and they suit DenseNet too.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+IMG_SIZE = 32
+
+
+def list_images(folder):
+    """Sorted image files of ``folder``; other files are skipped with a warning."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: folder not found")
+    files, skipped = [], []
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.name.startswith("."):
+            (files if p.suffix.lower() in IMG_EXTS else skipped).append(p)
+    if skipped:
+        log.warning("%s: skipped %d non-image file(s), e.g. %s", folder, len(skipped), skipped[0].name)
+    if not files:
+        raise UserError(f"{folder}: no .png/.jpg images in this folder")
+    return files
+
+
+def label_from_name(path):
+    """Class of a course file name ``{label}_{id}.png``."""
+    head = Path(path).name.split("_", 1)[0]
+    if not head.isdigit():
+        raise UserError(f"{path}: file name does not start with a class label ('{{label}}_{{id}}.png')")
+    return int(head)
+
+
+def read_labels_csv(path):
+    """``{filename: label}`` from a CSV with the header ``filename,label`` (as ``val_gt.csv``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: label CSV not found")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or [c.strip() for c in rows[0]] != ["filename", "label"]:
+        raise UserError(f"{path}: expected the header 'filename,label'")
+    labels = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != 2 or not row[1].strip().lstrip("-").isdigit():
+            raise UserError(f"{path}: line {line}: expected '<filename>,<integer label>', got {','.join(row)!r}")
+        labels[row[0].strip()] = int(row[1])
+    return labels
+
+
+def read_rgb(path, size=None):
+    """HxWx3 uint8 array of an image file, converted to RGB, optionally resized to ``size`` x ``size``.
+
+    Grayscale, palette and RGBA images are converted rather than rejected (alpha is dropped).
+    """
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: cannot read image ({e})".splitlines()[0]) from None
+
+
+def decode_images(paths, size=IMG_SIZE, workers=4):
+    """(N, 3, size, size) uint8 tensor; PIL releases the GIL while decoding, so threads help."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        arrays = list(pool.map(lambda p: read_rgb(p, size), paths))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+class ImageArrayDataset(torch.utils.data.Dataset):
+    """In-memory images (N, 3, H, W) uint8 with integer labels; ``transform`` runs per sample."""
+
+    def __init__(self, images, labels, files, transform=None):
+        assert len(images) == len(labels) == len(files)
+        self.images, self.labels, self.files = images, labels, files
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image = self.images[i]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[i]
+
+
+def load_cls_split(folder, *, labels_csv=None, size=IMG_SIZE, transform=None):
+    """Decode a folder once. Labels come from ``labels_csv`` when given, else from the file names."""
+    files = list_images(folder)
+    if labels_csv is not None:
+        table = read_labels_csv(labels_csv)
+        missing = [p.name for p in files if p.name not in table]
+        if missing:
+            raise UserError(f"{labels_csv}: no label for {len(missing)} image(s) of {folder}, e.g. {missing[0]}")
+        labels = [table[p.name] for p in files]
+    else:
+        labels = [label_from_name(p) for p in files]
+    images = decode_images(files, size)
+    return ImageArrayDataset(images, torch.tensor(labels), [p.name for p in files], transform)
+
+
+AUGMENTATIONS = ("seed", "light", "none")
+
+
+def cls_train_transform(aug="seed"):
+    """Training transform, all torchvision.
+
+    ``seed``: the seed recipe, random crop + flip, AutoAugment (CIFAR-10 policy), then RandomErasing;
+    ``light``: crop + flip only (for tiny data sets and short runs); ``none``: normalisation only.
+    """
+    if aug not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {aug!r}")
+    ops = []
+    if aug in ("seed", "light"):
+        ops += [v2.RandomCrop(IMG_SIZE, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip()]
+    if aug == "seed":
+        ops.append(v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10))
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    if aug == "seed":
+        ops.append(v2.RandomErasing())
+    return v2.Compose(ops)
+
+
+def cls_eval_transform():
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])

@@ -1,0 +1,104 @@
+"""One training loop and one evaluation for both tasks.
+
+Classifiers return logits (N, C); segmenters return ``{"out": (N, C, H, W)}`` like torchvision.
+:func:`logits_of` is the only place that tells them apart; metrics come from one confusion
+matrix (:mod:`hw1.metrics`), whose shape is the same for both.
+"""
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+from hw1 import metrics
+from hw1.errors import UserError
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or infinite: continuing would only corrupt the weights."""
+
+
+def logits_of(output):
+    return output["out"] if isinstance(output, dict) else output
+
+
+def to_device(images, targets, device, channels_last):
+    # non_blocking pairs with pin_memory on CUDA; on the CPU it is a no-op.
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets.to(device, non_blocking=True)
+
+
+def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, device, amp_dtype=None,
+                    channels_last=False, grad_clip=None, epoch=0, log_every=20, progress=True):
+    """Train for one pass over ``loader``; return averaged ``loss``, ``acc``, ``img_s`` and ``seconds``.
+
+    Step order: zero_grad -> forward under autocast -> scaled backward -> (unscale, clip) ->
+    optimizer step through the scaler -> scale update -> lr schedule step (per iteration).
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = counted = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
+    for step, (images, targets) in enumerate(bar):
+        images, targets = to_device(images, targets, device, channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            output = model(images)
+            loss = criterion(output, targets)
+        scaler.scale(loss).backward()
+        if grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+
+        loss_sum += loss.detach().double() * images.shape[0]
+        correct += (logits_of(output).detach().argmax(1) == targets).sum()
+        seen += images.shape[0]
+        counted += targets.numel()
+        # Reading the loss forces a device sync, so it is checked every ``log_every`` steps, not each.
+        if (step + 1) % log_every == 0 or step + 1 == len(loader):
+            mean_loss = loss_sum.item() / seen
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLoss(
+                    f"loss became {mean_loss} at epoch {epoch}, step {step + 1}: stopping; the last good "
+                    "checkpoint is the previous epoch's last.pth (try a lower --lr or --grad-clip)"
+                )
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr():.4g}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    seconds = time.perf_counter() - start
+    return {"loss": loss_sum.item() / max(seen, 1), "acc": correct.item() / max(counted, 1),
+            "img_s": seen / seconds, "seconds": seconds}
+
+
+@torch.inference_mode()
+def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dtype=None, channels_last=False,
+             progress=False):
+    """Pooled confusion matrix over ``loader`` and its summary (:func:`hw1.metrics.summarize`).
+
+    Returns ``{"loss"?, <task metrics>, "cm": (C, C) int64 tensor on the CPU, "img_s"}``.
+    """
+    model.eval()
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    loss_sum, seen = 0.0, 0
+    start = time.perf_counter()
+    for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
+        images, targets = to_device(images, targets, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            output = model(images)
+            if criterion is not None:
+                loss_sum += criterion(output, targets).item() * images.shape[0]
+        cm += metrics.confusion_matrix(targets, logits_of(output).argmax(1), num_classes)
+        seen += images.shape[0]
+    cm = cm.cpu()
+    result = metrics.summarize(cm, task)
+    if criterion is not None:
+        result["loss"] = loss_sum / max(seen, 1)
+    result["cm"] = cm
+    result["img_s"] = seen / (time.perf_counter() - start)
+    return result

@@ -1,0 +1,60 @@
+"""Metrics for both tasks from one pooled confusion matrix, as the course computes them.
+
+Rows are ground truth, columns predictions (torchvision's ``ConfusionMatrix`` convention).
+Classification accuracy is ``trace / total``; segmentation mIoU is the course's
+``mean_iou_evaluate.py``: per class ``TP / (TP + FP + FN)`` over pixels pooled across all images,
+averaged over classes 0-5. The unknown class (6) is not averaged, but its ground-truth pixels
+still count as false positives of whatever class is predicted there.
+"""
+import torch
+
+
+def confusion_matrix(target, pred, num_classes):
+    """(num_classes, num_classes) int64 counts; ``target`` and ``pred`` are integer tensors of one shape.
+
+    Targets outside ``[0, num_classes)`` (an ignore index) are not counted.
+    """
+    target = target.reshape(-1).long()
+    pred = pred.reshape(-1).long()
+    keep = (target >= 0) & (target < num_classes)
+    idx = num_classes * target[keep] + pred[keep]
+    return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def accuracy(cm):
+    total = cm.sum().item()
+    return cm.diag().sum().item() / total if total else 0.0
+
+
+def per_class_accuracy(cm):
+    """Recall of each class; NaN for a class with no samples (so it cannot pose as 0% or 100%)."""
+    support = cm.sum(1).double()
+    return (cm.diag().double() / support).masked_fill(support == 0, float("nan")).tolist()
+
+
+def iou_per_class(cm):
+    """TP / (TP + FP + FN) for every class; NaN where a class is absent from both truth and prediction."""
+    cm = cm.double()
+    tp = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - tp
+    return (tp / union).masked_fill(union == 0, float("nan")).tolist()
+
+
+def mean_iou(cm, classes=range(6)):
+    """Mean IoU over ``classes`` (the course's 0-5).
+
+    A class absent from both ground truth and prediction has no defined IoU; it is left out of the
+    mean rather than counted as 0 (which would punish a correct "nothing here") or as 1. The
+    course's evaluator divides 0 by 0 there; on its validation set every class is present, so the
+    two agree on the real data.
+    """
+    ious = [iou_per_class(cm)[c] for c in classes]
+    present = [v for v in ious if v == v]
+    return sum(present) / len(present) if present else float("nan")
+
+
+def summarize(cm, task):
+    """The metrics logged per epoch and printed by eval.py, as plain floats and lists."""
+    if task == "cls":
+        return {"acc": accuracy(cm), "per_class_acc": per_class_accuracy(cm)}
+    return {"miou": mean_iou(cm), "iou": iou_per_class(cm), "pixel_acc": accuracy(cm)}

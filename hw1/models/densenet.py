@@ -1,0 +1,117 @@
+"""DenseNet-BC (Huang et al., 2017) for 32x32 inputs, written out layer by layer.
+
+Differences from torchvision's ImageNet DenseNet: a single 3x3 stem convolution with no
+max-pool (a 32x32 image has no resolution to spare), three dense blocks of equal length derived
+from ``depth`` as in the paper's CIFAR models, and a ``features()`` method returning the pooled
+penultimate features used for the PCA / t-SNE figures.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _DenseLayer(nn.Module):
+    """BN-ReLU-Conv1x1 (bottleneck to ``bn_size * growth_rate``) then BN-ReLU-Conv3x3 (``growth_rate``)."""
+
+    def __init__(self, in_channels, growth_rate, bn_size, drop_rate):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, bn_size * growth_rate, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, 3, padding=1, bias=False)
+        self.drop_rate = drop_rate
+
+    def forward(self, x):
+        out = self.conv1(F.relu(self.norm1(x)))
+        out = self.conv2(F.relu(self.norm2(out)))
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        return out
+
+
+class _DenseBlock(nn.ModuleDict):
+    """Each layer sees the concatenation of the block input and every earlier layer's output."""
+
+    def __init__(self, num_layers, in_channels, growth_rate, bn_size, drop_rate):
+        super().__init__()
+        for i in range(num_layers):
+            self[f"denselayer{i + 1}"] = _DenseLayer(in_channels + i * growth_rate, growth_rate, bn_size, drop_rate)
+
+    def forward(self, x):
+        features = [x]
+        for layer in self.values():
+            features.append(layer(torch.cat(features, 1)))
+        return torch.cat(features, 1)
+
+
+class _Transition(nn.Sequential):
+    """BN-ReLU-Conv1x1 (compression) then 2x2 average pooling."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(in_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.pool = nn.AvgPool2d(2)
+
+
+class DenseNet(nn.Module):
+    """DenseNet-BC: ``depth = 6 * layers_per_block + 4`` (3 blocks of bottleneck layers, 2 transitions).
+
+    Args:
+        depth: total depth as in the paper (100 -> 16 layers per block).
+        growth_rate: channels each layer adds (``k``).
+        compression: fraction of channels a transition keeps (``theta``).
+        bn_size: bottleneck width as a multiple of ``growth_rate`` (4 in the paper).
+        drop_rate: dropout after each 3x3 convolution.
+        num_classes: outputs of the final linear layer.
+    """
+
+    def __init__(self, *, depth=100, growth_rate=12, compression=0.5, bn_size=4, drop_rate=0.0, num_classes=50):
+        super().__init__()
+        if depth < 10 or (depth - 4) % 6:
+            raise ValueError(f"DenseNet-BC depth must be 6n+4 with n >= 1, got {depth}")
+        if not 0 < compression <= 1:
+            raise ValueError(f"compression must be in (0, 1], got {compression}")
+        layers = (depth - 4) // 6
+        channels = 2 * growth_rate
+        self.features_ = nn.Sequential()
+        self.features_.add_module("conv0", nn.Conv2d(3, channels, 3, padding=1, bias=False))
+        for b in range(3):
+            self.features_.add_module(f"denseblock{b + 1}", _DenseBlock(layers, channels, growth_rate, bn_size, drop_rate))
+            channels += layers * growth_rate
+            if b < 2:
+                out = int(channels * compression)
+                self.features_.add_module(f"transition{b + 1}", _Transition(channels, out))
+                channels = out
+        self.features_.add_module("norm_final", nn.BatchNorm2d(channels))
+        self.num_features = channels
+        self.classifier = nn.Linear(channels, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def features(self, x):
+        """Penultimate features: (N, num_features) after the final BN-ReLU and global average pool."""
+        x = F.relu(self.features_(x))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def densenet(*, depth=100, growth_rate=12, compression=0.5, bn_size=4, drop_rate=0.0, num_classes=50, weights="none"):
+    """DenseNet-BC trained from scratch (``weights`` accepts only ``none`` or a local state dict)."""
+    model = DenseNet(depth=depth, growth_rate=growth_rate, compression=compression, bn_size=bn_size,
+                     drop_rate=drop_rate, num_classes=num_classes)
+    if weights not in (None, "none"):
+        from hw1.models.weights import load_matching, local_state_dict
+
+        load_matching(model, local_state_dict(weights), source=str(weights))
+    return model

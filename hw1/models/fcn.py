@@ -1,0 +1,190 @@
+"""Segmentation models for P2: a hand-written VGG16-FCN32s and torchvision's FCN-ResNet101.
+
+Both return ``{"out": logits}`` with logits of shape (N, num_classes, H, W) for an (N, 3, H, W)
+input of any size, as torchvision's segmentation models do.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import ResNet101_Weights, VGG16_Weights
+from torchvision.models.segmentation import FCN_ResNet101_Weights, fcn_resnet101
+
+from hw1.models.weights import hub_file, load_matching, resolve_state_dict
+
+# torchvision's vgg16 "D" configuration; the resulting nn.Sequential has torchvision's indices,
+# so ``features.<i>.weight`` keys of a torchvision state dict load unchanged.
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+_STRIDE = 32  # total stride of the five pools
+
+
+def _vgg16_features():
+    layers, in_channels = [], 3
+    for v in _VGG16_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            in_channels = v
+    return nn.Sequential(*layers)
+
+
+def _bilinear_kernel(channels, size):
+    """(channels, channels, size, size) ConvTranspose2d weight: per-channel bilinear upsampling."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = torch.arange(size, dtype=torch.float64)
+    filt1d = 1 - (og - center).abs() / factor
+    weight = torch.zeros(channels, channels, size, size, dtype=torch.float64)
+    weight[range(channels), range(channels)] = torch.outer(filt1d, filt1d)
+    return weight.float()
+
+
+class VGG16FCN32s(nn.Module):
+    """FCN-32s (Long et al., 2015) on a VGG16 trunk.
+
+    Instead of the Caffe model's ``padding=100`` on conv1_1 (which nearly doubles the work at
+    512x512) the input is zero-padded (the mean colour, once normalised) on the bottom/right to a
+    multiple of 32, fc6 gets padding 3 so the stride-32 map keeps its size, and the score map is
+    edge-replicated by one cell before the fixed bilinear ``upscore``. Cropping at ``_CROP`` then
+    puts each stride-32 cell's centre exactly where ``F.interpolate(..., align_corners=False)``
+    would, borders included, so every output pixel is a proper interpolation (no fade-out towards
+    the image edge).
+    """
+
+    # Score cell i of the replicate-padded map lands at 32 * i + 31.5 in the upscore output; the
+    # unpadded cell i - 1 belongs at 32 * (i - 1) + 15.5 in the image, hence 32 + 16.
+    _CROP = _STRIDE + _STRIDE // 2
+
+    def __init__(self, num_classes=7, dropout=0.5):
+        super().__init__()
+        self.features = _vgg16_features()
+        # fc6/fc7 are torchvision's classifier[0] / classifier[3] as convolutions
+        self.fc6 = nn.Conv2d(512, 4096, kernel_size=7, padding=3)
+        self.relu6 = nn.ReLU(inplace=True)
+        self.drop6 = nn.Dropout(dropout)
+        self.fc7 = nn.Conv2d(4096, 4096, kernel_size=1)
+        self.relu7 = nn.ReLU(inplace=True)
+        self.drop7 = nn.Dropout(dropout)
+        self.score = nn.Conv2d(4096, num_classes, kernel_size=1)
+        self.upscore = nn.ConvTranspose2d(
+            num_classes, num_classes, kernel_size=2 * _STRIDE, stride=_STRIDE, bias=False
+        )
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        # As in the paper: a zero-initialised class scorer (random init gave neither better
+        # accuracy nor faster convergence there) and a final upsampling fixed to bilinear
+        # interpolation. Frozen, the upscore weight never gets a grad, so optimisers skip it.
+        nn.init.zeros_(self.score.weight)
+        nn.init.zeros_(self.score.bias)
+        with torch.no_grad():
+            self.upscore.weight.copy_(_bilinear_kernel(num_classes, 2 * _STRIDE))
+        self.upscore.weight.requires_grad_(False)
+
+    def forward(self, x):
+        """x: (N, 3, H, W) -> {"out": (N, num_classes, H, W)}."""
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, -w % _STRIDE, 0, -h % _STRIDE))
+        x = self.features(x)
+        x = self.drop6(self.relu6(self.fc6(x)))
+        x = self.drop7(self.relu7(self.fc7(x)))
+        return {"out": self.upsample(self.score(x), (h, w))}
+
+    def upsample(self, score, size):
+        """(N, C, h, w) stride-32 scores -> (N, C, *size), size <= 32 * (h, w), top-left aligned."""
+        x = self.upscore(F.pad(score, (1, 1, 1, 1), mode="replicate"))
+        return x[..., self._CROP : self._CROP + size[0], self._CROP : self._CROP + size[1]]
+
+
+def _vgg16_to_fcn(state_dict):
+    """Rename a torchvision vgg16 state dict to VGG16FCN32s keys; drops the 1000-class head."""
+    renamed = {}
+    for key, value in state_dict.items():
+        if key.startswith("classifier.6."):
+            continue
+        if key.startswith("classifier.0."):
+            key = "fc6." + key.removeprefix("classifier.0.")
+            if value.shape == (4096, 512 * 7 * 7):
+                value = value.reshape(4096, 512, 7, 7)
+        elif key.startswith("classifier.3."):
+            key = "fc7." + key.removeprefix("classifier.3.")
+            if value.shape == (4096, 4096):
+                value = value.reshape(4096, 4096, 1, 1)
+        renamed[key] = value  # anything else (wrong shapes included) is left for load_matching to report
+    return renamed
+
+
+def vgg16_fcn32s(*, num_classes=7, weights="none", dropout=0.5):
+    """VGG16-FCN32s; ``weights``: ``imagenet``, ``none`` or a PATH.
+
+    A PATH holds a torchvision vgg16 state dict (``features.*``, ``classifier.*``; the scorer
+    stays freshly initialised) or a VGG16FCN32s one, e.g. an hw1 checkpoint (loaded whole).
+    """
+    keywords = {"imagenet": VGG16_Weights.IMAGENET1K_V1}
+    state_dict = resolve_state_dict(weights, keywords)
+    model = VGG16FCN32s(num_classes=num_classes, dropout=dropout)
+    if state_dict is not None:
+        source = hub_file(keywords[weights]) if weights in keywords else weights
+        if "fc6.weight" in state_dict:
+            load_matching(model, state_dict, source=source)
+        else:
+            load_matching(model, _vgg16_to_fcn(state_dict), skip_prefixes=("score.", "upscore."), source=source)
+    return model
+
+
+class ResNet101FCN(nn.Module):
+    """torchvision's FCN-ResNet101 (21 VOC classes) followed by a 1x1 conv to ``num_classes``.
+
+    Keeping torchvision's 21-class classifier intact lets the COCO weights load whole; the added
+    ``head`` (and ``aux_head``) maps those 21 logits to ours.
+    """
+
+    def __init__(self, num_classes=7, aux_loss=False):
+        super().__init__()
+        self.fcn = fcn_resnet101(weights=None, weights_backbone=None, num_classes=21, aux_loss=aux_loss)
+        self.head = nn.Conv2d(21, num_classes, kernel_size=1)
+        self.aux_head = nn.Conv2d(21, num_classes, kernel_size=1) if aux_loss else None
+        # Zero-init like the FCN scorer: the model starts from uniform predictions and the
+        # (possibly pretrained) network below receives gradients from the second step on.
+        for m in (self.head, self.aux_head):
+            if m is not None:
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        """x: (N, 3, H, W) -> {"out": (N, num_classes, H, W)} (+ "aux" when built with aux_loss)."""
+        result = self.fcn(x)
+        out = {"out": self.head(result["out"])}
+        if self.aux_head is not None:
+            out["aux"] = self.aux_head(result["aux"])
+        return out
+
+
+def resnet101_fcn(*, num_classes=7, weights="none", aux_loss=False):
+    """FCN-ResNet101; ``weights``: ``coco``, ``imagenet-backbone``, ``none`` or a PATH.
+
+    A PATH holds a torchvision fcn_resnet101 state dict (COCO format: ``backbone.*``,
+    ``classifier.*``, ``aux_classifier.*``; our heads stay freshly initialised) or a
+    ResNet101FCN one, e.g. an hw1 checkpoint (loaded whole).
+    """
+    keywords = {
+        "coco": FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
+        "imagenet-backbone": ResNet101_Weights.IMAGENET1K_V1,
+    }
+    state_dict = resolve_state_dict(weights, keywords)
+    model = ResNet101FCN(num_classes=num_classes, aux_loss=aux_loss)
+    if state_dict is None:
+        return model
+    source = hub_file(keywords[weights]) if weights in keywords else weights
+    if weights == "imagenet-backbone":
+        # IntermediateLayerGetter keeps the ResNet's children up to layer4, dropping avgpool/fc
+        load_matching(model.fcn.backbone, state_dict, skip_prefixes=("fc.",), source=source)
+    elif any(k.startswith(("fcn.", "head.")) for k in state_dict):
+        load_matching(model, state_dict, source=source)
+    else:
+        # the COCO file always has an aux classifier; without aux_loss the model has none
+        skip = () if aux_loss else ("aux_classifier.",)
+        load_matching(model.fcn, state_dict, skip_prefixes=skip, source=source)
+    return model

@@ -1,0 +1,47 @@
+"""Device, mixed precision, seeding and logging: the few choices every entry point makes the same way."""
+import logging
+import random
+
+import torch
+
+from hw1.errors import UserError
+
+
+def get_device(name="auto"):
+    """``auto`` picks CUDA when present, else the CPU; anything else is parsed by ``torch.device``."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name (try cpu, cuda or cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def cpu_has_fast_bf16():
+    # Without AVX512-BF16 or AMX, oneDNN emulates bf16 and autocast makes the CPU slower, not faster.
+    return torch.backends.mkldnn.is_available() and torch.cpu._is_avx512_bf16_supported()
+
+
+def amp_dtype(mode, device):
+    """The autocast dtype for ``--amp {auto,bf16,fp16,none}``; None means full fp32."""
+    if mode == "none":
+        return None
+    if mode == "bf16":
+        return torch.bfloat16
+    if mode == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup_logging(level=logging.INFO):
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

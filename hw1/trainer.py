@@ -1,0 +1,143 @@
+"""The run around the loop: optimizer, schedule, resume, checkpoints and ``metrics.jsonl``.
+
+Both training scripts build a model, datasets and a loss, then call :func:`fit`.
+"""
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from hw1 import engine
+from hw1.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
+from hw1.errors import UserError
+from hw1.io import atomic_write_text
+from hw1.runtime import amp_dtype, get_device
+from hw1.schedule import CosineSchedule
+
+log = logging.getLogger(__name__)
+
+
+def param_groups(model, weight_decay, no_wd_norm):
+    """One group, or two with no decay on 1-d tensors (norm weights, biases) as nanoGPT does."""
+    if not no_wd_norm:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model, args):
+    groups = param_groups(model, args.weight_decay, args.no_wd_norm)
+    if args.opt == "sgd":
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov)
+    return torch.optim.AdamW(groups, lr=args.lr)
+
+
+def default_save_epochs(epochs):
+    return sorted({1, (epochs + 1) // 2, epochs})
+
+
+def make_loader(dataset, *, batch_size, shuffle, workers, device, drop_last=False):
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, drop_last=drop_last,
+        pin_memory=device.type == "cuda",  # pinned memory only pays off for host-to-GPU copies
+    )
+
+
+def no_nan(value):
+    """NaN (a class with no samples) becomes null: strict JSON has no NaN."""
+    if isinstance(value, list):
+        return [no_nan(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def read_records(path, upto_epoch):
+    """Lines of ``metrics.jsonl`` up to ``upto_epoch``: a resumed run rewrites the ones after it."""
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["epoch"] <= upto_epoch]
+
+
+def fit(*, model, model_name, model_config, task, num_classes, train_set, val_set, criterion, args,
+        metric="acc"):
+    """Train ``model`` for ``args.epochs`` and return the last epoch's record.
+
+    ``metric`` (``acc`` or ``miou``) picks ``best.pth``; it is measured on the validation set only.
+    """
+    device = get_device(args.device)
+    amp = amp_dtype(args.amp, device)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_epochs = set(args.save_epochs if args.save_epochs is not None else default_save_epochs(args.epochs))
+
+    model.to(device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, workers=args.workers,
+                               device=device, drop_last=len(train_set) > args.batch_size)
+    val_loader = make_loader(val_set, batch_size=args.batch_size, shuffle=False, workers=args.workers, device=device)
+    optimizer = build_optimizer(model, args)
+    steps = len(train_loader)
+    scheduler = CosineSchedule(optimizer, base_lr=args.lr, total_steps=args.epochs * steps,
+                               warmup_steps=round(args.warmup_epochs * steps), min_lr=args.min_lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    start_epoch, best = 1, float("-inf")
+    records = []
+    if args.resume:
+        ckpt = load_checkpoint(args.resume, task=task)
+        if ckpt["model_name"] != model_name or ckpt["model_config"] != model_config:
+            raise UserError(f"{args.resume}: checkpoint is {ckpt['model_name']} {ckpt['model_config']}, "
+                            f"not {model_name} {model_config}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        start_epoch, best = ckpt["epoch"] + 1, ckpt["best"]
+        records = read_records(out_dir / "metrics.jsonl", ckpt["epoch"])
+        log.info("resumed from %s at epoch %d", args.resume, start_epoch)
+    atomic_write_text("".join(json.dumps(r) + "\n" for r in records), out_dir / "metrics.jsonl")
+    atomic_write_text(json.dumps(plain(vars(args)), indent=2) + "\n", out_dir / "args.json")
+
+    # Compiling wraps the module; checkpoints always save the plain module's state_dict.
+    step_model = torch.compile(model) if args.compile else model
+    log.info("training %s on %s (amp=%s, channels_last=%s): %d train / %d val samples, %d steps per epoch",
+             model_name, device, amp, args.channels_last, len(train_set), len(val_set), steps)
+    record = records[-1] if records else None
+    for epoch in range(start_epoch, args.epochs + 1):
+        train = engine.train_one_epoch(
+            step_model, train_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+            device=device, amp_dtype=amp, channels_last=args.channels_last, grad_clip=args.grad_clip, epoch=epoch,
+            progress=not args.no_progress)
+        val = engine.evaluate(step_model, val_loader, num_classes=num_classes, task=task, criterion=criterion,
+                              device=device, amp_dtype=amp, channels_last=args.channels_last)
+        val.pop("cm")
+        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                  **{f"train_{k}": v for k, v in train.items()},
+                  **{f"val_{k}": no_nan(v) for k, v in val.items()}}
+        is_best = record[f"val_{metric}"] > best
+        best = max(best, record[f"val_{metric}"])
+        # metrics.jsonl is written before the checkpoint, and a resume drops lines past the
+        # checkpoint's epoch, so a crash in between never leaves a line without its checkpoint.
+        with open(out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        state = {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "rng": rng_state(),
+            "model_name": model_name, "model_config": model_config, "task": task, "args": plain(vars(args)),
+            "metrics": record,
+        }
+        save_checkpoint(state, out_dir / "last.pth")
+        if is_best:
+            save_checkpoint(state, out_dir / "best.pth")
+        if epoch in save_epochs:
+            save_checkpoint(state, out_dir / f"epoch_{epoch:03d}.pth")
+        log.info("epoch %d/%d  loss %.4f  train_acc %.4f  val_%s %.4f%s  (%.0f img/s, %.1f s)", epoch, args.epochs,
+                 train["loss"], train["acc"], metric, record[f"val_{metric}"], "  *best*" if is_best else "",
+                 train["img_s"], train["seconds"])
+    return record

@@ -1,0 +1,279 @@
+"""hw1.models.fcn: shapes, the bilinear upsampling, weight mapping from torchvision, bad files, grads.
+
+Pretrained weights can't be downloaded here, so every "pretrained" file is a randomly initialised
+torchvision model saved by the test; keyword weights are served from a TORCH_HOME the test fills.
+"""
+import functools
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models import ResNet101_Weights, VGG16_Weights
+from torchvision.models.segmentation import FCN_ResNet101_Weights
+
+from hw1.errors import UserError
+from hw1.models.fcn import resnet101_fcn, vgg16_fcn32s
+from hw1.models.weights import hub_file
+
+SIZES = [(512, 512), (45, 77), (20, 13)]
+
+
+def _randomise_batchnorm(model):
+    """Non-default BN statistics and affine params, so loading them is actually checked."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                for t in (m.weight, m.bias, m.running_mean):
+                    t.copy_(torch.randn(t.shape, generator=g) * 0.1 + (1.0 if t is m.weight else 0.0))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    return vgg16_fcn32s().eval()
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return resnet101_fcn(aux_loss=True).eval()
+
+
+@pytest.fixture(scope="module")
+def tv_vgg16(tmp_path_factory):
+    """(model, path): a random torchvision vgg16 in eval mode and its saved state dict."""
+    torch.manual_seed(0)
+    model = torchvision.models.vgg16(weights=None).eval()
+    path = tmp_path_factory.mktemp("vgg") / "vgg16.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def tv_fcn(tmp_path_factory):
+    """(model, path): a random torchvision fcn_resnet101 in the COCO format (21 classes + aux)."""
+    torch.manual_seed(0)
+    model = torchvision.models.segmentation.fcn_resnet101(
+        weights=None, weights_backbone=None, num_classes=21, aux_loss=True
+    )
+    _randomise_batchnorm(model)
+    model.eval()
+    path = tmp_path_factory.mktemp("fcn") / "fcn_resnet101_coco.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def _cache(monkeypatch, tmp_path, weights_enum, source=None):
+    """Point torch hub at tmp_path and put ``source`` where ``weights_enum``'s download would go."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    target = hub_file(weights_enum)
+    assert str(target).startswith(str(tmp_path))
+    if source is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(source, target)
+    return target
+
+
+# --- shapes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_vgg_output_size_equals_input_size(vgg, size):
+    with torch.inference_mode():
+        out = vgg(torch.randn(1, 3, *size))
+    assert list(out) == ["out"]
+    assert out["out"].shape == (1, 7, *size)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_resnet_output_size_equals_input_size(resnet, size):
+    with torch.inference_mode():
+        out = resnet(torch.randn(1, 3, *size))
+    assert list(out) == ["out", "aux"]
+    assert out["out"].shape == out["aux"].shape == (1, 7, *size)
+
+
+# --- the fixed bilinear upsampling -------------------------------------------------------------
+
+
+def test_upscore_is_frozen_bilinear(vgg):
+    assert not vgg.upscore.weight.requires_grad
+    # the raw transposed conv maps a constant map to the same constant away from the border
+    values = torch.arange(1.0, 8.0).view(1, 7, 1, 1)
+    up = vgg.upscore(values.expand(1, 7, 4, 5))
+    assert up.shape == (1, 7, 32 * 3 + 64, 32 * 4 + 64)
+    torch.testing.assert_close(up[..., 32:-32, 32:-32], values.expand(1, 7, 32 * 3, 32 * 4))
+
+
+def test_upsample_matches_interpolate_everywhere(vgg):
+    # With the replicate pad and crop, the stride-32 cells land where F.interpolate puts them,
+    # borders included; that is the alignment the forward relies on.
+    with torch.inference_mode():
+        constant = vgg.upsample(torch.full((1, 7, 3, 4), 2.5), (96, 128))
+        torch.testing.assert_close(constant, torch.full((1, 7, 96, 128), 2.5))
+        score = torch.randn(2, 7, 3, 4)
+        expected = F.interpolate(score, scale_factor=32, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(vgg.upsample(score, (96, 128)), expected)
+        torch.testing.assert_close(vgg.upsample(score, (70, 101)), expected[..., :70, :101])
+
+
+# --- weight mapping from torchvision ------------------------------------------------------------
+
+
+def _check_vgg_mapping(model, reference):
+    ours, theirs = model.state_dict(), reference.state_dict()
+    for key, value in theirs.items():
+        if key.startswith("features."):
+            assert torch.equal(ours[key], value), key
+    assert torch.equal(ours["score.weight"], torch.zeros_like(ours["score.weight"]))  # not loaded
+    x = torch.randn(2, 512, 7, 7)
+    with torch.inference_mode():
+        # fc6 -> relu -> fc7 -> relu at the centre of a 7x7 map sees the whole map, like the MLP
+        y = model.relu7(model.fc7(model.relu6(model.fc6(x))))[:, :, 3, 3]
+        expected = reference.classifier[:5](torch.flatten(x, 1))
+    torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_vgg_loads_torchvision_state_dict(tv_vgg16):
+    reference, path = tv_vgg16
+    _check_vgg_mapping(vgg16_fcn32s(weights=str(path)).eval(), reference)
+
+
+def test_vgg_imagenet_keyword_reads_the_hub_cache(tv_vgg16, tmp_path, monkeypatch):
+    reference, path = tv_vgg16
+    _cache(monkeypatch, tmp_path, VGG16_Weights.IMAGENET1K_V1, source=path)
+    _check_vgg_mapping(vgg16_fcn32s(weights="imagenet").eval(), reference)
+
+
+def test_resnet_loads_coco_state_dict(tv_fcn):
+    reference, path = tv_fcn
+    model = resnet101_fcn(weights=str(path), aux_loss=True).eval()
+    inner = {}
+    model.fcn.register_forward_hook(lambda module, args, output: inner.update(output))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        out, expected = model(x), reference(x)
+        for key in ("out", "aux"):
+            torch.testing.assert_close(inner[key], expected[key])  # the 21 VOC logits
+        torch.testing.assert_close(out["out"], model.head(expected["out"]))
+        torch.testing.assert_close(out["aux"], model.aux_head(expected["aux"]))
+
+
+def test_resnet_coco_keyword_without_aux_skips_aux_classifier(tv_fcn, tmp_path, monkeypatch):
+    reference, path = tv_fcn
+    _cache(monkeypatch, tmp_path, FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1, source=path)
+    model = resnet101_fcn(num_classes=5, weights="coco").eval()
+    loaded = model.fcn.state_dict()
+    expected = {k: v for k, v in reference.state_dict().items() if not k.startswith("aux_classifier.")}
+    assert loaded.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+    assert not any(k.startswith("aux_head.") for k in model.state_dict())
+    with torch.inference_mode():
+        out = model(torch.randn(1, 3, 45, 77))
+    assert list(out) == ["out"] and out["out"].shape == (1, 5, 45, 77)
+
+
+def test_resnet_imagenet_backbone(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet101(weights=None)
+    _randomise_batchnorm(reference)
+    path = tmp_path / "resnet101.pth"
+    torch.save(reference.state_dict(), path)
+    _cache(monkeypatch, tmp_path, ResNet101_Weights.IMAGENET1K_V1, source=path)
+    model = resnet101_fcn(weights="imagenet-backbone")
+    backbone = model.fcn.backbone.state_dict()
+    expected = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    assert backbone.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(backbone[key], value), key
+
+
+@pytest.mark.parametrize("name", ["vgg", "resnet"])
+def test_own_checkpoint_round_trip(name, request, tmp_path):
+    model = request.getfixturevalue(name)
+    state_dict = dict(model.state_dict())
+    head = "score.weight" if name == "vgg" else "head.weight"
+    state_dict[head] = torch.randn_like(state_dict[head])  # the heads start at zero
+    path = tmp_path / "best.pth"
+    torch.save({"model": state_dict, "epoch": 3}, path)  # an hw1 checkpoint
+    build = vgg16_fcn32s if name == "vgg" else functools.partial(resnet101_fcn, aux_loss=True)
+    loaded = build(weights=str(path)).state_dict()
+    assert loaded.keys() == state_dict.keys()
+    for key, value in state_dict.items():
+        assert torch.equal(loaded[key], value), key
+
+
+# --- bad weights --------------------------------------------------------------------------------
+
+
+def _assert_user_error(build, weights, name):
+    with pytest.raises(UserError) as info:
+        build(weights=weights)
+    message = str(info.value)
+    assert name in message and "\n" not in message, message
+
+
+def test_wrong_files_raise_user_error(tv_fcn, tmp_path):
+    _, fcn_path = tv_fcn
+    _assert_user_error(vgg16_fcn32s, str(fcn_path), str(fcn_path))  # another model's file
+    tiny = tmp_path / "tiny.pth"
+    torch.save({"features.0.weight": torch.zeros(32, 3, 3, 3)}, tiny)  # missing keys + wrong shape
+    _assert_user_error(vgg16_fcn32s, str(tiny), str(tiny))
+    _assert_user_error(resnet101_fcn, str(tiny), str(tiny))
+    missing = tmp_path / "nope.pth"
+    _assert_user_error(vgg16_fcn32s, str(missing), str(missing))
+    _assert_user_error(resnet101_fcn, str(missing), str(missing))
+    _assert_user_error(vgg16_fcn32s, "imagenet1k", "imagenet1k")
+
+
+@pytest.mark.parametrize(
+    "build, weights_enum, keyword",
+    [
+        (vgg16_fcn32s, VGG16_Weights.IMAGENET1K_V1, "imagenet"),
+        (resnet101_fcn, FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1, "coco"),
+        (resnet101_fcn, ResNet101_Weights.IMAGENET1K_V1, "imagenet-backbone"),
+    ],
+)
+def test_offline_keyword_names_the_hub_file(build, weights_enum, keyword, tmp_path, monkeypatch):
+    target = _cache(monkeypatch, tmp_path, weights_enum)
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    _assert_user_error(build, keyword, str(target))
+
+
+# --- gradients ----------------------------------------------------------------------------------
+
+
+def _assert_grads_reach_all(model, out):
+    sum(v.sum() for v in out.values()).backward()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+            assert p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+
+
+def test_vgg_backward_reaches_every_trainable_parameter():
+    torch.manual_seed(0)
+    model = vgg16_fcn32s().train()
+    with torch.no_grad():
+        nn.init.normal_(model.score.weight, std=0.01)  # zero-init would zero every upstream grad
+    _assert_grads_reach_all(model, model(torch.randn(1, 3, 64, 64)))
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == ["upscore.weight"]
+
+
+def test_resnet_backward_reaches_every_trainable_parameter():
+    torch.manual_seed(0)
+    model = resnet101_fcn(aux_loss=True).train()
+    with torch.no_grad():
+        nn.init.normal_(model.head.weight, std=0.01)
+        nn.init.normal_(model.aux_head.weight, std=0.01)
+    _assert_grads_reach_all(model, model(torch.randn(1, 3, 64, 64)))
