@@ -75,16 +75,16 @@ class DenseNet(nn.Module):
             raise ValueError(f"compression must be in (0, 1], got {compression}")
         layers = (depth - 4) // 6
         channels = 2 * growth_rate
-        self.features_ = nn.Sequential()
-        self.features_.add_module("conv0", nn.Conv2d(3, channels, 3, padding=1, bias=False))
+        self.trunk = nn.Sequential()
+        self.trunk.add_module("conv0", nn.Conv2d(3, channels, 3, padding=1, bias=False))
         for b in range(3):
-            self.features_.add_module(f"denseblock{b + 1}", _DenseBlock(layers, channels, growth_rate, bn_size, drop_rate))
+            self.trunk.add_module(f"denseblock{b + 1}", _DenseBlock(layers, channels, growth_rate, bn_size, drop_rate))
             channels += layers * growth_rate
             if b < 2:
                 out = int(channels * compression)
-                self.features_.add_module(f"transition{b + 1}", _Transition(channels, out))
+                self.trunk.add_module(f"transition{b + 1}", _Transition(channels, out))
                 channels = out
-        self.features_.add_module("norm_final", nn.BatchNorm2d(channels))
+        self.trunk.add_module("norm_final", nn.BatchNorm2d(channels))
         self.num_features = channels
         self.classifier = nn.Linear(channels, num_classes)
 
@@ -99,7 +99,7 @@ class DenseNet(nn.Module):
 
     def features(self, x):
         """Penultimate features: (N, num_features) after the final BN-ReLU and global average pool."""
-        x = F.relu(self.features_(x))
+        x = F.relu(self.trunk(x))
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
     def forward(self, x):
