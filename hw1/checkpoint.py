@@ -70,9 +70,13 @@ def load_checkpoint(path, *, task=None):
     return ckpt
 
 
-def model_from_checkpoint(ckpt):
+def model_from_checkpoint(ckpt, path="checkpoint"):
     """Rebuild the model a checkpoint describes and load its weights (no pretrained download)."""
     config = dict(ckpt["model_config"], weights="none")
-    model = build_model(ckpt["model_name"], **config)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = build_model(ckpt["model_name"], **config)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: weights do not fit {ckpt['model_name']} {ckpt['model_config']} "
+                        f"({str(e).strip().splitlines()[0][:200]})") from None
     return model

@@ -1,9 +1,13 @@
 """The grading API: predictions for a folder of images, written where the grader asks.
 
     python -m hw1.predict cls IMAGE_DIR OUTPUT_CSV [--checkpoint PATH] [--device cpu]
+    python -m hw1.predict seg IMAGE_DIR OUTPUT_DIR --checkpoint PATH [--tta]
 
 ``predict_cls`` writes a CSV with the header ``filename,label`` (bare file names, sorted) and
 returns its rows. Without a checkpoint it uses the shipped model A, ``checkpoints/p1_densenet.pth``.
+``predict_seg`` writes one RGB mask in the course's 7 colours per input image, at the input's
+size: ``xxxx_sat.jpg`` becomes ``xxxx_mask.png`` (the course's naming, which its evaluator
+pairs with the ground truth); any other ``name.jpg`` / ``name.png`` becomes ``name.png``.
 """
 import argparse
 import csv
@@ -21,13 +25,13 @@ from hw1.runtime import amp_dtype, get_device
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-DEFAULT_CHECKPOINTS = {"cls": CHECKPOINTS / "p1_densenet.pth"}
+DEFAULT_CHECKPOINTS = {"cls": CHECKPOINTS / "p1_densenet.pth", "seg": CHECKPOINTS / "p2_vgg16_fcn32s.pth"}
 
 
 def load_model(checkpoint, task, device):
     """Model of ``checkpoint`` (or the shipped default of ``task``) in eval mode on ``device``."""
     ckpt = load_checkpoint(checkpoint or DEFAULT_CHECKPOINTS[task], task=task)
-    model = model_from_checkpoint(ckpt).to(device).eval()
+    model = model_from_checkpoint(ckpt, checkpoint or DEFAULT_CHECKPOINTS[task]).to(device).eval()
     if device.type == "cpu" or ckpt["args"].get("channels_last", False):
         model.to(memory_format=torch.channels_last)
     return model
@@ -74,6 +78,43 @@ def predict_cls(image_dir, output_csv, checkpoint=None, device=None):
     return rows
 
 
+def mask_name(image_path):
+    stem = Path(image_path).stem
+    return f"{stem[:-4]}_mask.png" if stem.endswith("_sat") else f"{stem}.png"
+
+
+@torch.inference_mode()
+def segment(model, image, *, device, tta=False):
+    """(H, W) int64 classes of one uint8 (3, H, W) image; ``tta`` averages with the flipped image."""
+    amp = amp_dtype("auto", device)
+    x = normalize(image[None].to(device)).contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        prob = model(x)["out"].float().softmax(1)
+        if tta:
+            prob += model(x.flip(-1))["out"].float().softmax(1).flip(-1)
+    return prob[0].argmax(0).cpu()
+
+
+def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=False):
+    """Segment every .jpg/.png of ``image_dir`` into ``output_dir``; return the written paths.
+
+    Each mask is written atomically, so an interrupted run leaves only whole files.
+    """
+    from hw1.data.cls import read_rgb
+    from hw1.data.masks import write_mask
+
+    device = get_device(device)
+    model = load_model(checkpoint, "seg", device)
+    files = [p for p in list_images(image_dir) if not p.stem.endswith("_mask")]
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in files:
+        image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)
+        written.append(write_mask(segment(model, image, device=device, tta=tta).numpy(), output_dir / mask_name(path)))
+    return written
+
+
 def get_args_parser():
     p = argparse.ArgumentParser(prog="python -m hw1.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,7 +122,11 @@ def get_args_parser():
     c = sub.add_parser("cls", help="P1: folder of images -> filename,label CSV")
     c.add_argument("image_dir")
     c.add_argument("output_csv")
-    for s in (c,):
+    g = sub.add_parser("seg", help="P2: folder of satellite images -> folder of colour masks")
+    g.add_argument("image_dir")
+    g.add_argument("output_dir")
+    g.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    for s in (c, g):
         s.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
         s.add_argument("--device", default=None, help="auto, cpu, cuda (default: auto)")
         s.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -90,9 +135,13 @@ def get_args_parser():
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    rows = predict_cls(args.image_dir, args.output_csv, checkpoint=args.checkpoint, device=args.device)
-    print(f"wrote {len(rows)} predictions to {args.output_csv}")
-    return rows
+    if args.task == "cls":
+        rows = predict_cls(args.image_dir, args.output_csv, checkpoint=args.checkpoint, device=args.device)
+        print(f"wrote {len(rows)} predictions to {args.output_csv}")
+        return rows
+    paths = predict_seg(args.image_dir, args.output_dir, checkpoint=args.checkpoint, device=args.device, tta=args.tta)
+    print(f"wrote {len(paths)} masks to {args.output_dir}")
+    return paths
 
 
 if __name__ == "__main__":

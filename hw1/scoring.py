@@ -1,8 +1,11 @@
 """Scoring files against ground truth as the course does: prediction CSVs (P1) and mask folders (P2)."""
+from pathlib import Path
+
 import torch
 
 from hw1 import metrics
 from hw1.data.cls import read_labels_csv
+from hw1.data.masks import NUM_CLASSES, read_mask
 from hw1.errors import UserError
 
 
@@ -24,3 +27,46 @@ def cls_confusion_from_csv(pred_csv, gt_csv, num_classes):
     names = sorted(gt)
     return metrics.confusion_matrix(torch.tensor([gt[n] for n in names]), torch.tensor([pred[n] for n in names]),
                                     num_classes)
+
+
+def mask_id(path):
+    """Pairing key of a mask file: its stem without a ``_mask`` or ``_sat`` suffix (``0013_mask.png`` -> ``0013``)."""
+    stem = path.stem
+    for suffix in ("_mask", "_sat"):
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def list_masks(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: folder not found")
+    found = {}
+    for p in sorted(folder.glob("*.png")):
+        if not p.name.startswith("."):
+            found.setdefault(mask_id(p), p)
+    if not found:
+        raise UserError(f"{folder}: no .png masks in this folder")
+    return found
+
+
+def seg_confusion_from_dirs(pred_dir, gt_dir, num_classes=NUM_CLASSES):
+    """Pooled confusion matrix of the ``.png`` masks of ``pred_dir`` against those of ``gt_dir``.
+
+    Files pair by id (``0013.png``, ``0013_mask.png`` and ``0013_sat.png`` are all ``0013``); a
+    mask without its partner, or of another size, is an error rather than a silently wrong score.
+    """
+    pred, gt = list_masks(pred_dir), list_masks(gt_dir)
+    missing, extra = sorted(gt.keys() - pred.keys()), sorted(pred.keys() - gt.keys())
+    if missing or extra:
+        detail = "; ".join(f"{what} {len(ids)} (e.g. {ids[0]})"
+                           for what, ids in (("missing", missing), ("extra", extra)) if ids)
+        raise UserError(f"{pred_dir}: mask ids differ from {gt_dir}: {detail}")
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for i in sorted(gt):
+        p, g = read_mask(pred[i]), read_mask(gt[i])
+        if p.shape != g.shape:
+            raise UserError(f"{pred[i]}: mask is {p.shape[1]}x{p.shape[0]} but {gt[i].name} is {g.shape[1]}x{g.shape[0]}")
+        cm += metrics.confusion_matrix(torch.from_numpy(g), torch.from_numpy(p), num_classes)
+    return cm

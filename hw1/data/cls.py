@@ -77,7 +77,7 @@ def read_rgb(path, size=None):
             im = im.convert("RGB")
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+            return np.array(im, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: cannot read image ({e})".splitlines()[0]) from None
 

@@ -1,0 +1,97 @@
+"""Score P1 or P2 results as the course does.
+
+    python eval.py --task cls --pred pred.csv --gt hw1_data/p1_data/val_gt.csv
+    python eval.py --task cls --checkpoint runs/densenet/best.pth --data-dir hw1_data/p1_data/val_50
+    python eval.py --task seg --pred pred_masks/ --gt hw1_data/p2_data/validation
+    python eval.py --task seg --checkpoint runs/vgg16_fcn32s/best.pth --data-dir hw1_data/p2_data/validation
+"""
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from hw1 import metrics
+from hw1.checkpoint import load_checkpoint, model_from_checkpoint
+from hw1.cli import run
+from hw1.data.masks import CLASS_NAMES
+from hw1.engine import evaluate
+from hw1.errors import UserError
+from hw1.io import atomic_write_text
+from hw1.runtime import amp_dtype, get_device
+from hw1.scoring import cls_confusion_from_csv, seg_confusion_from_dirs
+
+NUM_CLASSES = {"cls": 50, "seg": 7}
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", choices=["cls", "seg"], required=True)
+    p.add_argument("--pred", help="cls: prediction CSV; seg: folder of predicted masks")
+    p.add_argument("--gt", help="cls: ground-truth CSV (filename,label); seg: folder of ground-truth masks")
+    p.add_argument("--checkpoint", help="evaluate this checkpoint directly instead of --pred")
+    p.add_argument("--data-dir", help="with --checkpoint: the image folder (cls) or image+mask folder (seg)")
+    p.add_argument("--labels", help="cls with --checkpoint: labels CSV (default: from the file names)")
+    p.add_argument("--batch-size", type=int, default=None, help="(default: 500 for cls, 4 for seg)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    return p
+
+
+def checkpoint_confusion(args):
+    ckpt = load_checkpoint(args.checkpoint, task=args.task)
+    device = get_device(args.device)
+    model = model_from_checkpoint(ckpt, args.checkpoint).to(device)
+    if args.task == "cls":
+        from hw1.data.cls import cls_eval_transform, load_cls_split
+
+        dataset = load_cls_split(args.data_dir, labels_csv=args.labels, transform=cls_eval_transform())
+    else:
+        from hw1.data.seg import load_seg_split, seg_eval_transform
+
+        dataset = load_seg_split(args.data_dir, transform=seg_eval_transform())
+    batch_size = args.batch_size or (500 if args.task == "cls" else 4)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    result = evaluate(model, loader, num_classes=NUM_CLASSES[args.task], task=args.task, device=device,
+                      amp_dtype=amp_dtype("auto", device))
+    return result["cm"]
+
+
+def report(cm, task):
+    """Lines to print: the headline metric, then one line per class."""
+    n = cm.sum().item()
+    if task == "cls":
+        lines = [f"accuracy: {metrics.accuracy(cm):.4f} ({cm.diag().sum().item()}/{n} images)", "per class:"]
+        support = cm.sum(1).tolist()
+        lines += [f"  class {c:2d}: {a:.4f} ({support[c]} images)"
+                  for c, a in enumerate(metrics.per_class_accuracy(cm)) if not math.isnan(a)]
+        return lines
+    lines = [f"mIoU: {metrics.mean_iou(cm):.4f} (classes 0-5, {n} pixels)", "per class IoU:"]
+    lines += [f"  {c} {CLASS_NAMES[c]:<11s} {iou:.4f}" for c, iou in enumerate(metrics.iou_per_class(cm)[:6])]
+    return lines
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    if args.checkpoint:
+        if not args.data_dir:
+            raise UserError("--checkpoint needs --data-dir (the folder to evaluate on)")
+        cm = checkpoint_confusion(args)
+    elif args.pred and args.gt:
+        if args.task == "cls":
+            cm = cls_confusion_from_csv(args.pred, args.gt, NUM_CLASSES["cls"])
+        else:
+            cm = seg_confusion_from_dirs(args.pred, args.gt)
+    else:
+        raise UserError("give either --pred and --gt, or --checkpoint and --data-dir")
+    print("\n".join(report(cm, args.task)))
+    summary = metrics.summarize(cm, args.task)
+    if args.json:
+        atomic_write_text(json.dumps(summary, indent=2) + "\n", Path(args.json))
+    return summary
+
+
+if __name__ == "__main__":
+    run(main)
