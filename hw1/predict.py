@@ -19,7 +19,8 @@ import torch
 
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.cli import run
-from hw1.data.cls import IMG_SIZE, MEAN, STD, decode_images, list_images
+from hw1.data.cls import IMG_SIZE, decode_images
+from hw1.data.images import MEAN, STD, list_images, read_rgb
 from hw1.io import atomic_write_text
 from hw1.runtime import amp_dtype, get_device
 
@@ -100,7 +101,6 @@ def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=False):
 
     Each mask is written atomically, so an interrupted run leaves only whole files.
     """
-    from hw1.data.cls import read_rgb
     from hw1.data.masks import write_mask
 
     device = get_device(device)

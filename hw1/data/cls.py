@@ -4,40 +4,17 @@ Every image is decoded once per run into one uint8 tensor (22,500 x 3 x 32 x 32 
 an epoch never touches a PNG again; the per-sample augmentations run on those uint8 tensors.
 """
 import csv
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
+from hw1.data.images import IMG_EXTS, MEAN, STD, list_images, read_rgb  # noqa: F401 (re-exported)
 from hw1.errors import UserError
 
-log = logging.getLogger(__name__)
-
-IMG_EXTS = (".png", ".jpg", ".jpeg")
-# ImageNet statistics: ConvNeXt's pretrained weights expect them, and they suit DenseNet too.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 IMG_SIZE = 32
-
-
-def list_images(folder):
-    """Sorted image files of ``folder``; other files are skipped with a warning."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: folder not found")
-    files, skipped = [], []
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.startswith("."):
-            (files if p.suffix.lower() in IMG_EXTS else skipped).append(p)
-    if skipped:
-        log.warning("%s: skipped %d non-image file(s), e.g. %s", folder, len(skipped), skipped[0].name)
-    if not files:
-        raise UserError(f"{folder}: no .png/.jpg images in this folder")
-    return files
 
 
 def label_from_name(path):
@@ -65,21 +42,6 @@ def read_labels_csv(path):
             raise UserError(f"{path}: line {line}: expected '<filename>,<integer label>', got {','.join(row)!r}")
         labels[row[0].strip()] = int(row[1])
     return labels
-
-
-def read_rgb(path, size=None):
-    """HxWx3 uint8 array of an image file, converted to RGB, optionally resized to ``size`` x ``size``.
-
-    Grayscale, palette and RGBA images are converted rather than rejected (alpha is dropped).
-    """
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.array(im, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: cannot read image ({e})".splitlines()[0]) from None
 
 
 def decode_images(paths, size=IMG_SIZE, workers=4):

@@ -17,6 +17,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from hw1.data.images import MEAN, STD
 from hw1.data.masks import read_mask
 from hw1.errors import UserError
 
@@ -24,9 +25,6 @@ log = logging.getLogger(__name__)
 
 SAT_SUFFIX = "_sat.jpg"
 MASK_SUFFIX = "_mask.png"
-# ImageNet statistics, which the pretrained backbones expect.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 def scan_pairs(folder):
