@@ -40,6 +40,8 @@ def get_args_parser():
                    help="smallest crop area fraction before resizing to --crop-size (default: %(default)s)")
     p.add_argument("--aux-weight", type=float, default=0.0,
                    help="resnet101_fcn: weight of the auxiliary head's loss; 0 builds no aux head (default: 0)")
+    p.add_argument("--fc-channels", type=int, default=4096,
+                   help="vgg16_fcn32s: width of fc6/fc7; the ImageNet weights need 4096 (default: %(default)s)")
     p.add_argument("--size", type=int, default=None, help="resize every image and mask to this on load (quick runs)")
     p.add_argument("--demo", action="store_true", help="train a small run on generated scenes (no course data)")
     # lr, weight decay and the optimizer default to the model's recipe (None = recipe)
@@ -73,6 +75,8 @@ def main(argv=None):
     config = {"num_classes": NUM_CLASSES}
     if args.model == "resnet101_fcn":
         config["aux_loss"] = args.aux_weight > 0
+    else:
+        config["fc_channels"] = args.fc_channels
     model = build_model(args.model, **config, weights=args.weights)
     train_set, val_set = load_splits(args)
     return fit(model=model, model_name=args.model, model_config=config, task="seg", num_classes=NUM_CLASSES,

@@ -1,17 +1,41 @@
 """Shared fixtures. P1 (classification): a tiny generated data set in the course layout and a tiny
 DenseNet trained on it once per session (its run folder is reused by the predict / eval tests).
 """
+import contextlib
 import csv
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the top-level scripts (train_cls.py, eval.py) are imported as modules
     sys.path.insert(0, str(REPO))
+
+# --- P1: one intra-op thread ----------------------------------------------------------------------
+# The tests share 2 cores with a training job; two OpenMP threads spinning against it make these
+# tiny models ~50x slower than one thread does (results are the same).
+
+
+@contextlib.contextmanager
+def cls_one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cls_one_thread():
+    """Run a module's tests with one torch thread (use: ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    with cls_one_torch_thread():
+        yield
+
 
 # --- P1: tiny classification data ---------------------------------------------------------------
 
@@ -56,11 +80,17 @@ def cls_tiny_data(tmp_path_factory):
     return make_cls_tiny(tmp_path_factory.mktemp("cls_tiny_data"))
 
 
-def cls_tiny_train_argv(data_dir, out_dir, *extra, epochs=4, lr=0.05, batch_size=8):
-    """Command line of ``train_cls.main`` for a short run of the tiny DenseNet on the tiny data."""
+def _cls_tiny_train_argv(data_dir, out_dir, *extra, epochs=4, lr=0.05, batch_size=8):
     return [*CLS_TINY_MODEL_ARGS, "--data-dir", str(data_dir), "--out-dir", str(out_dir),
             "--epochs", str(epochs), "--aug", "none", "--lr", str(lr), "--batch-size", str(batch_size),
             *CLS_TINY_RUNTIME_ARGS, *extra]
+
+
+@pytest.fixture(scope="session")
+def cls_tiny_train_argv():
+    """``f(data_dir, out_dir, *extra, epochs=4, lr=0.05, batch_size=8)``: the ``train_cls.main`` command
+    line of a short CPU run of the tiny DenseNet (depth 10, growth 4, no augmentation, fp32)."""
+    return _cls_tiny_train_argv
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +99,8 @@ def cls_tiny_run(cls_tiny_data, tmp_path_factory):
     import train_cls
 
     out_dir = tmp_path_factory.mktemp("cls_tiny_run")
-    record = train_cls.main(cls_tiny_train_argv(cls_tiny_data, out_dir))
+    with cls_one_torch_thread():
+        record = train_cls.main(_cls_tiny_train_argv(cls_tiny_data, out_dir))
     return out_dir, record
 
 

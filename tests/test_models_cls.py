@@ -15,6 +15,8 @@ from hw1.models.convnext import HEAD, ConvNeXtClassifier, convnext
 from hw1.models.densenet import DenseNet, densenet
 from hw1.models.weights import hub_file, load_matching, resolve_state_dict
 
+pytestmark = pytest.mark.usefixtures("cls_one_thread")
+
 TINY = dict(depth=10, growth_rate=4)
 
 
@@ -142,7 +144,7 @@ def test_build_model_registry():
 
 
 @pytest.fixture(scope="module")
-def small_convnext():
+def small_convnext(cls_one_thread):
     torch.manual_seed(0)
     model = build_model("convnext", weights="none", num_classes=7, img_size=32)
     assert isinstance(model, ConvNeXtClassifier) and model.img_size == 32
@@ -150,7 +152,7 @@ def small_convnext():
 
 
 @pytest.fixture(scope="module")
-def tv_convnext_file(tmp_path_factory):
+def tv_convnext_file(tmp_path_factory, cls_one_thread):
     """(state dict, path) of a random torchvision convnext_tiny with its 1000-class head."""
     torch.manual_seed(0)
     reference = torchvision.models.convnext_tiny(weights=None)

@@ -55,17 +55,18 @@ class VGG16FCN32s(nn.Module):
     # unpadded cell i - 1 belongs at 32 * (i - 1) + 15.5 in the image, hence 32 + 16.
     _CROP = _STRIDE + _STRIDE // 2
 
-    def __init__(self, num_classes=7, dropout=0.5):
+    def __init__(self, num_classes=7, dropout=0.5, fc_channels=4096):
         super().__init__()
         self.features = _vgg16_features()
         # fc6/fc7 are torchvision's classifier[0] / classifier[3] as convolutions
-        self.fc6 = nn.Conv2d(512, 4096, kernel_size=7, padding=3)
+        # (fc_channels < 4096 only for small from-scratch runs: the ImageNet weights need 4096)
+        self.fc6 = nn.Conv2d(512, fc_channels, kernel_size=7, padding=3)
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(dropout)
-        self.fc7 = nn.Conv2d(4096, 4096, kernel_size=1)
+        self.fc7 = nn.Conv2d(fc_channels, fc_channels, kernel_size=1)
         self.relu7 = nn.ReLU(inplace=True)
         self.drop7 = nn.Dropout(dropout)
-        self.score = nn.Conv2d(4096, num_classes, kernel_size=1)
+        self.score = nn.Conv2d(fc_channels, num_classes, kernel_size=1)
         self.upscore = nn.ConvTranspose2d(
             num_classes, num_classes, kernel_size=2 * _STRIDE, stride=_STRIDE, bias=False
         )
@@ -116,7 +117,7 @@ def _vgg16_to_fcn(state_dict):
     return renamed
 
 
-def vgg16_fcn32s(*, num_classes=7, weights="none", dropout=0.5):
+def vgg16_fcn32s(*, num_classes=7, weights="none", dropout=0.5, fc_channels=4096):
     """VGG16-FCN32s; ``weights``: ``imagenet``, ``none`` or a PATH.
 
     A PATH holds a torchvision vgg16 state dict (``features.*``, ``classifier.*``; the scorer
@@ -124,7 +125,7 @@ def vgg16_fcn32s(*, num_classes=7, weights="none", dropout=0.5):
     """
     keywords = {"imagenet": VGG16_Weights.IMAGENET1K_V1}
     state_dict = resolve_state_dict(weights, keywords)
-    model = VGG16FCN32s(num_classes=num_classes, dropout=dropout)
+    model = VGG16FCN32s(num_classes=num_classes, dropout=dropout, fc_channels=fc_channels)
     if state_dict is not None:
         source = hub_file(keywords[weights]) if weights in keywords else weights
         if "fc6.weight" in state_dict:

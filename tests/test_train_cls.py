@@ -1,0 +1,226 @@
+"""train_cls.py + hw1.trainer on tiny generated data: what a run writes, resume equivalence, failures.
+
+The 4-epoch run of the session fixture ``cls_tiny_run`` (tests/conftest.py) is the reference run.
+"""
+import json
+import math
+import re
+
+import pytest
+import torch
+
+import train_cls
+from hw1 import engine
+from hw1.checkpoint import load_checkpoint, model_from_checkpoint
+from hw1.cli import run
+from hw1.data.cls import cls_eval_transform, load_cls_split
+from hw1.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("cls_one_thread")
+
+TIMING_KEYS = {"train_img_s", "train_seconds", "val_img_s"}
+
+
+def _records(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+
+    def strict(constant):  # NaN / Infinity are not JSON; the trainer must write null instead
+        raise AssertionError(f"non-standard JSON constant {constant} in metrics.jsonl")
+
+    return [json.loads(line, parse_constant=strict) for line in lines]
+
+
+def _without_timing(records):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def test_run_writes_the_expected_files(cls_tiny_run):
+    run_dir, _ = cls_tiny_run
+    names = {p.name for p in run_dir.iterdir()}
+    # default --save-epochs for 4 epochs: first, middle, last
+    assert names == {"last.pth", "best.pth", "epoch_001.pth", "epoch_002.pth", "epoch_004.pth",
+                     "metrics.jsonl", "args.json"}
+
+
+def test_metrics_jsonl(cls_tiny_run, cls_tiny_data):
+    run_dir, last = cls_tiny_run
+    records = _records(run_dir)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert records[-1] == last  # main returns the last epoch's record
+    for r in records:
+        assert set(r) == {"epoch", "lr", "train_loss", "train_acc", "train_img_s", "train_seconds",
+                          "val_loss", "val_acc", "val_per_class_acc", "val_img_s"}
+        assert 0 <= r["train_acc"] <= 1 and 0 <= r["val_acc"] <= 1
+        assert r["train_img_s"] > 0 and r["train_seconds"] > 0 and r["val_img_s"] > 0
+        assert math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"])
+        per_class = r["val_per_class_acc"]
+        assert len(per_class) == 50
+        assert all(v is not None for v in per_class[:3]) and all(v is None for v in per_class[3:])
+        assert sum(per_class[:3]) / 3 == pytest.approx(r["val_acc"])  # equal support per class
+    # The training loss falls on this easy problem.
+    assert records[-1]["train_loss"] < records[0]["train_loss"] - 0.3
+    # lr after each epoch's last step: cosine over 4 epochs x (36 // 8) steps, no warm-up.
+    steps = len(list((cls_tiny_data / "train_50").glob("*.png"))) // 8
+    for r in records:
+        progress = r["epoch"] * steps / (4 * steps)
+        assert r["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * progress)), abs=1e-12)
+
+
+def test_args_json(cls_tiny_run, cls_tiny_data):
+    run_dir, _ = cls_tiny_run
+    args = json.loads((run_dir / "args.json").read_text())
+    assert args["model"] == "densenet" and args["depth"] == 10 and args["growth_rate"] == 4
+    assert args["epochs"] == 4 and args["lr"] == 0.05 and args["batch_size"] == 8 and args["aug"] == "none"
+    assert args["data_dir"] == str(cls_tiny_data) and args["out_dir"] == str(run_dir)
+    assert args["weights"] == "none" and args["resume"] is None
+
+
+def test_checkpoints(cls_tiny_run):
+    run_dir, _ = cls_tiny_run
+    records = _records(run_dir)
+    last = torch.load(run_dir / "last.pth", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "best", "rng", "model_name", "model_config",
+            "args", "task", "metrics"} <= set(last)
+    assert last["model_name"] == "densenet" and last["task"] == "cls"
+    assert last["model_config"] == {"depth": 10, "growth_rate": 4, "compression": 0.5, "drop_rate": 0.0,
+                                    "num_classes": 50}
+    assert isinstance(last["args"], dict) and last["args"]["epochs"] == 4
+    assert last["epoch"] == 4 and last["metrics"] == records[-1]
+    assert last["scheduler"]["last_step"] == 4 * (36 // 8)
+    assert last["best"] == max(r["val_acc"] for r in records)
+    for epoch in (1, 2, 4):
+        ckpt = torch.load(run_dir / f"epoch_{epoch:03d}.pth", map_location="cpu", weights_only=True)
+        assert ckpt["epoch"] == epoch and ckpt["metrics"] == records[epoch - 1]
+    # best.pth: the first epoch reaching the highest validation accuracy.
+    best = torch.load(run_dir / "best.pth", map_location="cpu", weights_only=True)
+    accs = [r["val_acc"] for r in records]
+    assert best["epoch"] == accs.index(max(accs)) + 1
+    # last.pth and epoch_004.pth hold the same weights.
+    final = torch.load(run_dir / "epoch_004.pth", map_location="cpu", weights_only=True)
+    for key, value in last["model"].items():
+        assert torch.equal(final["model"][key], value), key
+
+
+def test_checkpoint_rebuilds_the_model_and_its_val_accuracy(cls_tiny_run, cls_tiny_data):
+    run_dir, last = cls_tiny_run
+    ckpt = load_checkpoint(run_dir / "last.pth", task="cls")
+    model = model_from_checkpoint(ckpt).eval()
+    val = load_cls_split(cls_tiny_data / "val_50", labels_csv=cls_tiny_data / "val_gt.csv",
+                         transform=cls_eval_transform())
+    loader = torch.utils.data.DataLoader(val, batch_size=5)
+    result = engine.evaluate(model, loader, num_classes=50, task="cls", device=torch.device("cpu"),
+                             criterion=torch.nn.CrossEntropyLoss(label_smoothing=0.1))
+    assert result["acc"] == pytest.approx(last["val_acc"])
+    assert result["loss"] == pytest.approx(last["val_loss"], rel=1e-4)
+    assert result["cm"].sum() == len(val)
+
+
+def test_resume_is_equivalent_to_an_uninterrupted_run(cls_tiny_run, cls_tiny_data, cls_tiny_train_argv, tmp_path,
+                                                      monkeypatch):
+    reference_dir, _ = cls_tiny_run
+    run_dir = tmp_path / "b"
+    argv = cls_tiny_train_argv(cls_tiny_data, run_dir, "--save-epochs", "1", "3")
+    real_train_one_epoch = engine.train_one_epoch
+    calls = []
+
+    def interrupted_after_two_epochs(*args, **kwargs):
+        calls.append(kwargs["epoch"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_train_one_epoch(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(engine, "train_one_epoch", interrupted_after_two_epochs)
+        with pytest.raises(KeyboardInterrupt):
+            train_cls.main(argv)
+    assert calls == [1, 2, 3]
+    assert [r["epoch"] for r in _records(run_dir)] == [1, 2]
+    assert load_checkpoint(run_dir / "last.pth")["epoch"] == 2
+
+    record = train_cls.main([*argv, "--resume", str(run_dir / "last.pth")])
+    reference = _records(reference_dir)
+    resumed = _records(run_dir)
+    assert [r["epoch"] for r in resumed] == [1, 2, 3, 4]
+    assert _without_timing(resumed) == _without_timing(reference)
+    assert record == resumed[-1]
+    ref_model = torch.load(reference_dir / "last.pth", weights_only=True)["model"]
+    new_model = torch.load(run_dir / "last.pth", weights_only=True)["model"]
+    for key, value in ref_model.items():
+        assert torch.equal(new_model[key], value), key
+    assert {p.name for p in run_dir.glob("epoch_*.pth")} == {"epoch_001.pth", "epoch_003.pth"}
+
+    # Resuming from an earlier checkpoint drops the later lines of metrics.jsonl and redoes them.
+    train_cls.main([*argv, "--resume", str(run_dir / "epoch_001.pth")])
+    again = _records(run_dir)
+    assert [r["epoch"] for r in again] == [1, 2, 3, 4]
+    assert _without_timing(again) == _without_timing(reference)
+
+
+def test_resume_with_another_model_config_is_refused(cls_tiny_run, cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    run_dir, _ = cls_tiny_run
+    argv = cls_tiny_train_argv(cls_tiny_data, tmp_path / "c", "--resume", str(run_dir / "last.pth"))
+    argv[argv.index("--depth") + 1] = "16"
+    with pytest.raises(UserError, match="densenet") as info:
+        train_cls.main(argv)
+    assert str(run_dir / "last.pth") in str(info.value)
+
+
+def test_missing_data_dir(tmp_path, cls_tiny_train_argv, capsys):
+    missing = tmp_path / "no_data_here"
+    argv = cls_tiny_train_argv(missing, tmp_path / "out")
+    with pytest.raises(UserError, match="train_50") as info:
+        train_cls.main(argv)
+    assert str(missing) in str(info.value)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(train_cls.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(missing) in err and err.count("\n") == 1
+
+
+def test_missing_val_folder(tmp_path, cls_tiny_data, cls_tiny_train_argv):
+    root = tmp_path / "half"
+    (root / "train_50").mkdir(parents=True)
+    with pytest.raises(UserError, match="val_50") as info:
+        train_cls.main(cls_tiny_train_argv(root, tmp_path / "out"))
+    assert str(root) in str(info.value)
+
+
+def test_non_finite_loss_stops_the_run(cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys):
+    out = tmp_path / "diverged"
+    argv = cls_tiny_train_argv(cls_tiny_data, out, epochs=3, lr=1e6)
+    with pytest.raises(engine.NonFiniteLoss) as info:
+        train_cls.main(argv)
+    match = re.match(r"loss became (nan|-?inf) at epoch (\d), step (\d+): ", str(info.value))
+    assert match, str(info.value)
+    failed_epoch = int(match.group(2))
+    # Nothing is recorded or checkpointed for the failed epoch; earlier ones are kept.
+    assert [r["epoch"] for r in _records(out)] == list(range(1, failed_epoch))
+    assert (out / "last.pth").exists() == (failed_epoch > 1)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(train_cls.main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: loss became") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_non_finite_loss_from_the_criterion(cls_tiny_data, cls_tiny_train_argv, tmp_path, monkeypatch):
+    """Independent of how the optimiser diverges: one NaN loss in a later epoch stops the run there."""
+    real = torch.nn.CrossEntropyLoss
+    calls = []
+
+    class NaNAfterSixSteps(real):
+        def forward(self, input, target):
+            loss = super().forward(input, target)
+            calls.append(self.training)
+            return loss * float("nan") if len(calls) == 7 else loss
+
+    monkeypatch.setattr(train_cls.nn, "CrossEntropyLoss", NaNAfterSixSteps)
+    out = tmp_path / "nan"
+    # 4 train steps per epoch + 2 val batches: call 7 is the first step of epoch 2.
+    with pytest.raises(engine.NonFiniteLoss, match="epoch 2"):
+        train_cls.main(cls_tiny_train_argv(cls_tiny_data, out, epochs=2))
+    assert [r["epoch"] for r in _records(out)] == [1]
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1
