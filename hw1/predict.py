@@ -21,16 +21,20 @@ from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.cli import run
 from hw1.data.cls import IMG_SIZE, decode_images
 from hw1.data.images import MEAN, STD, list_images, read_rgb
+from hw1.errors import UserError
 from hw1.io import atomic_write_text
 from hw1.runtime import amp_dtype, get_device
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-DEFAULT_CHECKPOINTS = {"cls": CHECKPOINTS / "p1_densenet.pth", "seg": CHECKPOINTS / "p2_vgg16_fcn32s.pth"}
+# P2 models are hundreds of MB, too large to ship: predict_seg needs a checkpoint.
+DEFAULT_CHECKPOINTS = {"cls": CHECKPOINTS / "p1_densenet.pth"}
 
 
 def load_model(checkpoint, task, device):
     """Model of ``checkpoint`` (or the shipped default of ``task``) in eval mode on ``device``."""
+    if checkpoint is None and task not in DEFAULT_CHECKPOINTS:
+        raise UserError(f"no {task} checkpoint is shipped with hw1: pass one (e.g. runs/vgg16_fcn32s/best.pth)")
     ckpt = load_checkpoint(checkpoint or DEFAULT_CHECKPOINTS[task], task=task)
     model = model_from_checkpoint(ckpt, checkpoint or DEFAULT_CHECKPOINTS[task]).to(device).eval()
     if device.type == "cpu" or ckpt["args"].get("channels_last", False):
@@ -99,13 +103,16 @@ def segment(model, image, *, device, tta=False):
 def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=False):
     """Segment every .jpg/.png of ``image_dir`` into ``output_dir``; return the written paths.
 
-    Each mask is written atomically, so an interrupted run leaves only whole files.
+    Files named ``*_mask.png`` are ground truth (the course's validation folder holds both) and
+    are skipped. Each mask is written atomically, so an interrupted run leaves only whole files.
     """
     from hw1.data.masks import write_mask
 
     device = get_device(device)
     model = load_model(checkpoint, "seg", device)
     files = [p for p in list_images(image_dir) if not p.stem.endswith("_mask")]
+    if not files:
+        raise UserError(f"{image_dir}: only *_mask.png files here, no images to segment")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -9,8 +9,6 @@ from torch import nn
 
 from hw1 import metrics
 
-pytestmark = pytest.mark.usefixtures("cls_one_thread")
-
 
 def brute_force_cm(target, pred, n):
     cm = np.zeros((n, n), dtype=np.int64)

@@ -6,8 +6,6 @@ import torch
 
 from hw1.schedule import CosineSchedule, cosine_lr
 
-pytestmark = pytest.mark.usefixtures("cls_one_thread")
-
 
 def expected_lr(step, base_lr, total, warmup, min_lr):
     """The schedule written out independently: linear warm-up from base/warmup, then half a cosine."""
