@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 from hw1 import metrics
-from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.cli import run
 from hw1.data.masks import CLASS_NAMES
 from hw1.engine import evaluate
 from hw1.errors import UserError
-from hw1.io import atomic_write_text
+from hw1.io import atomic_write_text, json_safe
+from hw1.predict import load_model
 from hw1.runtime import amp_dtype, get_device
 from hw1.scoring import cls_confusion_from_csv, seg_confusion_from_dirs
 
@@ -41,9 +41,9 @@ def get_args_parser():
 
 
 def checkpoint_confusion(args):
-    ckpt = load_checkpoint(args.checkpoint, task=args.task)
     device = get_device(args.device)
-    model = model_from_checkpoint(ckpt, args.checkpoint).to(device)
+    # the same loading (and memory format) as hw1.predict, so both routes score identically
+    model = load_model(args.checkpoint, args.task, device)
     if args.task == "cls":
         from hw1.data.cls import cls_eval_transform, load_cls_split
 
@@ -55,7 +55,7 @@ def checkpoint_confusion(args):
     batch_size = args.batch_size or (500 if args.task == "cls" else 4)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     result = evaluate(model, loader, num_classes=NUM_CLASSES[args.task], task=args.task, device=device,
-                      amp_dtype=amp_dtype("auto", device))
+                      amp_dtype=amp_dtype("auto", device), channels_last=True)
     return result["cm"]
 
 
@@ -89,7 +89,7 @@ def main(argv=None):
     print("\n".join(report(cm, args.task)))
     summary = metrics.summarize(cm, args.task)
     if args.json:
-        atomic_write_text(json.dumps(summary, indent=2) + "\n", Path(args.json))
+        atomic_write_text(json.dumps(json_safe(summary), indent=2) + "\n", Path(args.json))
     return summary
 
 

@@ -7,7 +7,6 @@ weights_only=True)`` reads it and a file that would run code when unpickled is r
 """
 import pickle
 import random
-import zipfile
 from pathlib import Path
 
 import torch
@@ -57,9 +56,14 @@ def load_checkpoint(path, *, task=None):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
-        raise UserError(f"{path}: refused to load: the file holds objects beyond tensors and plain data ({first})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        # weights_only refuses any class or function the file names (a "GLOBAL"): that is a file
+        # that would run code when unpickled. Every other unpickling failure is plain corruption.
+        unsafe = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        if unsafe:
+            raise UserError(f"{path}: refused to load: it holds Python objects beyond tensors and plain data, "
+                            f"which could run code ({unsafe[0]})") from None
+        raise UserError(f"{path}: corrupt or not a PyTorch checkpoint (unreadable pickle data)") from None
+    except Exception as e:  # zip, EOF, key and index errors from a damaged or foreign file
         raise UserError(f"{path}: corrupt or not a PyTorch checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
         raise UserError(f"{path}: not an hw1 checkpoint (needs keys {', '.join(REQUIRED)})")

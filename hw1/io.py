@@ -1,5 +1,6 @@
 """Atomic file writes: a crash leaves either the old file or the new one, never half of one."""
 import contextlib
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +21,10 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file private (0600); give it the mode an ordinary open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -34,3 +39,12 @@ def atomic_torch_save(obj, path):
 def atomic_write_text(text, path):
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def json_safe(value):
+    """NaN (e.g. the metric of a class with no samples) becomes null: strict JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value

@@ -37,9 +37,7 @@ def load_model(checkpoint, task, device):
         raise UserError(f"no {task} checkpoint is shipped with hw1: pass one (e.g. runs/vgg16_fcn32s/best.pth)")
     ckpt = load_checkpoint(checkpoint or DEFAULT_CHECKPOINTS[task], task=task)
     model = model_from_checkpoint(ckpt, checkpoint or DEFAULT_CHECKPOINTS[task]).to(device).eval()
-    if device.type == "cpu" or ckpt["args"].get("channels_last", False):
-        model.to(memory_format=torch.channels_last)
-    return model
+    return model.to(memory_format=torch.channels_last)
 
 
 def normalize(images):

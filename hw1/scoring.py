@@ -20,10 +20,10 @@ def cls_confusion_from_csv(pred_csv, gt_csv, num_classes):
         detail = "; ".join(f"{what} {len(names)} (e.g. {names[0]})"
                            for what, names in (("missing", missing), ("extra", extra)) if names)
         raise UserError(f"{pred_csv}: file names differ from {gt_csv}: {detail}")
-    bad = [(n, v) for n, v in {**pred, **gt}.items() if not 0 <= v < num_classes]
-    if bad:
-        raise UserError(f"{pred_csv if bad[0][0] in pred else gt_csv}: label {bad[0][1]} of {bad[0][0]} "
-                        f"is outside 0..{num_classes - 1}")
+    for path, table in ((gt_csv, gt), (pred_csv, pred)):
+        bad = [(n, v) for n, v in table.items() if not 0 <= v < num_classes]
+        if bad:
+            raise UserError(f"{path}: label {bad[0][1]} of {bad[0][0]} is outside 0..{num_classes - 1}")
     names = sorted(gt)
     return metrics.confusion_matrix(torch.tensor([gt[n] for n in names]), torch.tensor([pred[n] for n in names]),
                                     num_classes)

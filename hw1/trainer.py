@@ -4,7 +4,6 @@ Both training scripts build a model, datasets and a loss, then call :func:`fit`.
 """
 import json
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -12,7 +11,7 @@ import torch
 from hw1 import engine
 from hw1.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from hw1.errors import UserError
-from hw1.io import atomic_write_text
+from hw1.io import atomic_write_text, json_safe
 from hw1.runtime import amp_dtype, get_device
 from hw1.schedule import CosineSchedule
 
@@ -46,13 +45,6 @@ def make_loader(dataset, *, batch_size, shuffle, workers, device, drop_last=Fals
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, drop_last=drop_last,
         pin_memory=device.type == "cuda",  # pinned memory only pays off for host-to-GPU copies
     )
-
-
-def no_nan(value):
-    """NaN (a class with no samples) becomes null: strict JSON has no NaN."""
-    if isinstance(value, list):
-        return [no_nan(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def read_records(path, upto_epoch):
@@ -119,7 +111,7 @@ def fit(*, model, model_name, model_config, task, num_classes, train_set, val_se
         val.pop("cm")
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                   **{f"train_{k}": v for k, v in train.items()},
-                  **{f"val_{k}": no_nan(v) for k, v in val.items()}}
+                  **{f"val_{k}": json_safe(v) for k, v in val.items()}}
         is_best = record[f"val_{metric}"] > best
         best = max(best, record[f"val_{metric}"])
         # metrics.jsonl is written before the checkpoint, and a resume drops lines past the

@@ -75,8 +75,9 @@ def test_args_json(cls_tiny_run, cls_tiny_data):
     assert args["weights"] == "none" and args["resume"] is None
 
 
-def test_checkpoints(cls_tiny_run):
+def test_checkpoints(cls_tiny_run, cls_tiny_data):
     run_dir, _ = cls_tiny_run
+    steps = len(list((cls_tiny_data / "train_50").glob("*.png"))) // 8
     records = _records(run_dir)
     last = torch.load(run_dir / "last.pth", map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "best", "rng", "model_name", "model_config",
@@ -86,7 +87,7 @@ def test_checkpoints(cls_tiny_run):
                                     "num_classes": 50}
     assert isinstance(last["args"], dict) and last["args"]["epochs"] == 4
     assert last["epoch"] == 4 and last["metrics"] == records[-1]
-    assert last["scheduler"]["last_step"] == 4 * (36 // 8)
+    assert last["scheduler"]["last_step"] == 4 * steps
     assert last["best"] == max(r["val_acc"] for r in records)
     for epoch in (1, 2, 4):
         ckpt = torch.load(run_dir / f"epoch_{epoch:03d}.pth", map_location="cpu", weights_only=True)
