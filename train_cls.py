@@ -10,10 +10,9 @@ from pathlib import Path
 
 from torch import nn
 
-from hw1.cli import add_training_args, run
+from hw1.cli import add_training_args, parse_args, require_layout, run
 from hw1.data.cls import AUGMENTATIONS, cls_eval_transform, cls_train_transform, load_cls_split
 from hw1.data.demo import make_cls_demo
-from hw1.errors import UserError
 from hw1.models import build_model
 from hw1.runtime import seed_everything, setup_logging
 from hw1.trainer import fit
@@ -59,10 +58,7 @@ def model_config(args):
 
 
 def load_splits(data_dir, aug):
-    root = Path(data_dir)
-    if not (root / "train_50").is_dir() or not (root / "val_50").is_dir():
-        raise UserError(f"{root}: expected train_50/ and val_50/ here; extract the course data with "
-                        f"'mkdir -p hw1_data && tar xzf p1_data.tar.gz -C hw1_data' or pass --data-dir")
+    root = require_layout(data_dir, ("train_50", "val_50"), "p1_data.tar.gz")
     csv = root / "val_gt.csv"
     train = load_cls_split(root / "train_50", transform=cls_train_transform(aug))
     val = load_cls_split(root / "val_50", labels_csv=csv if csv.is_file() else None, transform=cls_eval_transform())
@@ -70,11 +66,8 @@ def load_splits(data_dir, aug):
 
 
 def main(argv=None):
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(get_args_parser(), argv, DEMO_DEFAULTS)
     if args.demo:
-        parser.set_defaults(**DEMO_DEFAULTS)
-        args = parser.parse_args(argv)
         make_cls_demo(args.data_dir)
     setup_logging()
     args.epochs = args.epochs or EPOCHS[args.model]

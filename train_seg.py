@@ -6,13 +6,11 @@
     python train_seg.py --demo                               # a few minutes on generated scenes
 """
 import argparse
-from pathlib import Path
 
-from hw1.cli import add_training_args, run
+from hw1.cli import add_training_args, parse_args, require_layout, run
 from hw1.data.masks import NUM_CLASSES
 from hw1.data.scenes import make_seg_demo
 from hw1.data.seg import load_seg_split, seg_eval_transform, seg_train_transform
-from hw1.errors import UserError
 from hw1.losses import SegLoss
 from hw1.models import build_model
 from hw1.runtime import seed_everything, setup_logging
@@ -49,10 +47,7 @@ def get_args_parser():
 
 
 def load_splits(args):
-    root = Path(args.data_dir)
-    if not (root / "train").is_dir() or not (root / "validation").is_dir():
-        raise UserError(f"{root}: expected train/ and validation/ here; extract the course data with "
-                        f"'mkdir -p hw1_data && tar xzf p2_data.tar.gz -C hw1_data' or pass --data-dir")
+    root = require_layout(args.data_dir, ("train", "validation"), "p2_data.tar.gz")
     train = load_seg_split(root / "train", size=args.size,
                            transform=seg_train_transform(args.crop_size, scale=(args.min_scale, 1.0)))
     val = load_seg_split(root / "validation", size=args.size, transform=seg_eval_transform())
@@ -60,11 +55,8 @@ def load_splits(args):
 
 
 def main(argv=None):
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(get_args_parser(), argv, DEMO_DEFAULTS)
     if args.demo:
-        parser.set_defaults(**DEMO_DEFAULTS)
-        args = parser.parse_args(argv)
         make_seg_demo(args.data_dir)
     for key, value in RECIPES[args.model].items():
         if getattr(args, key) is None:

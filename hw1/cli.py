@@ -2,6 +2,7 @@
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from hw1.errors import UserError
 
@@ -37,6 +38,24 @@ def add_training_args(parser, *, data_dir, lr, batch_size, weight_decay, opt="sg
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser
+
+
+def parse_args(parser, argv, demo_defaults):
+    """Parse ``argv``; with ``--demo``, parse again over ``demo_defaults`` so explicit flags still win."""
+    args = parser.parse_args(argv)
+    if args.demo:
+        parser.set_defaults(**demo_defaults)
+        args = parser.parse_args(argv)
+    return args
+
+
+def require_layout(data_dir, subdirs, archive):
+    """The course folder ``data_dir`` with ``subdirs`` in it, or a one-line error saying how to make it."""
+    root = Path(data_dir)
+    if not all((root / d).is_dir() for d in subdirs):
+        raise UserError(f"{root}: expected {' and '.join(d + '/' for d in subdirs)} here; extract the course data "
+                        f"with 'mkdir -p hw1_data && tar xzf {archive} -C hw1_data' or pass --data-dir")
+    return root
 
 
 def run(main, argv=None):
