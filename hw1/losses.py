@@ -17,7 +17,11 @@ class SegLoss(nn.Module):
         self.aux_weight, self.ignore_index, self.label_smoothing = aux_weight, ignore_index, label_smoothing
 
     def _ce(self, logits, target):
-        return F.cross_entropy(logits, target, ignore_index=self.ignore_index, label_smoothing=self.label_smoothing)
+        # A sum over the labelled pixels divided by their count (at least 1): the mean that
+        # cross_entropy would give, except that a batch with no labelled pixel costs 0, not NaN.
+        total = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="sum",
+                                label_smoothing=self.label_smoothing)
+        return total / (target != self.ignore_index).sum().clamp(min=1)
 
     def forward(self, output, target):
         loss = self._ce(output["out"], target)

@@ -112,6 +112,12 @@ def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=False):
     if not files:
         raise UserError(f"{image_dir}: only *_mask.png files here, no images to segment")
     output_dir = Path(output_dir)
+    if output_dir.resolve() == Path(image_dir).resolve():
+        raise UserError(f"{output_dir}: the output folder is the input folder; its *_mask.png would be overwritten")
+    names = {}
+    for path in files:
+        if names.setdefault(mask_name(path), path) != path:
+            raise UserError(f"{path}: would write the same {mask_name(path)} as {names[mask_name(path)].name}")
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in files:

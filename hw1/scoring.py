@@ -43,8 +43,8 @@ def list_masks(folder):
     if not folder.is_dir():
         raise UserError(f"{folder}: folder not found")
     found = {}
-    for p in sorted(folder.glob("*.png")):
-        if not p.name.startswith("."):
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() == ".png" and not p.name.startswith("."):
             found.setdefault(mask_id(p), p)
     if not found:
         raise UserError(f"{folder}: no .png masks in this folder")

@@ -1,0 +1,520 @@
+"""P2 end to end on tiny generated data: scoring mask folders, train_seg.py, eval.py and hw1.predict.
+
+Everything runs on the CPU with one torch thread, 64x64 scenes and a VGG16-FCN32s whose fc6/fc7
+are 32 channels wide instead of 4096, so a training epoch takes about a second.
+"""
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the top-level scripts (train_seg.py, eval.py) are imported as modules
+    sys.path.insert(0, str(REPO))
+
+import eval as eval_script  # noqa: E402
+import hw1.runtime  # noqa: E402
+import train_seg  # noqa: E402
+from hw1.checkpoint import model_from_checkpoint  # noqa: E402
+from hw1.data.images import MEAN, STD  # noqa: E402
+from hw1.data.masks import NUM_CLASSES, PALETTE  # noqa: E402
+from hw1.data.scenes import make_seg_demo  # noqa: E402
+from hw1.data.seg import load_seg_split, seg_eval_transform  # noqa: E402
+from hw1.errors import UserError  # noqa: E402
+from hw1.metrics import mean_iou  # noqa: E402
+from hw1.models import build_model  # noqa: E402
+from hw1.predict import mask_name, predict_seg  # noqa: E402
+from hw1.scoring import seg_confusion_from_dirs  # noqa: E402
+
+FC = 32  # fc6/fc7 width of the tiny VGG16-FCN32s
+TINY_VGG_ARGS = ["--model", "vgg16_fcn32s", "--weights", "none", "--fc-channels", str(FC)]
+TINY_RUNTIME_ARGS = ["--device", "cpu", "--amp", "none", "--workers", "0", "--no-progress",
+                     "--batch-size", "2", "--crop-size", "64"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # The tests share two cores with a training job; one intra-op thread is several times faster
+    # than two threads fighting it for them (results are the same).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def fp32_inference(monkeypatch):
+    """Make ``--amp auto`` (eval.py, hw1.predict) pick full fp32 on this CPU, whatever its bf16 support."""
+    monkeypatch.setattr(hw1.runtime, "cpu_has_fast_bf16", lambda: False)
+
+
+# --- brute-force reference --------------------------------------------------------------------
+
+def brute_miou(pairs):
+    """The course's mIoU over classes 0-5 of ``[(gt, pred), ...]`` class maps, pixels pooled.
+
+    A class absent from both ground truth and prediction is left out of the mean (hw1's choice,
+    see hw1.metrics.mean_iou); the course's validation set has every class.
+    """
+    gt = np.concatenate([g.ravel() for g, _ in pairs])
+    pred = np.concatenate([p.ravel() for _, p in pairs])
+    ious = []
+    for c in range(6):
+        tp = np.sum((pred == c) & (gt == c))
+        fp = np.sum((pred == c) & (gt != c))
+        fn = np.sum((pred != c) & (gt == c))
+        if tp + fp + fn:
+            ious.append(tp / (tp + fp + fn))
+    return float(np.mean(ious))
+
+
+def decode_palette(path):
+    """(H, W) class indices of a mask file whose every pixel is exactly one of the 7 palette colours."""
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    match = (rgb[:, :, None, :] == PALETTE[None, None]).all(-1)  # (H, W, 7)
+    assert match.any(-1).all(), f"{path}: pixels outside the palette"
+    return match.argmax(-1)
+
+
+def save_classes(classes, path):
+    """Write a class map as an RGB PNG with plain PIL (independent of hw1.data.masks.write_mask)."""
+    Image.fromarray(PALETTE[classes]).save(path)
+
+
+# --- scoring mask folders (seg_confusion_from_dirs, eval --pred/--gt) -------------------------
+
+def make_mask_folders(root, rng, shapes):
+    """``root/pred/{id}.png`` and ``root/gt/{id}_mask.png`` (+ a ``_sat.jpg``) for each shape; returns the pairs."""
+    pred_dir, gt_dir = root / "pred", root / "gt"
+    pred_dir.mkdir(parents=True)
+    gt_dir.mkdir(parents=True)
+    pairs = []
+    for k, shape in enumerate(shapes):
+        i = f"{10 + 3 * k:04d}"
+        gt = rng.choice(NUM_CLASSES, size=shape, p=[0.15, 0.35, 0.1, 0.1, 0.1, 0.1, 0.1])
+        pred = np.where(rng.random(shape) < 0.6, gt, rng.integers(0, 6, size=shape))
+        save_classes(gt, gt_dir / f"{i}_mask.png")
+        save_classes(pred, pred_dir / f"{i}.png")
+        # the course's validation folder holds the satellite images too: not masks, so not scored
+        Image.fromarray(rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)).save(gt_dir / f"{i}_sat.jpg")
+        pairs.append((gt, pred))
+    return pred_dir, gt_dir, pairs
+
+
+def test_seg_confusion_pairs_by_id(tmp_path):
+    rng = np.random.default_rng(0)
+    pred_dir, gt_dir, pairs = make_mask_folders(tmp_path, rng, [(20, 30), (17, 9), (32, 32)])
+    cm = seg_confusion_from_dirs(pred_dir, gt_dir)
+    assert cm.shape == (NUM_CLASSES, NUM_CLASSES) and cm.sum().item() == sum(g.size for g, _ in pairs)
+    expected = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for gt, pred in pairs:
+        np.add.at(expected, (gt.ravel(), pred.ravel()), 1)
+    np.testing.assert_array_equal(cm.numpy(), expected)
+    assert mean_iou(cm) == pytest.approx(brute_miou(pairs), abs=1e-12)
+
+
+def test_seg_confusion_accepts_course_style_names_on_both_sides(tmp_path):
+    # predict_seg writes xxxx_mask.png, as the course's ground truth is named: both pair as xxxx
+    rng = np.random.default_rng(1)
+    pred_dir, gt_dir, pairs = make_mask_folders(tmp_path, rng, [(8, 8), (5, 7)])
+    for p in list(pred_dir.iterdir()):
+        p.rename(p.with_name(p.stem + "_mask.png"))
+    assert mean_iou(seg_confusion_from_dirs(pred_dir, gt_dir)) == pytest.approx(brute_miou(pairs), abs=1e-12)
+
+
+@pytest.mark.parametrize("change", ["missing", "extra"])
+def test_seg_confusion_different_ids_name_the_pred_folder(tmp_path, change):
+    rng = np.random.default_rng(2)
+    pred_dir, gt_dir, _ = make_mask_folders(tmp_path, rng, [(8, 8), (5, 7)])
+    if change == "missing":
+        (pred_dir / "0013.png").unlink()
+    else:
+        save_classes(np.zeros((8, 8), np.int64), pred_dir / "0099.png")
+    with pytest.raises(UserError) as e:
+        seg_confusion_from_dirs(pred_dir, gt_dir)
+    message = str(e.value)
+    assert str(pred_dir) in message and change in message
+    assert ("0013" if change == "missing" else "0099") in message
+
+
+def test_seg_confusion_size_mismatch_names_the_file(tmp_path):
+    rng = np.random.default_rng(3)
+    pred_dir, gt_dir, _ = make_mask_folders(tmp_path, rng, [(8, 8), (5, 7)])
+    save_classes(np.zeros((7, 5), np.int64), pred_dir / "0013.png")  # transposed
+    with pytest.raises(UserError) as e:
+        seg_confusion_from_dirs(pred_dir, gt_dir)
+    assert str(pred_dir / "0013.png") in str(e.value) and "0013_mask.png" in str(e.value)
+
+
+def test_seg_confusion_missing_or_empty_folder(tmp_path):
+    rng = np.random.default_rng(4)
+    pred_dir, gt_dir, _ = make_mask_folders(tmp_path, rng, [(4, 4)])
+    with pytest.raises(UserError, match="folder not found") as e:
+        seg_confusion_from_dirs(tmp_path / "nope", gt_dir)
+    assert str(tmp_path / "nope") in str(e.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no .png masks") as e:
+        seg_confusion_from_dirs(tmp_path / "empty", gt_dir)
+    assert str(tmp_path / "empty") in str(e.value)
+
+
+def test_eval_pred_gt_equals_brute_force(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    pred_dir, gt_dir, pairs = make_mask_folders(tmp_path, rng, [(20, 30), (17, 9), (32, 32), (3, 50)])
+    out_json = tmp_path / "metrics.json"
+    summary = eval_script.main(["--task", "seg", "--pred", str(pred_dir), "--gt", str(gt_dir),
+                                "--json", str(out_json)])
+    expected = brute_miou(pairs)
+    assert summary["miou"] == pytest.approx(expected, abs=1e-12)
+    assert len(summary["iou"]) == NUM_CLASSES
+    assert json.loads(out_json.read_text())["miou"] == pytest.approx(expected, abs=1e-12)
+    assert f"mIoU: {expected:.4f}" in capsys.readouterr().out
+
+
+def test_eval_json_is_strict_json(tmp_path):
+    # An undefined IoU (class 6 here, absent from truth and prediction) is written as null, not NaN.
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    gt_dir.mkdir()
+    classes = np.array([[0, 1], [2, 3]])  # no unknown pixels anywhere: IoU of class 6 is undefined
+    save_classes(classes, pred_dir / "0000.png")
+    save_classes(classes, gt_dir / "0000_mask.png")
+    out_json = tmp_path / "metrics.json"
+    eval_script.main(["--task", "seg", "--pred", str(pred_dir), "--gt", str(gt_dir), "--json", str(out_json)])
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    saved = json.loads(out_json.read_text(), parse_constant=refuse)
+    assert saved["iou"][6] is None and saved["miou"] == 1.0
+
+
+def test_eval_needs_pred_and_gt_or_checkpoint(tmp_path):
+    with pytest.raises(UserError, match="--pred and --gt"):
+        eval_script.main(["--task", "seg", "--pred", str(tmp_path)])
+    with pytest.raises(UserError, match="--data-dir"):
+        eval_script.main(["--task", "seg", "--checkpoint", str(tmp_path / "x.pth")])
+
+
+# --- train_seg.py -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def seg_data(tmp_path_factory):
+    """Tiny demo scenes: 4 train / 3 validation pairs at 64x64. Read-only."""
+    return make_seg_demo(tmp_path_factory.mktemp("seg_tiny_data"), n_train=4, n_val=3, size=64)
+
+
+@pytest.fixture(scope="module")
+def seg_run(seg_data, tmp_path_factory):
+    """(run folder, last record) of a 2-epoch tiny VGG16-FCN32s run. Read-only."""
+    out_dir = tmp_path_factory.mktemp("seg_tiny_run")
+    record = train_seg.main([*TINY_VGG_ARGS, *TINY_RUNTIME_ARGS, "--data-dir", str(seg_data),
+                             "--out-dir", str(out_dir), "--epochs", "2", "--lr", "1e-3", "--save-epochs"])
+    return out_dir, record
+
+
+@pytest.fixture(scope="module")
+def varied_checkpoint(seg_run, seg_data, tmp_path_factory):
+    """The tiny run's last.pth with a random class scorer that splits each image into several classes.
+
+    A from-scratch model after 4 steps predicts one class everywhere, which would make every
+    comparison of predictions trivially equal. The scorer's weights are made orthogonal to the
+    mean fc7 feature, so the classes depend on how a location differs from the average one.
+    """
+    ckpt = torch.load(seg_run[0] / "last.pth", map_location="cpu", weights_only=True)
+    model = model_from_checkpoint(ckpt).eval()
+    val = load_seg_split(seg_data / "validation", transform=seg_eval_transform())
+    with torch.inference_mode():
+        x = torch.stack([val[i][0] for i in range(len(val))])
+        f = model.drop7(model.relu7(model.fc7(model.relu6(model.fc6(model.features(x))))))
+    mu = f.mean((0, 2, 3))
+    w = torch.randn(NUM_CLASSES, FC, generator=torch.Generator().manual_seed(0))
+    w -= (w @ mu)[:, None] * mu / (mu @ mu)
+    ckpt["model"]["score.weight"] = (w / f.std())[:, :, None, None]
+    ckpt["model"]["score.bias"] = torch.zeros(NUM_CLASSES)
+    path = tmp_path_factory.mktemp("seg_varied") / "varied.pth"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_train_seg_writes_run_folder(seg_run):
+    out_dir, record = seg_run
+    assert {"last.pth", "best.pth", "metrics.jsonl", "args.json"} <= {p.name for p in out_dir.iterdir()}
+    assert not list(out_dir.glob("epoch_*.pth"))  # --save-epochs with no values keeps none
+    lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and lines[-1] == record
+    for r in lines:
+        assert isinstance(r["val_miou"], float) and 0.0 <= r["val_miou"] <= 1.0
+        assert len(r["val_iou"]) == NUM_CLASSES
+        # val_miou is the mean of the logged IoUs of classes 0-5 that are defined (null = absent)
+        defined = [v for v in r["val_iou"][:6] if v is not None]
+        assert r["val_miou"] == pytest.approx(sum(defined) / len(defined))
+        assert np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"])
+
+
+def test_train_seg_checkpoints_load_weights_only(seg_run):
+    out_dir, _ = seg_run
+    lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    last = torch.load(out_dir / "last.pth", map_location="cpu", weights_only=True)
+    best = torch.load(out_dir / "best.pth", map_location="cpu", weights_only=True)
+    for ckpt in (last, best):
+        assert ckpt["model_name"] == "vgg16_fcn32s" and ckpt["task"] == "seg"
+        assert ckpt["model_config"] == {"num_classes": NUM_CLASSES, "fc_channels": FC}
+        assert ckpt["args"]["fc_channels"] == FC and ckpt["args"]["model"] == "vgg16_fcn32s"
+        assert ckpt["model"]["fc6.weight"].shape == (FC, 512, 7, 7)
+        assert ckpt["model"]["score.weight"].shape == (NUM_CLASSES, FC, 1, 1)
+    assert last["epoch"] == 2
+    # best.pth is the first epoch with the highest validation mIoU (ties keep the earlier one)
+    mious = [r["val_miou"] for r in lines]
+    assert best["epoch"] == 1 + mious.index(max(mious))
+    assert best["best"] == last["best"] == max(mious)
+    assert best["metrics"] == lines[best["epoch"] - 1]
+    # and the weights rebuild into a working model
+    model = model_from_checkpoint(last).eval()
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, 40, 50))["out"].shape == (1, NUM_CLASSES, 40, 50)
+
+
+def test_train_seg_resnet101_fcn_one_epoch(seg_data, tmp_path):
+    # ~8 s on one busy core at 64x64; the aux head exercises SegLoss's "aux" path in training.
+    out_dir = tmp_path / "run"
+    record = train_seg.main(["--model", "resnet101_fcn", "--weights", "none", "--aux-weight", "0.5",
+                             *TINY_RUNTIME_ARGS, "--data-dir", str(seg_data), "--out-dir", str(out_dir),
+                             "--epochs", "1", "--save-epochs"])
+    assert record["epoch"] == 1 and np.isfinite(record["train_loss"]) and len(record["val_iou"]) == NUM_CLASSES
+    ckpt = torch.load(out_dir / "last.pth", map_location="cpu", weights_only=True)
+    assert ckpt["model_name"] == "resnet101_fcn"
+    assert ckpt["model_config"] == {"num_classes": NUM_CLASSES, "aux_loss": True}
+    assert "aux_head.weight" in ckpt["model"] and "fcn.aux_classifier.4.weight" in ckpt["model"]
+    # the zero-initialised heads moved: the (aux) loss reached them
+    assert ckpt["model"]["head.weight"].abs().sum() > 0
+    assert ckpt["model"]["aux_head.weight"].abs().sum() > 0
+    for name in ("last.pth", "best.pth"):  # 400 MB each: not worth keeping in pytest's kept tmp folders
+        (out_dir / name).unlink()
+
+
+def test_train_seg_missing_data_dir(tmp_path):
+    missing = tmp_path / "no_such_data"
+    with pytest.raises(UserError) as e:
+        train_seg.main([*TINY_VGG_ARGS, *TINY_RUNTIME_ARGS, "--data-dir", str(missing),
+                        "--out-dir", str(tmp_path / "run"), "--epochs", "1"])
+    assert str(missing) in str(e.value) and "train/" in str(e.value)
+
+
+def save_cls_checkpoint(path):
+    """A tiny DenseNet in the hw1 checkpoint format, as train_cls.py writes it."""
+    config = {"depth": 10, "growth_rate": 4, "num_classes": 50}
+    model = build_model("densenet", **config, weights="none")
+    torch.save({"model": model.state_dict(), "model_name": "densenet", "model_config": config,
+                "task": "cls", "epoch": 1, "args": {"model": "densenet"}}, path)
+    return path
+
+
+def test_train_seg_refuses_to_resume_a_cls_checkpoint(seg_data, tmp_path):
+    cls_ckpt = save_cls_checkpoint(tmp_path / "cls.pth")
+    with pytest.raises(UserError) as e:
+        train_seg.main([*TINY_VGG_ARGS, *TINY_RUNTIME_ARGS, "--data-dir", str(seg_data),
+                        "--out-dir", str(tmp_path / "run"), "--epochs", "1", "--resume", str(cls_ckpt)])
+    assert str(cls_ckpt) in str(e.value) and "cls checkpoint" in str(e.value)
+
+
+def test_train_seg_refuses_to_resume_another_config(seg_run, seg_data, tmp_path):
+    with pytest.raises(UserError) as e:
+        train_seg.main(["--model", "vgg16_fcn32s", "--weights", "none", "--fc-channels", "16", *TINY_RUNTIME_ARGS,
+                        "--data-dir", str(seg_data), "--out-dir", str(tmp_path / "run"), "--epochs", "3",
+                        "--resume", str(seg_run[0] / "last.pth")])
+    assert "fc_channels" in str(e.value) and "16" in str(e.value)
+
+
+# --- eval --checkpoint vs predict + eval --pred ------------------------------------------------
+
+def eval_checkpoint_vs_predicted_masks(checkpoint, val_dir, pred_dir):
+    by_checkpoint = eval_script.main(["--task", "seg", "--checkpoint", str(checkpoint), "--data-dir", str(val_dir),
+                                      "--device", "cpu"])
+    written = predict_seg(val_dir, pred_dir, checkpoint=checkpoint, device="cpu")
+    assert sorted(p.name for p in written) == ["0000_mask.png", "0001_mask.png", "0002_mask.png"]
+    by_masks = eval_script.main(["--task", "seg", "--pred", str(pred_dir), "--gt", str(val_dir)])
+    return by_checkpoint, by_masks
+
+
+@pytest.mark.parametrize("which", ["trained", "varied"])
+def test_eval_checkpoint_equals_predict_then_eval_in_fp32(which, seg_run, varied_checkpoint, seg_data, tmp_path,
+                                                          fp32_inference):
+    checkpoint = seg_run[0] / "last.pth" if which == "trained" else varied_checkpoint
+    val_dir = seg_data / "validation"
+    by_checkpoint, by_masks = eval_checkpoint_vs_predicted_masks(checkpoint, val_dir, tmp_path / "pred")
+    # exactly: same pixels, same pooled confusion matrix (assert_array_equal treats NaN as equal)
+    assert by_checkpoint["miou"] == by_masks["miou"] and by_checkpoint["pixel_acc"] == by_masks["pixel_acc"]
+    np.testing.assert_array_equal(by_checkpoint["iou"], by_masks["iou"])
+    # and both are the course's mIoU of the written masks against the ground truth
+    pairs = [(decode_palette(val_dir / f"{i:04d}_mask.png"), decode_palette(tmp_path / "pred" / f"{i:04d}_mask.png"))
+             for i in range(3)]
+    assert by_masks["miou"] == pytest.approx(brute_miou(pairs), abs=1e-12)
+    if which == "varied":
+        assert len(np.unique(np.concatenate([p.ravel() for _, p in pairs]))) >= 3
+
+
+def test_eval_checkpoint_equals_predict_then_eval_default_amp(varied_checkpoint, seg_data, tmp_path):
+    # Under bf16 autocast (--amp auto on a CPU with AVX512-BF16, as here, and on GPUs) NCHW and
+    # channels_last kernels round differently: with this checkpoint's smooth logits a few % of the
+    # pixels flip. The two routes agree only because both run the model in channels_last.
+    by_checkpoint, by_masks = eval_checkpoint_vs_predicted_masks(varied_checkpoint, seg_data / "validation",
+                                                                 tmp_path / "pred")
+    assert by_checkpoint["miou"] == by_masks["miou"]
+
+
+# --- hw1.predict (seg) ----------------------------------------------------------------------------
+
+def test_mask_name():
+    assert mask_name("0001_sat.jpg") == "0001_mask.png"
+    assert mask_name(Path("/x/y/0001_sat.png")) == "0001_mask.png"
+    assert mask_name("foo.png") == "foo.png"
+    assert mask_name("bar.jpg") == "bar.png"
+    assert mask_name("sat.jpg") == "sat.png"
+
+
+@pytest.fixture(scope="module")
+def predict_inputs(tmp_path_factory):
+    """A folder with images of two sizes and three naming styles, plus a ground-truth mask to skip."""
+    folder = tmp_path_factory.mktemp("predict_in")
+    rng = np.random.default_rng(0)
+    sizes = {"0001_sat.jpg": (64, 64), "foo.png": (45, 77), "bar.jpg": (77, 45)}  # (H, W)
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).save(folder / name)
+    save_classes(np.zeros((64, 64), np.int64), folder / "0001_mask.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder, sizes
+
+
+def expected_classes(model, path, tta):
+    """Argmax of the model on one image, preprocessed by hand (fp32, NCHW)."""
+    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+    x = torch.from_numpy((rgb - np.array(MEAN, np.float32)) / np.array(STD, np.float32)).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        prob = model(x)["out"].softmax(1)
+        if tta:
+            prob = prob + model(x.flip(-1))["out"].softmax(1).flip(-1)
+    return prob[0].argmax(0).numpy()
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_predict_seg_outputs(tta, predict_inputs, varied_checkpoint, tmp_path, fp32_inference):
+    folder, sizes = predict_inputs
+    out_dir = tmp_path / "masks"
+    written = predict_seg(folder, out_dir, checkpoint=varied_checkpoint, device="cpu", tta=tta)
+    expected_names = {"0001_sat.jpg": "0001_mask.png", "foo.png": "foo.png", "bar.jpg": "bar.png"}
+    assert sorted(written) == sorted(out_dir / n for n in expected_names.values())
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(expected_names.values())  # no temporary files left
+    # the ground truth in the input folder is neither predicted nor touched
+    assert (decode_palette(folder / "0001_mask.png") == 0).all()
+    model = model_from_checkpoint(torch.load(varied_checkpoint, weights_only=True)).eval()
+    colours = set()
+    for src, dst in expected_names.items():
+        with Image.open(out_dir / dst) as im:
+            assert im.format == "PNG" and im.mode == "RGB"
+            assert (im.height, im.width) == sizes[src]
+            rgb = np.asarray(im)
+        colours |= {tuple(c) for c in rgb.reshape(-1, 3)}
+        classes = decode_palette(out_dir / dst)  # asserts every pixel is a palette colour
+        np.testing.assert_array_equal(classes, expected_classes(model, folder / src, tta))
+    assert colours <= {tuple(c) for c in PALETTE} and len(colours) >= 2
+
+
+def test_predict_seg_tta_averages_with_the_flip(predict_inputs, varied_checkpoint, tmp_path, fp32_inference):
+    # The mirrored image, segmented with TTA, gives exactly the mirrored masks: TTA is flip-symmetric.
+    folder, _ = predict_inputs
+    mirrored = tmp_path / "mirrored"
+    mirrored.mkdir()
+    for name in ("foo.png", "bar.jpg"):
+        with Image.open(folder / name) as im:
+            # PNG keeps the mirrored pixels exact (a JPEG would be re-encoded)
+            im.transpose(Image.FLIP_LEFT_RIGHT).save(mirrored / (Path(name).stem + ".png"))
+    plain_dir, mirror_dir = tmp_path / "out_plain", tmp_path / "out_mirror"
+    predict_seg(folder, plain_dir, checkpoint=varied_checkpoint, device="cpu", tta=True)
+    predict_seg(mirrored, mirror_dir, checkpoint=varied_checkpoint, device="cpu", tta=True)
+    for name in ("foo.png", "bar.png"):
+        a, b = decode_palette(plain_dir / name), decode_palette(mirror_dir / name)
+        # ties between the two probability maps could break differently; none expected here
+        assert np.mean(a == b[:, ::-1]) == 1.0
+
+
+def test_predict_seg_cli(predict_inputs, varied_checkpoint, tmp_path):
+    folder, sizes = predict_inputs
+    out_dir = tmp_path / "cli_masks"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "hw1.predict", "seg", str(folder), str(out_dir),
+                             "--checkpoint", str(varied_checkpoint), "--device", "cpu"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote 3 masks to {out_dir}" in result.stdout
+    assert sorted(p.name for p in out_dir.iterdir()) == ["0001_mask.png", "bar.png", "foo.png"]
+    with Image.open(out_dir / "foo.png") as im:
+        assert (im.height, im.width) == sizes["foo.png"]
+
+
+def test_predict_seg_needs_a_checkpoint(predict_inputs, tmp_path):
+    with pytest.raises(UserError, match="no seg checkpoint"):
+        predict_seg(predict_inputs[0], tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_seg_refuses_a_cls_checkpoint(predict_inputs, tmp_path):
+    cls_ckpt = save_cls_checkpoint(tmp_path / "cls.pth")
+    with pytest.raises(UserError) as e:
+        predict_seg(predict_inputs[0], tmp_path / "out", checkpoint=cls_ckpt, device="cpu")
+    assert str(cls_ckpt) in str(e.value) and "cls checkpoint" in str(e.value)
+
+
+def test_predict_seg_folder_of_only_masks(varied_checkpoint, tmp_path):
+    folder = tmp_path / "gt_only"
+    folder.mkdir()
+    save_classes(np.zeros((4, 4), np.int64), folder / "0000_mask.png")
+    with pytest.raises(UserError, match="only \\*_mask.png") as e:
+        predict_seg(folder, tmp_path / "out", checkpoint=varied_checkpoint, device="cpu")
+    assert str(folder) in str(e.value)
+
+
+def test_predicted_masks_follow_the_umask(predict_inputs, varied_checkpoint, tmp_path):
+    # atomic writes go through a mkstemp file (mode 0600): the mask must still get the usual mode
+    umask = os.umask(0o022)
+    try:
+        written = predict_seg(predict_inputs[0], tmp_path / "out", checkpoint=varied_checkpoint, device="cpu")
+    finally:
+        os.umask(umask)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in written)
+
+
+def test_predict_seg_refuses_two_inputs_with_one_output_name(varied_checkpoint, tmp_path):
+    folder = tmp_path / "clash"
+    folder.mkdir()
+    for name in ("foo.png", "foo.jpg"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / name)
+    with pytest.raises(UserError, match="same foo.png"):
+        predict_seg(folder, tmp_path / "out", checkpoint=varied_checkpoint, device="cpu")
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_seg_refuses_to_write_over_its_input(predict_inputs, varied_checkpoint):
+    folder = predict_inputs[0]
+    before = (folder / "0001_mask.png").read_bytes()
+    with pytest.raises(UserError, match="input folder"):
+        predict_seg(folder, folder, checkpoint=varied_checkpoint, device="cpu")
+    assert (folder / "0001_mask.png").read_bytes() == before
+
+
+def test_seg_confusion_reads_uppercase_png(tmp_path):
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    gt_dir.mkdir()
+    classes = np.array([[0, 1], [2, 3]])
+    save_classes(classes, pred_dir / "0000.PNG")
+    save_classes(classes, gt_dir / "0000_mask.png")
+    cm = seg_confusion_from_dirs(pred_dir, gt_dir)
+    assert cm.trace().item() == cm.sum().item() == 4
