@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from hw1.cli import add_training_args, parse_args, require_layout, run
+from hw1.cli import add_training_args, command_line, parse_args, require_layout, run
 from hw1.data.cls import AUGMENTATIONS, cls_eval_transform, cls_train_transform, load_cls_split
 from hw1.data.demo import make_cls_demo
 from hw1.models import build_model
@@ -67,6 +67,7 @@ def load_splits(data_dir, aug):
 
 def main(argv=None):
     args = parse_args(get_args_parser(), argv, DEMO_DEFAULTS)
+    args.command = command_line("train_cls.py", argv)
     if args.demo:
         make_cls_demo(args.data_dir)
     setup_logging()

@@ -7,7 +7,7 @@
 """
 import argparse
 
-from hw1.cli import add_training_args, parse_args, require_layout, run
+from hw1.cli import add_training_args, command_line, parse_args, require_layout, run
 from hw1.data.masks import NUM_CLASSES
 from hw1.data.scenes import make_seg_demo
 from hw1.data.seg import load_seg_split, seg_eval_transform, seg_train_transform
@@ -56,6 +56,7 @@ def load_splits(args):
 
 def main(argv=None):
     args = parse_args(get_args_parser(), argv, DEMO_DEFAULTS)
+    args.command = command_line("train_seg.py", argv)
     if args.demo:
         make_seg_demo(args.data_dir)
     for key, value in RECIPES[args.model].items():

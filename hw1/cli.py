@@ -1,6 +1,7 @@
 """What train_cls.py and train_seg.py share: their common flags and how a script reports errors."""
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -38,6 +39,11 @@ def add_training_args(parser, *, data_dir, lr, batch_size, weight_decay, opt="sg
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--debug", action="store_true", help="show full tracebacks")
     return parser
+
+
+def command_line(script, argv):
+    """The command that started a run, for its records (``argv`` None means this process's own)."""
+    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
 
 
 def parse_args(parser, argv, demo_defaults):

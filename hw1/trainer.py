@@ -14,6 +14,7 @@ from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
 from hw1.runtime import amp_dtype, get_device
 from hw1.schedule import CosineSchedule
+from hw1.summary import device_name
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def fit(*, model, model_name, model_config, task, num_classes, train_set, val_se
         records = read_records(out_dir / "metrics.jsonl", ckpt["epoch"])
         log.info("resumed from %s at epoch %d", args.resume, start_epoch)
     atomic_write_text("".join(json.dumps(r) + "\n" for r in records), out_dir / "metrics.jsonl")
+    args.device_name, args.torch_version = device_name(device), torch.__version__
     atomic_write_text(json.dumps(plain(vars(args)), indent=2) + "\n", out_dir / "args.json")
 
     # Compiling wraps the module; checkpoints always save the plain module's state_dict.

@@ -1,0 +1,79 @@
+"""One JSON summary of a training run, read from what the run wrote (metrics.jsonl, args.json).
+
+    python -m hw1.summary runs/densenet --out results/p1_densenet.json
+
+Every number comes from the run folder; the commit is the repository's HEAD when it is a git
+checkout (the code that produced a committed result is the code of that commit or earlier).
+"""
+import argparse
+import json
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from hw1.cli import run
+from hw1.errors import UserError
+from hw1.io import atomic_write_text, json_safe
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cores = len(__import__("os").sched_getaffinity(0))
+    return f"CPU ({platform.processor() or platform.machine()}, {cores} cores, {torch.get_num_threads()} threads)"
+
+
+def git_commit(repo=Path(__file__).resolve().parents[1]):
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def summarize_run(run_dir):
+    run_dir = Path(run_dir)
+    try:
+        args = json.loads((run_dir / "args.json").read_text())
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{run_dir}: not a run folder with args.json and metrics.jsonl ({e})".splitlines()[0]) from None
+    if not records:
+        raise UserError(f"{run_dir}/metrics.jsonl: no epoch finished yet")
+    metric = "val_miou" if "val_miou" in records[-1] else "val_acc"
+    best = max(records, key=lambda r: r[metric])
+    per_class = "val_iou" if metric == "val_miou" else "val_per_class_acc"
+    return json_safe({
+        "model": args.get("model"),
+        "metric": metric.removeprefix("val_"),
+        "best": best[metric], "best_epoch": best["epoch"], "last": records[-1][metric],
+        "per_class_at_best": best.get(per_class),
+        "epochs": records[-1]["epoch"], "planned_epochs": args.get("epochs"),
+        "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
+        "train_img_s": round(sum(r["train_img_s"] for r in records) / len(records), 1),
+        "device": args.get("device_name"), "torch": args.get("torch_version"),
+        "command": args.get("command"), "commit": git_commit(),
+    })
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(prog="python -m hw1.summary", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="write the summary here (default: print it)")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    text = json.dumps(summarize_run(args.run_dir), indent=2) + "\n"
+    if args.out:
+        atomic_write_text(text, args.out)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,28 @@
+"""hw1.summary reads a run folder and reports what the run measured."""
+import json
+
+import pytest
+
+from hw1.errors import UserError
+from hw1.summary import main, summarize_run
+
+
+def test_summary_of_a_training_run(cls_tiny_run, tmp_path):
+    run_dir = cls_tiny_run[0]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    args = json.loads((run_dir / "args.json").read_text())
+    out = tmp_path / "s.json"
+    main([str(run_dir), "--out", str(out)])
+    summary = json.loads(out.read_text())
+    assert summary == summarize_run(run_dir)
+    best = max(records, key=lambda r: r["val_acc"])
+    assert summary["metric"] == "acc" and summary["best"] == best["val_acc"] and summary["best_epoch"] == best["epoch"]
+    assert summary["epochs"] == len(records) == args["epochs"]
+    assert summary["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in records), abs=0.1)
+    assert summary["command"].startswith("python train_cls.py ") and "--epochs" in summary["command"]
+    assert summary["device"].startswith("CPU") and summary["torch"] == args["torch_version"]
+
+
+def test_summary_of_a_folder_without_a_run(tmp_path):
+    with pytest.raises(UserError, match="not a run folder"):
+        summarize_run(tmp_path)
