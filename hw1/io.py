@@ -2,6 +2,7 @@
 import contextlib
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,12 @@ def atomic_path(path):
 def atomic_torch_save(obj, path):
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def atomic_copy(src, dst):
+    """Copy ``src`` to ``dst`` atomically (a copy of a saved checkpoint costs no second serialisation)."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def atomic_write_text(text, path):

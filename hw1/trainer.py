@@ -11,7 +11,7 @@ import torch
 from hw1 import engine
 from hw1.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from hw1.errors import UserError
-from hw1.io import atomic_write_text, json_safe
+from hw1.io import atomic_copy, atomic_write_text, json_safe
 from hw1.runtime import amp_dtype, get_device
 from hw1.schedule import CosineSchedule
 from hw1.summary import device_name
@@ -128,9 +128,9 @@ def fit(*, model, model_name, model_config, task, num_classes, train_set, val_se
         }
         save_checkpoint(state, out_dir / "last.pth")
         if is_best:
-            save_checkpoint(state, out_dir / "best.pth")
+            atomic_copy(out_dir / "last.pth", out_dir / "best.pth")
         if epoch in save_epochs:
-            save_checkpoint(state, out_dir / f"epoch_{epoch:03d}.pth")
+            atomic_copy(out_dir / "last.pth", out_dir / f"epoch_{epoch:03d}.pth")
         log.info("epoch %d/%d  loss %.4f  train_acc %.4f  val_%s %.4f%s  (%.0f img/s, %.1f s)", epoch, args.epochs,
                  train["loss"], train["acc"], metric, record[f"val_{metric}"], "  *best*" if is_best else "",
                  train["img_s"], train["seconds"])
