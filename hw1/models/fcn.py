@@ -6,7 +6,7 @@ input of any size, as torchvision's segmentation models do.
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import ResNet101_Weights, VGG16_Weights
+from torchvision.models import ResNet101_Weights, VGG16_BN_Weights, VGG16_Weights
 from torchvision.models.segmentation import FCN_ResNet101_Weights, fcn_resnet101
 
 from hw1.models.weights import hub_file, load_matching, resolve_state_dict
@@ -17,13 +17,17 @@ _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"
 _STRIDE = 32  # total stride of the five pools
 
 
-def _vgg16_features():
+def _vgg16_features(batch_norm=False):
+    """torchvision's ``vgg16`` (or, with ``batch_norm``, ``vgg16_bn``) feature layers, same indices."""
     layers, in_channels = [], 3
     for v in _VGG16_CFG:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
-            layers += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            layers.append(nn.Conv2d(in_channels, v, kernel_size=3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(v))
+            layers.append(nn.ReLU(inplace=True))
             in_channels = v
     return nn.Sequential(*layers)
 
@@ -55,9 +59,10 @@ class VGG16FCN32s(nn.Module):
     # unpadded cell i - 1 belongs at 32 * (i - 1) + 15.5 in the image, hence 32 + 16.
     _CROP = _STRIDE + _STRIDE // 2
 
-    def __init__(self, num_classes=7, dropout=0.5, fc_channels=4096):
+    def __init__(self, num_classes=7, dropout=0.5, fc_channels=4096, batch_norm=False):
         super().__init__()
-        self.features = _vgg16_features()
+        # batch_norm (VGG16-BN) is for training from scratch, where plain VGG16 learns very slowly
+        self.features = _vgg16_features(batch_norm)
         # fc6/fc7 are torchvision's classifier[0] / classifier[3] as convolutions
         # (fc_channels < 4096 only for small from-scratch runs: the ImageNet weights need 4096)
         self.fc6 = nn.Conv2d(512, fc_channels, kernel_size=7, padding=3)
@@ -74,6 +79,9 @@ class VGG16FCN32s(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         # As in the paper: a zero-initialised class scorer (random init gave neither better
         # accuracy nor faster convergence there) and a final upsampling fixed to bilinear
@@ -117,15 +125,16 @@ def _vgg16_to_fcn(state_dict):
     return renamed
 
 
-def vgg16_fcn32s(*, num_classes=7, weights="none", dropout=0.5, fc_channels=4096):
+def vgg16_fcn32s(*, num_classes=7, weights="none", dropout=0.5, fc_channels=4096, batch_norm=False):
     """VGG16-FCN32s; ``weights``: ``imagenet``, ``none`` or a PATH.
 
-    A PATH holds a torchvision vgg16 state dict (``features.*``, ``classifier.*``; the scorer
-    stays freshly initialised) or a VGG16FCN32s one, e.g. an hw1 checkpoint (loaded whole).
+    A PATH holds a torchvision vgg16 (vgg16_bn with ``batch_norm``) state dict (``features.*``,
+    ``classifier.*``; the scorer stays freshly initialised) or a VGG16FCN32s one, e.g. an hw1
+    checkpoint (loaded whole).
     """
-    keywords = {"imagenet": VGG16_Weights.IMAGENET1K_V1}
+    keywords = {"imagenet": VGG16_BN_Weights.IMAGENET1K_V1 if batch_norm else VGG16_Weights.IMAGENET1K_V1}
     state_dict = resolve_state_dict(weights, keywords)
-    model = VGG16FCN32s(num_classes=num_classes, dropout=dropout, fc_channels=fc_channels)
+    model = VGG16FCN32s(num_classes=num_classes, dropout=dropout, fc_channels=fc_channels, batch_norm=batch_norm)
     if state_dict is not None:
         source = hub_file(keywords[weights]) if weights in keywords else weights
         if "fc6.weight" in state_dict:
