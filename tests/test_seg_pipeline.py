@@ -266,7 +266,7 @@ def test_train_seg_checkpoints_load_weights_only(seg_run):
     best = torch.load(out_dir / "best.pth", map_location="cpu", weights_only=True)
     for ckpt in (last, best):
         assert ckpt["model_name"] == "vgg16_fcn32s" and ckpt["task"] == "seg"
-        assert ckpt["model_config"] == {"num_classes": NUM_CLASSES, "fc_channels": FC}
+        assert ckpt["model_config"] == {"num_classes": NUM_CLASSES, "fc_channels": FC, "batch_norm": False}
         assert ckpt["args"]["fc_channels"] == FC and ckpt["args"]["model"] == "vgg16_fcn32s"
         assert ckpt["model"]["fc6.weight"].shape == (FC, 512, 7, 7)
         assert ckpt["model"]["score.weight"].shape == (NUM_CLASSES, FC, 1, 1)
