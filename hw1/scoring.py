@@ -9,17 +9,22 @@ from hw1.data.masks import NUM_CLASSES, read_mask
 from hw1.errors import UserError
 
 
+def require_same_keys(pred, gt, message):
+    """Raise ``message: missing N (e.g. x); extra M (e.g. y)`` unless ``pred`` and ``gt`` have the same keys."""
+    missing, extra = sorted(gt.keys() - pred.keys()), sorted(pred.keys() - gt.keys())
+    if missing or extra:
+        detail = "; ".join(f"{what} {len(keys)} (e.g. {keys[0]})"
+                           for what, keys in (("missing", missing), ("extra", extra)) if keys)
+        raise UserError(f"{message}: {detail}")
+
+
 def cls_confusion_from_csv(pred_csv, gt_csv, num_classes):
     """Confusion matrix of a ``filename,label`` prediction CSV against a ground-truth CSV.
 
     Both must list the same file names: a missing or extra file is an error, not silently skipped.
     """
     pred, gt = read_labels_csv(pred_csv), read_labels_csv(gt_csv)
-    missing, extra = sorted(set(gt) - set(pred)), sorted(set(pred) - set(gt))
-    if missing or extra:
-        detail = "; ".join(f"{what} {len(names)} (e.g. {names[0]})"
-                           for what, names in (("missing", missing), ("extra", extra)) if names)
-        raise UserError(f"{pred_csv}: file names differ from {gt_csv}: {detail}")
+    require_same_keys(pred, gt, f"{pred_csv}: file names differ from {gt_csv}")
     for path, table in ((gt_csv, gt), (pred_csv, pred)):
         bad = [(n, v) for n, v in table.items() if not 0 <= v < num_classes]
         if bad:
@@ -58,11 +63,7 @@ def seg_confusion_from_dirs(pred_dir, gt_dir, num_classes=NUM_CLASSES):
     mask without its partner, or of another size, is an error rather than a silently wrong score.
     """
     pred, gt = list_masks(pred_dir), list_masks(gt_dir)
-    missing, extra = sorted(gt.keys() - pred.keys()), sorted(pred.keys() - gt.keys())
-    if missing or extra:
-        detail = "; ".join(f"{what} {len(ids)} (e.g. {ids[0]})"
-                           for what, ids in (("missing", missing), ("extra", extra)) if ids)
-        raise UserError(f"{pred_dir}: mask ids differ from {gt_dir}: {detail}")
+    require_same_keys(pred, gt, f"{pred_dir}: mask ids differ from {gt_dir}")
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for i in sorted(gt):
         p, g = read_mask(pred[i]), read_mask(gt[i])
