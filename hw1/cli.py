@@ -9,7 +9,15 @@ from hw1.errors import UserError
 
 
 def add_training_args(parser, *, data_dir, lr, batch_size, weight_decay, opt="sgd", workers=2):
-    """Flags common to both training scripts; ``--epochs`` defaults per model and is added by each script."""
+    """Flags common to both training scripts; ``--epochs`` defaults per model and is added by each script.
+
+    A default of None for ``lr``, ``weight_decay`` or ``opt`` means the script fills it from the
+    model's recipe; the help then says so instead of printing "None".
+    """
+
+    def default(value):
+        return "the model's recipe" if value is None else "%(default)s"
+
     g = parser.add_argument_group("data and output")
     g.add_argument("--data-dir", default=data_dir, help="the extracted course data (default: %(default)s)")
     g.add_argument("--out-dir", default=None, help="run folder (default: runs/<model>)")
@@ -18,11 +26,11 @@ def add_training_args(parser, *, data_dir, lr, batch_size, weight_decay, opt="sg
                    help="epochs whose checkpoint is kept as epoch_NNN.pth (default: first, middle, last)")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=batch_size, help="(default: %(default)s)")
-    g.add_argument("--opt", choices=["sgd", "adamw"], default=opt, help="(default: %(default)s)")
-    g.add_argument("--lr", type=float, default=lr, help="peak learning rate (default: %(default)s)")
+    g.add_argument("--opt", choices=["sgd", "adamw"], default=opt, help=f"(default: {default(opt)})")
+    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default: {default(lr)})")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
-    g.add_argument("--weight-decay", type=float, default=weight_decay, help="(default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=weight_decay, help=f"(default: {default(weight_decay)})")
     g.add_argument("--no-wd-norm", action="store_true", help="no weight decay on norm layers and biases")
     g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up length (default: %(default)s)")
     g.add_argument("--min-lr", type=float, default=0.0, help="lr at the end of the cosine (default: %(default)s)")
