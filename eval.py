@@ -10,17 +10,15 @@ import json
 import math
 from pathlib import Path
 
-import torch
 
 from hw1 import metrics
 from hw1.cli import run
 from hw1.data.masks import CLASS_NAMES
-from hw1.engine import evaluate
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
 from hw1.predict import load_model
-from hw1.runtime import amp_dtype, get_device
-from hw1.scoring import cls_confusion_from_csv, seg_confusion_from_dirs
+from hw1.runtime import get_device
+from hw1.scoring import cls_confusion_from_csv, model_confusion, seg_confusion_from_dirs
 
 NUM_CLASSES = {"cls": 50, "seg": 7}
 
@@ -44,19 +42,8 @@ def checkpoint_confusion(args):
     device = get_device(args.device)
     # the same loading (and memory format) as hw1.predict, so both routes score identically
     model = load_model(args.checkpoint, args.task, device)
-    if args.task == "cls":
-        from hw1.data.cls import cls_eval_transform, load_cls_split
-
-        dataset = load_cls_split(args.data_dir, labels_csv=args.labels, transform=cls_eval_transform())
-    else:
-        from hw1.data.seg import load_seg_split, seg_eval_transform
-
-        dataset = load_seg_split(args.data_dir, transform=seg_eval_transform())
-    batch_size = args.batch_size or (500 if args.task == "cls" else 4)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    result = evaluate(model, loader, num_classes=NUM_CLASSES[args.task], task=args.task, device=device,
-                      amp_dtype=amp_dtype("auto", device), channels_last=True)
-    return result["cm"]
+    return model_confusion(model, args.data_dir, task=args.task, device=device, labels_csv=args.labels,
+                           batch_size=args.batch_size)
 
 
 def report(cm, task):

@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 
 from hw1 import plots
-from hw1.checkpoint import load_checkpoint, model_from_checkpoint
+from hw1.checkpoint import load_checkpoint
 from hw1.cli import run
 from hw1.errors import UserError
 from hw1.models import TASK_OF, build_model
-from hw1.runtime import amp_dtype, get_device
-
-NUM_CLASSES = {"cls": 50, "seg": 7}
+from hw1.predict import inference_model
+from hw1.runtime import get_device
+from hw1.scoring import model_confusion
 
 
 def load(path, task, device):
@@ -31,7 +31,7 @@ def load(path, task, device):
     prepared as :func:`hw1.predict.load_model` prepares it.
     """
     ckpt = load_checkpoint(path, task=task)
-    model = model_from_checkpoint(ckpt, path).to(device).eval().to(memory_format=torch.channels_last)
+    model = inference_model(ckpt, path, device)
     title = f"epoch {ckpt['epoch']}" if isinstance(ckpt.get("epoch"), int) else Path(path).name
     return model, title, ckpt["model_name"]
 
@@ -105,26 +105,11 @@ def cmd_curves(args, device):
                              dpi=args.dpi, pdf=args.pdf)
 
 
-def confusion(model, args, task, device):
-    from hw1.engine import evaluate
-
-    if task == "cls":
-        from hw1.data.cls import cls_eval_transform, load_cls_split
-
-        dataset = load_cls_split(args.data_dir, labels_csv=args.labels, transform=cls_eval_transform())
-    else:
-        from hw1.data.seg import load_seg_split, seg_eval_transform
-
-        dataset = load_seg_split(args.data_dir, size=args.size, transform=seg_eval_transform())
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size or (500 if task == "cls" else 4))
-    return evaluate(model, loader, num_classes=NUM_CLASSES[task], task=task, device=device,
-                    amp_dtype=amp_dtype("auto", device), channels_last=True)["cm"]
-
-
 def cmd_confusion(args, device):
     model, epoch, name = load(args.checkpoint, None, device)
     task = TASK_OF[name]
-    cm = confusion(model, args, task, device)
+    cm = model_confusion(model, args.data_dir, task=task, device=device, labels_csv=args.labels, size=args.size,
+                         batch_size=args.batch_size)
     size = f", resized to {args.size}x{args.size}" if task == "seg" and args.size else ""
     title = f"{name} {epoch} ({Path(args.checkpoint).name}) on {Path(args.data_dir).name}{size}"
     return plots.save_figure(plots.confusion_figure(cm, task=task, title=title),

@@ -31,13 +31,17 @@ CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 DEFAULT_CHECKPOINTS = {"cls": CHECKPOINTS / "p1_densenet.pth"}
 
 
+def inference_model(ckpt, path, device):
+    """The model of a loaded checkpoint in eval mode, channels_last, on ``device``."""
+    return model_from_checkpoint(ckpt, path).to(device).eval().to(memory_format=torch.channels_last)
+
+
 def load_model(checkpoint, task, device):
-    """Model of ``checkpoint`` (or the shipped default of ``task``) in eval mode on ``device``."""
+    """Model of ``checkpoint`` (or the shipped default of ``task``) ready for inference on ``device``."""
     if checkpoint is None and task not in DEFAULT_CHECKPOINTS:
         raise UserError(f"no {task} checkpoint is shipped with hw1: pass one (e.g. runs/vgg16_fcn32s/best.pth)")
-    ckpt = load_checkpoint(checkpoint or DEFAULT_CHECKPOINTS[task], task=task)
-    model = model_from_checkpoint(ckpt, checkpoint or DEFAULT_CHECKPOINTS[task]).to(device).eval()
-    return model.to(memory_format=torch.channels_last)
+    path = checkpoint or DEFAULT_CHECKPOINTS[task]
+    return inference_model(load_checkpoint(path, task=task), path, device)
 
 
 def normalize(images):

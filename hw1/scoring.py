@@ -1,4 +1,4 @@
-"""Scoring files against ground truth as the course does: prediction CSVs (P1) and mask folders (P2)."""
+"""Scoring against ground truth as the course does: prediction CSVs (P1), mask folders (P2), or a model."""
 from pathlib import Path
 
 import torch
@@ -71,3 +71,26 @@ def seg_confusion_from_dirs(pred_dir, gt_dir, num_classes=NUM_CLASSES):
             raise UserError(f"{pred[i]}: mask is {p.shape[1]}x{p.shape[0]} but {gt[i].name} is {g.shape[1]}x{g.shape[0]}")
         cm += metrics.confusion_matrix(torch.from_numpy(g), torch.from_numpy(p), num_classes)
     return cm
+
+
+def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None, batch_size=None):
+    """Pooled confusion matrix of an inference-ready ``model`` on a labelled folder of ``task``.
+
+    cls: images named ``{label}_{id}`` (or labelled by ``labels_csv``); seg: image + mask pairs,
+    optionally resized to ``size``. Autocast as in ``hw1.predict``, so both routes score alike.
+    """
+    from hw1.engine import evaluate
+    from hw1.runtime import amp_dtype
+
+    if task == "cls":
+        from hw1.data.cls import cls_eval_transform, load_cls_split
+
+        dataset = load_cls_split(data_dir, labels_csv=labels_csv, transform=cls_eval_transform())
+    else:
+        from hw1.data.seg import load_seg_split, seg_eval_transform
+
+        dataset = load_seg_split(data_dir, size=size, transform=seg_eval_transform())
+    num_classes = 50 if task == "cls" else NUM_CLASSES
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or (500 if task == "cls" else 4))
+    return evaluate(model, loader, num_classes=num_classes, task=task, device=device,
+                    amp_dtype=amp_dtype("auto", device), channels_last=True)["cm"]
