@@ -10,6 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
+from hw1 import distributed as dist
 from hw1.cli import add_training_args, command_line, parse_args, require_layout, run
 from hw1.data.cls import AUGMENTATIONS, cls_eval_transform, cls_train_transform, load_cls_split
 from hw1.data.demo import make_cls_demo
@@ -68,8 +69,10 @@ def load_splits(data_dir, aug):
 def main(argv=None):
     args = parse_args(get_args_parser(), argv, DEMO_DEFAULTS)
     args.command = command_line("train_cls.py", argv)
+    dist.setup(args.device)  # under torchrun, join the group first: rank 0 alone writes the demo data
     if args.demo:
-        make_cls_demo(args.data_dir)
+        with dist.main_first():
+            make_cls_demo(args.data_dir)
     setup_logging()
     args.epochs = args.epochs or EPOCHS[args.model]
     args.out_dir = args.out_dir or f"runs/{args.model}"
@@ -82,7 +85,7 @@ def main(argv=None):
     record = fit(model=model, model_name=args.model, model_config=config, task="cls", num_classes=NUM_CLASSES,
                  train_set=train_set, val_set=val_set, args=args, metric="acc",
                  criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing))
-    if args.demo:
+    if args.demo and dist.is_main():
         from hw1.metrics import accuracy
         from hw1.predict import predict_cls
         from hw1.scoring import cls_confusion_from_csv

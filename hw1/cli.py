@@ -1,6 +1,7 @@
 """What train_cls.py and train_seg.py share: their common flags and how a script reports errors."""
 import argparse
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -51,7 +52,11 @@ def add_training_args(parser, *, data_dir, lr, batch_size, weight_decay, opt="sg
 
 def command_line(script, argv):
     """The command that started a run, for its records (``argv`` None means this process's own)."""
-    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+    launcher = ["python"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+        launcher = ["torchrun", f"--nnodes={os.environ.get('GROUP_WORLD_SIZE', '1')}",
+                    f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', '1')}"]
+    return shlex.join([*launcher, script, *(sys.argv[1:] if argv is None else argv)])
 
 
 def parse_args(parser, argv, demo_defaults):
@@ -73,16 +78,24 @@ def require_layout(data_dir, subdirs, archive):
 
 
 def run(main, argv=None):
-    """Call ``main(argv)``; a :class:`UserError` becomes ``error: ...`` on stderr and exit status 2."""
+    """Call ``main(argv)``; a :class:`UserError` becomes ``error: ...`` on stderr and exit status 2.
+
+    Under torchrun every rank that fails says so, ranks other than 0 with a ``[rank N]`` prefix.
+    """
     argv = sys.argv[1:] if argv is None else argv
+    rank = int(os.environ.get("RANK", "0"))
     try:
         return main(argv)
     except UserError as e:
         if "--debug" in argv:
             raise
         logging.getLogger().handlers.clear()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{f'[rank {rank}] ' if rank else ''}error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if "torch.distributed" in sys.modules:  # leave torchrun's process group cleanly
+            from hw1.distributed import cleanup
+            cleanup()

@@ -10,6 +10,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from hw1 import distributed as dist
 from hw1 import metrics
 from hw1.errors import UserError
 
@@ -31,8 +32,10 @@ def to_device(images, targets, device, channels_last):
 
 
 def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, device, amp_dtype=None,
-                    channels_last=False, grad_clip=None, epoch=0, log_every=20, progress=True):
+                    channels_last=False, grad_clip=None, epoch=0, log_every=20, progress=True, distributed=False):
     """Train for one pass over ``loader``; return averaged ``loss``, ``acc``, ``img_s`` and ``seconds``.
+
+    With ``distributed`` the figures are summed over all ranks (``img_s`` is the whole world's).
 
     Step order: zero_grad -> forward under autocast -> scaled backward -> (unscale, clip) ->
     optimizer step through the scaler -> scale update -> lr schedule step (per iteration).
@@ -63,7 +66,9 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
         counted += targets.numel()
         # Reading the loss forces a device sync, so it is checked every ``log_every`` steps, not each.
         if (step + 1) % log_every == 0 or step + 1 == len(loader):
-            mean_loss = loss_sum.item() / seen
+            # Summed over ranks so that all stop together: a rank raising alone would leave the
+            # others waiting in their next all-reduce.
+            mean_loss = _summed(loss_sum, distributed).item() / (seen * (dist.world_size() if distributed else 1))
             if not math.isfinite(mean_loss):
                 raise NonFiniteLoss(
                     f"loss became {mean_loss} at epoch {epoch}, step {step + 1}: stopping; the last good "
@@ -72,33 +77,49 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr():.4g}",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}")
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum.item() / max(seen, 1), "acc": correct.item() / max(counted, 1),
-            "img_s": seen / seconds, "seconds": seconds}
+    totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), device=device),
+                          torch.tensor(float(counted), device=device)])
+    loss_sum, correct, seen, counted = _summed(totals, distributed).tolist()
+    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(counted, 1), "img_s": seen / seconds,
+            "seconds": seconds}
+
+
+def _summed(tensor, distributed):
+    return dist.sum_(tensor.clone()) if distributed else tensor
 
 
 @torch.inference_mode()
 def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dtype=None, channels_last=False,
-             progress=False):
+             progress=False, distributed=False):
     """Pooled confusion matrix over ``loader`` and its summary (:func:`hw1.metrics.summarize`).
 
-    Returns ``{"loss"?, <task metrics>, "cm": (C, C) int64 tensor on the CPU, "img_s"}``.
+    Returns ``{"loss"?, <task metrics>, "samples", "cm": (C, C) int64 tensor on the CPU, "img_s"}``.
+    With ``distributed`` each rank holds a disjoint shard (:class:`hw1.distributed.ShardSampler`) and
+    the confusion matrix and loss are summed over ranks: every sample counted exactly once.
     """
     model.eval()
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    loss_sum, seen = 0.0, 0
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    seen = 0
     start = time.perf_counter()
     for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
         images, targets = to_device(images, targets, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             output = model(images)
             if criterion is not None:
-                loss_sum += criterion(output, targets).item() * images.shape[0]
+                loss_sum += criterion(output, targets).double() * images.shape[0]
         cm += metrics.confusion_matrix(targets, logits_of(output).argmax(1), num_classes)
         seen += images.shape[0]
+    seconds = time.perf_counter() - start
+    if distributed:
+        dist.sum_(cm)
+        loss_sum, seen = dist.sum_(torch.stack([loss_sum, torch.tensor(float(seen), device=device)])).tolist()
+        seen = int(seen)
     cm = cm.cpu()
     result = metrics.summarize(cm, task)
     if criterion is not None:
-        result["loss"] = loss_sum / max(seen, 1)
+        result["loss"] = float(loss_sum) / max(seen, 1)
+    result["samples"] = seen
     result["cm"] = cm
-    result["img_s"] = seen / (time.perf_counter() - start)
+    result["img_s"] = seen / seconds
     return result

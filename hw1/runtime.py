@@ -1,5 +1,6 @@
 """Device, mixed precision, seeding and logging: the few choices every entry point makes the same way."""
 import logging
+import os
 import random
 
 import torch
@@ -44,4 +45,7 @@ def seed_everything(seed):
 
 
 def setup_logging(level=logging.INFO):
+    """Log to stderr; under torchrun only rank 0 logs below WARNING, so the log reads as one run's."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")

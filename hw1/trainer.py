@@ -7,12 +7,14 @@ import logging
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from hw1 import distributed as dist
 from hw1 import engine
 from hw1.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from hw1.errors import UserError
 from hw1.io import atomic_copy, atomic_write_text, json_safe
-from hw1.runtime import amp_dtype, get_device
+from hw1.runtime import amp_dtype, seed_everything
 from hw1.schedule import CosineSchedule
 from hw1.summary import device_name
 
@@ -41,11 +43,46 @@ def default_save_epochs(epochs):
     return sorted({1, (epochs + 1) // 2, epochs})
 
 
-def make_loader(dataset, *, batch_size, shuffle, workers, device, drop_last=False):
+def make_loader(dataset, *, batch_size, shuffle, workers, device, drop_last=False, sampler=None):
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, drop_last=drop_last,
-        pin_memory=device.type == "cuda",  # pinned memory only pays off for host-to-GPU copies
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler, num_workers=workers,
+        drop_last=drop_last, pin_memory=device.type == "cuda",  # pinned memory only pays off for host-to-GPU copies
     )
+
+
+def make_loaders(train_set, val_set, args, device):
+    """Train and validation loaders; under torchrun, ``--batch-size`` is the global batch split over ranks.
+
+    Keeping the global batch fixed keeps the recipe (lr, steps per epoch) the same at any scale.
+    The train shards come from DistributedSampler (shuffled by ``--seed`` and the epoch); the
+    validation shards from :class:`hw1.distributed.ShardSampler`, which repeats no sample.
+    """
+    world, rank = dist.world_size(), dist.rank()
+    if args.batch_size % world:
+        raise UserError(f"--batch-size {args.batch_size} does not split over {world} processes; "
+                        f"give a multiple of {world}")
+    batch = args.batch_size // world
+    train_sampler = val_sampler = None
+    if world > 1:
+        train_sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
+                                                            seed=args.seed)
+        val_sampler = dist.ShardSampler(len(val_set), rank, world)
+    train_loader = make_loader(train_set, batch_size=batch, shuffle=True, workers=args.workers, device=device,
+                               drop_last=len(train_set) // world > batch, sampler=train_sampler)
+    val_loader = make_loader(val_set, batch_size=batch, shuffle=False, workers=args.workers, device=device,
+                             sampler=val_sampler)
+    return train_loader, val_loader
+
+
+def restore_rng(ckpt, seed):
+    """Each rank continues its own random streams; a different number of processes re-seeds them."""
+    states = ckpt.get("rng_ranks") or [ckpt["rng"]]
+    if len(states) == dist.world_size():
+        set_rng_state(states[dist.rank()])
+    else:
+        log.warning("checkpoint was written by %d processes, this run has %d: the data order follows --seed and "
+                    "the epoch, augmentation randomness is re-seeded", len(states), dist.world_size())
+        seed_everything(seed + dist.rank() + 1000 * ckpt["epoch"])
 
 
 def read_records(path, upto_epoch):
@@ -56,24 +93,43 @@ def read_records(path, upto_epoch):
     return [r for r in records if r["epoch"] <= upto_epoch]
 
 
+def save_epoch(out_dir, record, state, *, is_best, keep):
+    """Append the epoch's record, then write ``last.pth`` and its copies ``best.pth`` and ``epoch_NNN.pth``.
+
+    metrics.jsonl is written before the checkpoint, and a resume drops lines past the
+    checkpoint's epoch, so a crash in between never leaves a line without its checkpoint.
+    """
+    with open(out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    save_checkpoint(state, out_dir / "last.pth")
+    if is_best:
+        atomic_copy(out_dir / "last.pth", out_dir / "best.pth")
+    if keep:
+        atomic_copy(out_dir / "last.pth", out_dir / f"epoch_{state['epoch']:03d}.pth")
+
+
 def fit(*, model, model_name, model_config, task, num_classes, train_set, val_set, criterion, args,
         metric="acc"):
     """Train ``model`` for ``args.epochs`` and return the last epoch's record.
 
     ``metric`` (``acc`` or ``miou``) picks ``best.pth``; it is measured on the validation set only.
     """
-    device = get_device(args.device)
+    device = dist.setup(args.device)
+    distributed, main = dist.world_size() > 1, dist.is_main()
     amp = amp_dtype(args.amp, device)
     out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if distributed:
+        # The model was built with the same seed on every rank (and DDP broadcasts rank 0's weights
+        # anyway); from here each rank draws its own augmentations.
+        seed_everything(args.seed + dist.rank())
     save_epochs = set(args.save_epochs if args.save_epochs is not None else default_save_epochs(args.epochs))
 
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    train_loader = make_loader(train_set, batch_size=args.batch_size, shuffle=True, workers=args.workers,
-                               device=device, drop_last=len(train_set) > args.batch_size)
-    val_loader = make_loader(val_set, batch_size=args.batch_size, shuffle=False, workers=args.workers, device=device)
+    train_loader, val_loader = make_loaders(train_set, val_set, args, device)
     optimizer = build_optimizer(model, args)
     steps = len(train_loader)
     scheduler = CosineSchedule(optimizer, base_lr=args.lr, total_steps=args.epochs * steps,
@@ -90,47 +146,51 @@ def fit(*, model, model_name, model_config, task, num_classes, train_set, val_se
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
+        restore_rng(ckpt, args.seed)
         start_epoch, best = ckpt["epoch"] + 1, ckpt["best"]
         records = read_records(out_dir / "metrics.jsonl", ckpt["epoch"])
         log.info("resumed from %s at epoch %d", args.resume, start_epoch)
-    atomic_write_text("".join(json.dumps(r) + "\n" for r in records), out_dir / "metrics.jsonl")
-    args.device_name, args.torch_version = device_name(device), torch.__version__
-    atomic_write_text(json.dumps(plain(vars(args)), indent=2) + "\n", out_dir / "args.json")
+    args.device_name, args.torch_version, args.world_size = device_name(device), torch.__version__, dist.world_size()
+    if main:
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in records), out_dir / "metrics.jsonl")
+        atomic_write_text(json.dumps(plain(vars(args)), indent=2) + "\n", out_dir / "args.json")
 
-    # Compiling wraps the module; checkpoints always save the plain module's state_dict.
-    step_model = torch.compile(model) if args.compile else model
-    log.info("training %s on %s (amp=%s, channels_last=%s): %d train / %d val samples, %d steps per epoch",
-             model_name, device, amp, args.channels_last, len(train_set), len(val_set), steps)
+    # DDP and compiling wrap the module; checkpoints always save the plain module's state_dict.
+    # Evaluation runs the plain module: ranks hold unequal validation shards, and DDP's forward
+    # would expect every rank to take part in each step.
+    step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if distributed else model
+    if args.compile:
+        step_model = torch.compile(step_model)
+    eval_model = model if distributed or not args.compile else step_model
+    log.info("training %s on %s x %d (amp=%s, channels_last=%s): %d train / %d val samples, %d steps per epoch",
+             model_name, device, dist.world_size(), amp, args.channels_last, len(train_set), len(val_set), steps)
     record = records[-1] if records else None
     for epoch in range(start_epoch, args.epochs + 1):
+        if distributed:
+            train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         train = engine.train_one_epoch(
             step_model, train_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
             device=device, amp_dtype=amp, channels_last=args.channels_last, grad_clip=args.grad_clip, epoch=epoch,
-            progress=not args.no_progress)
-        val = engine.evaluate(step_model, val_loader, num_classes=num_classes, task=task, criterion=criterion,
-                              device=device, amp_dtype=amp, channels_last=args.channels_last)
+            progress=main and not args.no_progress, distributed=distributed)
+        dist.broadcast_buffers(model)
+        val = engine.evaluate(eval_model, val_loader, num_classes=num_classes, task=task, criterion=criterion,
+                              device=device, amp_dtype=amp, channels_last=args.channels_last, distributed=distributed)
         val.pop("cm")
         record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                   **{f"train_{k}": v for k, v in train.items()},
                   **{f"val_{k}": json_safe(v) for k, v in val.items()}}
         is_best = record[f"val_{metric}"] > best
         best = max(best, record[f"val_{metric}"])
-        # metrics.jsonl is written before the checkpoint, and a resume drops lines past the
-        # checkpoint's epoch, so a crash in between never leaves a line without its checkpoint.
-        with open(out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        state = {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "rng": rng_state(),
-            "model_name": model_name, "model_config": model_config, "task": task, "args": plain(vars(args)),
-            "metrics": record,
-        }
-        save_checkpoint(state, out_dir / "last.pth")
-        if is_best:
-            atomic_copy(out_dir / "last.pth", out_dir / "best.pth")
-        if epoch in save_epochs:
-            atomic_copy(out_dir / "last.pth", out_dir / f"epoch_{epoch:03d}.pth")
+        rng_ranks = dist.gather(rng_state())  # a collective: every rank takes part, rank 0 writes
+        if main:
+            save_epoch(out_dir, record, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "best": best,
+                "rng": rng_ranks[0], **({"rng_ranks": rng_ranks} if distributed else {}),
+                "model_name": model_name, "model_config": model_config, "task": task, "args": plain(vars(args)),
+                "metrics": record,
+            }, is_best=is_best, keep=epoch in save_epochs)
         log.info("epoch %d/%d  loss %.4f  train_acc %.4f  val_%s %.4f%s  (%.0f img/s, %.1f s)", epoch, args.epochs,
                  train["loss"], train["acc"], metric, record[f"val_{metric}"], "  *best*" if is_best else "",
                  train["img_s"], train["seconds"])

@@ -1,0 +1,128 @@
+"""torchrun with 2 gloo processes on the CPU: exact evaluation, a checkpoint one process loads, exact resume."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import CLS_TINY_MODEL_ARGS, REPO, make_cls_tiny
+from hw1 import engine
+from hw1.checkpoint import load_checkpoint, model_from_checkpoint
+from hw1.data.cls import cls_eval_transform, load_cls_split
+from hw1.data.scenes import make_seg_demo
+from hw1.data.seg import load_seg_split, seg_eval_transform
+from hw1.distributed import ShardSampler
+from hw1.losses import SegLoss
+
+pytestmark = pytest.mark.usefixtures("cls_one_thread")
+
+TIMING_KEYS = {"train_img_s", "train_seconds", "val_img_s"}
+RUNTIME = ["--device", "cpu", "--amp", "none", "--workers", "0", "--no-progress"]
+
+
+def torchrun(script, *args, nproc=2):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           script, *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+@pytest.mark.parametrize("length,world", [(9, 2), (10, 2), (7, 3), (2, 4)])
+def test_shard_sampler_counts_every_sample_once(length, world):
+    shards = [list(ShardSampler(length, rank, world)) for rank in range(world)]
+    assert sorted(i for shard in shards for i in shard) == list(range(length))
+    assert [len(ShardSampler(length, rank, world)) for rank in range(world)] == [len(s) for s in shards]
+
+
+@pytest.fixture(scope="module")
+def odd_cls_data(tmp_path_factory):
+    # 9 validation images: 2 ranks get 5 and 4, where DistributedSampler would repeat one.
+    return make_cls_tiny(tmp_path_factory.mktemp("ddp_cls_data"), val_per_class=3)
+
+
+def cls_argv(data, out, *extra):
+    return [*CLS_TINY_MODEL_ARGS, "--data-dir", data, "--out-dir", out, "--aug", "light", "--lr", "0.05",
+            "--batch-size", "8", "--epochs", "2", *RUNTIME, *extra]
+
+
+@pytest.fixture(scope="module")
+def ddp_cls_run(odd_cls_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_cls_run")
+    result = torchrun("train_cls.py", *cls_argv(odd_cls_data, out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_two_process_validation_equals_one_process_evaluation_of_the_checkpoint(ddp_cls_run, odd_cls_data):
+    out, _ = ddp_cls_run
+    last = records(out)[-1]
+    ckpt = load_checkpoint(out / "last.pth", task="cls")  # what rank 0 wrote loads in one process
+    assert ckpt["args"]["world_size"] == 2 and ckpt["args"]["command"].startswith("torchrun ")
+    model = model_from_checkpoint(ckpt, out / "last.pth")
+    val = load_cls_split(odd_cls_data / "val_50", labels_csv=odd_cls_data / "val_gt.csv", transform=cls_eval_transform())
+    one = engine.evaluate(model, torch.utils.data.DataLoader(val, batch_size=4), num_classes=50, task="cls",
+                          criterion=nn.CrossEntropyLoss(label_smoothing=0.1), device=torch.device("cpu"))
+    assert last["val_samples"] == one["samples"] == 9
+    assert last["val_acc"] == one["acc"]
+    assert last["val_per_class_acc"][:3] == one["per_class_acc"][:3]
+    assert last["val_loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+
+def test_only_rank_0_writes_and_logs(ddp_cls_run):
+    out, result = ddp_cls_run
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.pth", "epoch_001.pth", "epoch_002.pth",
+                                                     "last.pth", "metrics.jsonl"]
+    assert [r["epoch"] for r in records(out)] == [1, 2]  # one line per epoch, not one per rank
+    assert result.stderr.count("epoch 2/2") == 1
+    ckpt = torch.load(out / "last.pth", map_location="cpu", weights_only=True)
+    assert len(ckpt["rng_ranks"]) == 2
+    # each rank draws its own augmentations: their random streams differ
+    assert not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])
+
+
+def test_two_process_resume_is_exact(ddp_cls_run, odd_cls_data, tmp_path):
+    out, _ = ddp_cls_run
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "metrics.jsonl").write_text(json.dumps(records(out)[0]) + "\n")
+    result = torchrun("train_cls.py", *cls_argv(odd_cls_data, resumed, "--resume", out / "epoch_001.pth"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert without_timing(records(resumed)) == without_timing(records(out))
+
+
+def test_batch_that_does_not_split_is_a_one_line_error(odd_cls_data, tmp_path):
+    result = torchrun("train_cls.py", *cls_argv(odd_cls_data, tmp_path / "run", "--batch-size", "7"))
+    assert result.returncode != 0
+    lines = result.stderr.splitlines()
+    assert "error: --batch-size 7 does not split over 2 processes; give a multiple of 2" in lines
+    assert "[rank 1] error: --batch-size 7 does not split over 2 processes; give a multiple of 2" in lines
+    # torchrun itself reports the failed processes with its own traceback; ours print none
+    assert "hw1/" not in result.stderr and 'train_cls.py", line' not in result.stderr
+    assert not (tmp_path / "run" / "last.pth").exists()
+
+
+def test_two_process_segmentation_matches_one_process_evaluation(tmp_path):
+    data = make_seg_demo(tmp_path / "seg", n_train=4, n_val=3, size=64)
+    out = tmp_path / "run"
+    result = torchrun("train_seg.py", "--model", "vgg16_fcn32s", "--weights", "none", "--fc-channels", "16",
+                      "--batch-norm", "--crop-size", "64", "--batch-size", "4", "--epochs", "1", "--lr", "1e-3",
+                      "--data-dir", data, "--out-dir", out, *RUNTIME)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = records(out)[-1]
+    model = model_from_checkpoint(load_checkpoint(out / "last.pth", task="seg"))
+    val = load_seg_split(data / "validation", transform=seg_eval_transform())
+    one = engine.evaluate(model, torch.utils.data.DataLoader(val, batch_size=2), num_classes=7, task="seg",
+                          criterion=SegLoss(), device=torch.device("cpu"))
+    assert last["val_samples"] == one["samples"] == 3
+    assert last["val_iou"] == [None if v != v else v for v in one["iou"]]
+    assert last["val_loss"] == pytest.approx(one["loss"], rel=1e-5)
