@@ -67,6 +67,10 @@ def load_checkpoint(path, *, task=None):
         raise UserError(f"{path}: corrupt or not a PyTorch checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
         raise UserError(f"{path}: not an hw1 checkpoint (needs keys {', '.join(REQUIRED)})")
+    for key, kind in (("model", dict), ("model_name", str), ("model_config", dict)):
+        if not isinstance(ckpt[key], kind):
+            raise UserError(f"{path}: not an hw1 checkpoint ({key!r} is a {type(ckpt[key]).__name__}, "
+                            f"not a {kind.__name__})")
     if ckpt["model_name"] not in TASK_OF:
         raise UserError(f"{path}: unknown model {ckpt['model_name']!r}")
     if task is not None and TASK_OF[ckpt["model_name"]] != task:
@@ -81,6 +85,8 @@ def model_from_checkpoint(ckpt, path="checkpoint"):
         model = build_model(ckpt["model_name"], **config)
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, RuntimeError) as e:
+        # load_state_dict puts its first missing / unexpected key on the second line.
+        detail = " ".join(line.strip() for line in str(e).strip().splitlines())
         raise UserError(f"{path}: weights do not fit {ckpt['model_name']} {ckpt['model_config']} "
-                        f"({str(e).strip().splitlines()[0][:200]})") from None
+                        f"({detail[:200]})") from None
     return model

@@ -8,25 +8,44 @@ from pathlib import Path
 
 import torch
 
+from hw1.errors import UserError
+
+
+def _cannot_write(path, error):
+    return UserError(f"{path}: cannot write ({error})".splitlines()[0])
+
+
+def _umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
     The temporary file lives in the same folder so ``os.replace`` is a rename on one file system,
-    which POSIX makes atomic.
+    which POSIX makes atomic. Its name is hidden and ends in ``.tmp`` (``.last.pth.k2j4.tmp``), so
+    nothing that lists checkpoints, images or masks mistakes one left by a killed process for
+    the real file. A failed write (no space, no permission, a folder in the way) is a
+    :class:`UserError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     os.close(fd)
     try:
-        yield Path(tmp)
-        # mkstemp makes the file private (0600); give it the mode an ordinary open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        try:
+            yield Path(tmp)
+            # mkstemp makes the file private (0600); give it the mode an ordinary open() would.
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _cannot_write(path, e) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -34,7 +53,44 @@ def atomic_path(path):
 
 def atomic_torch_save(obj, path):
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            # torch's zip writer reports a failed write (a full disk, a file size limit) this way.
+            raise _cannot_write(path, f"is the disk full? torch.save: {e}") from None
+
+
+@contextlib.contextmanager
+def staged_folder(folder):
+    """Yield a hidden temporary folder; if the block succeeds, its files move into ``folder``.
+
+    An error in the block leaves ``folder`` as it was: not created if it did not exist, and no
+    file in it added or replaced. A new ``folder`` appears in one rename; into an existing one
+    the files move one rename each.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: exists and is not a folder")
+    try:
+        # Staged inside an existing folder (hidden, so never listed as output), else beside it.
+        parent, name = (folder, "staged") if folder.is_dir() else (folder.parent, folder.name)
+        parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise _cannot_write(folder, e) from None
+    try:
+        yield stage
+        try:
+            if folder.is_dir():
+                for p in sorted(stage.iterdir()):
+                    os.replace(p, folder / p.name)
+            else:
+                os.chmod(stage, 0o777 & ~_umask())  # mkdtemp's folder is private (0700)
+                os.rename(stage, folder)
+        except OSError as e:
+            raise _cannot_write(folder, e) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def atomic_copy(src, dst):

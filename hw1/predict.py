@@ -22,7 +22,7 @@ from hw1.cli import run
 from hw1.data.cls import IMG_SIZE, decode_images
 from hw1.data.images import MEAN, STD, list_images, read_rgb
 from hw1.errors import UserError
-from hw1.io import atomic_write_text
+from hw1.io import atomic_write_text, staged_folder
 from hw1.runtime import amp_dtype, get_device
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,9 @@ def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=False):
     """Segment every .jpg/.png of ``image_dir`` into ``output_dir``; return the written paths.
 
     Files named ``*_mask.png`` are ground truth (the course's validation folder holds both) and
-    are skipped. Each mask is written atomically, so an interrupted run leaves only whole files.
+    are skipped. The masks are written to a hidden temporary folder and moved into ``output_dir``
+    only when every image has been segmented: an unreadable image (or any other error) leaves
+    ``output_dir`` as it was.
     """
     from hw1.data.masks import write_mask
 
@@ -122,12 +124,11 @@ def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=False):
     for path in files:
         if names.setdefault(mask_name(path), path) != path:
             raise UserError(f"{path}: would write the same {mask_name(path)} as {names[mask_name(path)].name}")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path in files:
-        image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)
-        written.append(write_mask(segment(model, image, device=device, tta=tta).numpy(), output_dir / mask_name(path)))
-    return written
+    with staged_folder(output_dir) as stage:
+        for path in files:
+            image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)
+            write_mask(segment(model, image, device=device, tta=tta).numpy(), stage / mask_name(path))
+    return [output_dir / mask_name(path) for path in files]
 
 
 def get_args_parser():

@@ -1,4 +1,5 @@
 """Scoring against ground truth as the course does: prediction CSVs (P1), mask folders (P2), or a model."""
+import logging
 from pathlib import Path
 
 import torch
@@ -7,6 +8,8 @@ from hw1 import metrics
 from hw1.data.cls import read_labels_csv
 from hw1.data.masks import NUM_CLASSES, read_mask
 from hw1.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def require_same_keys(pred, gt, message):
@@ -44,13 +47,24 @@ def mask_id(path):
 
 
 def list_masks(folder):
+    """``{id: path}`` of the ``.png`` masks of ``folder``.
+
+    JPEGs (the course's validation folder holds the ``_sat.jpg`` images beside the masks) and
+    hidden files are skipped silently, any other file with a warning.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: folder not found")
-    found = {}
+    found, skipped = {}, []
     for p in sorted(folder.iterdir()):
-        if p.suffix.lower() == ".png" and not p.name.startswith("."):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        if p.suffix.lower() == ".png":
             found.setdefault(mask_id(p), p)
+        elif p.suffix.lower() not in (".jpg", ".jpeg"):
+            skipped.append(p.name)
+    if skipped:
+        log.warning("%s: skipped %d file(s) that are not .png masks, e.g. %s", folder, len(skipped), skipped[0])
     if not found:
         raise UserError(f"{folder}: no .png masks in this folder")
     return found

@@ -4,6 +4,7 @@ Every image is decoded once per run into one uint8 tensor (22,500 x 3 x 32 x 32 
 an epoch never touches a PNG again; the per-sample augmentations run on those uint8 tensors.
 """
 import csv
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,32 +16,50 @@ from hw1.data.images import IMG_EXTS, MEAN, STD, list_images, read_rgb  # noqa: 
 from hw1.errors import UserError
 
 IMG_SIZE = 32
+NUM_CLASSES = 50
 
 
 def label_from_name(path):
     """Class of a course file name ``{label}_{id}.png``."""
     head = Path(path).name.split("_", 1)[0]
-    if not head.isdigit():
+    if not re.fullmatch(r"[0-9]+", head):
         raise UserError(f"{path}: file name does not start with a class label ('{{label}}_{{id}}.png')")
     return int(head)
 
 
 def read_labels_csv(path):
-    """``{filename: label}`` from a CSV with the header ``filename,label`` (as ``val_gt.csv``)."""
+    """``{filename: label}`` from a CSV with the header ``filename,label`` (as ``val_gt.csv``).
+
+    UTF-8 with or without a byte-order mark (as spreadsheet programs save it); a file name listed
+    twice is an error, since either label could be the intended one.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{path}: label CSV not found")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    if not path.is_file():
+        raise UserError(f"{path}: not a file (expected a CSV with the header 'filename,label')")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file (expected a CSV with the header 'filename,label')") from None
+    except csv.Error as e:
+        raise UserError(f"{path}: not a readable CSV ({e})".splitlines()[0]) from None
     if not rows or [c.strip() for c in rows[0]] != ["filename", "label"]:
         raise UserError(f"{path}: expected the header 'filename,label'")
-    labels = {}
+    labels, first_line = {}, {}
     for line, row in enumerate(rows[1:], start=2):
         if not row:
             continue
-        if len(row) != 2 or not row[1].strip().lstrip("-").isdigit():
-            raise UserError(f"{path}: line {line}: expected '<filename>,<integer label>', got {','.join(row)!r}")
-        labels[row[0].strip()] = int(row[1])
+        if len(row) != 2 or not re.fullmatch(r"-?[0-9]+", row[1].strip()):
+            shown = repr(",".join(row))
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise UserError(f"{path}: line {line}: expected '<filename>,<integer label>', got {shown}")
+        name = row[0].strip()
+        if name in first_line:
+            raise UserError(f"{path}: line {line}: {name} is listed twice (first on line {first_line[name]})")
+        first_line[name] = line
+        labels[name] = int(row[1])
     return labels
 
 
@@ -70,7 +89,10 @@ class ImageArrayDataset(torch.utils.data.Dataset):
 
 
 def load_cls_split(folder, *, labels_csv=None, size=IMG_SIZE, transform=None):
-    """Decode a folder once. Labels come from ``labels_csv`` when given, else from the file names."""
+    """Decode a folder once. Labels come from ``labels_csv`` when given, else from the file names.
+
+    Every label must be one of the ``NUM_CLASSES`` classes.
+    """
     files = list_images(folder)
     if labels_csv is not None:
         table = read_labels_csv(labels_csv)
@@ -80,6 +102,11 @@ def load_cls_split(folder, *, labels_csv=None, size=IMG_SIZE, transform=None):
         labels = [table[p.name] for p in files]
     else:
         labels = [label_from_name(p) for p in files]
+    # Caught here, a bad label names its file; in the loss it would be an index error mid-epoch.
+    for p, label in zip(files, labels):
+        if not 0 <= label < NUM_CLASSES:
+            source = f"{labels_csv}: label of {p.name}" if labels_csv is not None else f"{p}: label"
+            raise UserError(f"{source} {label} is outside 0..{NUM_CLASSES - 1}")
     images = decode_images(files, size)
     return ImageArrayDataset(images, torch.tensor(labels), [p.name for p in files], transform)
 

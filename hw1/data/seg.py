@@ -30,13 +30,14 @@ MASK_SUFFIX = "_mask.png"
 def scan_pairs(folder):
     """Sorted ``[(id, sat_path, mask_path), ...]`` of a folder of ``{id}_sat.jpg`` + ``{id}_mask.png``.
 
-    Other files are ignored; a satellite image without its mask (or the reverse) is an error.
+    Other files are skipped with a warning (hidden ones silently); a satellite image without its
+    mask (or the reverse) is an error.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: folder not found")
-    sats, masks = {}, {}
-    for p in folder.iterdir():
+    sats, masks, skipped = {}, {}, []
+    for p in sorted(folder.iterdir()):
         # Hidden names include macOS's "._0000_sat.jpg" resource forks, which are not images.
         if p.name.startswith(".") or not p.is_file():
             continue
@@ -44,6 +45,11 @@ def scan_pairs(folder):
             sats[p.name[:-len(SAT_SUFFIX)]] = p
         elif p.name.endswith(MASK_SUFFIX):
             masks[p.name[:-len(MASK_SUFFIX)]] = p
+        else:
+            skipped.append(p.name)
+    if skipped:
+        log.warning("%s: skipped %d file(s) not named xxxx%s or xxxx%s, e.g. %s",
+                    folder, len(skipped), SAT_SUFFIX, MASK_SUFFIX, skipped[0])
     unpaired = sorted([sats[i].name for i in sats.keys() - masks.keys()]
                       + [masks[i].name for i in masks.keys() - sats.keys()])
     if unpaired:

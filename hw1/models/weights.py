@@ -18,10 +18,16 @@ def hub_file(weights_enum):
 
 
 def torchvision_state_dict(weights_enum):
-    """State dict of a torchvision weights enum: the cached file, else a download into the cache."""
+    """State dict of a torchvision weights enum: the cached file, else a download into the cache.
+
+    Both paths load with ``weights_only=True``: a file in the cache that would run code when
+    unpickled is refused (torchvision's own ``get_state_dict`` would unpickle it in full).
+    """
     target = hub_file(weights_enum)
+    if target.is_file():
+        return local_state_dict(target)
     try:
-        return weights_enum.get_state_dict(progress=False, check_hash=False)
+        return weights_enum.get_state_dict(progress=False, check_hash=False, weights_only=True)
     except Exception as e:  # urllib, socket and SSL errors all mean the same thing to the user
         raise UserError(
             f"{target}: pretrained weights {weights_enum} not in the torch hub cache and the "

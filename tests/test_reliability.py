@@ -1,0 +1,696 @@
+"""Reliability: bad input is one clear line, a crash keeps the last good checkpoint, no checkpoint runs code.
+
+Each case and the test that shows it (tests of other files are named with their file):
+
+A. Bad input: ``error: <file>: <problem>`` on stderr, exit status 2, no traceback (``--debug``
+shows one), and no output file half-written.
+
+| case | behaviour | test |
+|---|---|---|
+| corrupt PNG | error naming the file | test_data_cls.py::test_corrupt_image_names_the_file |
+| corrupt PNG, ``python -m hw1.predict cls`` | one line, status 2, old CSV kept | test_cli_corrupt_png_keeps_the_previous_csv |
+| truncated JPEG | error naming the file | test_data_seg.py::test_load_corrupt_image |
+| truncated JPEG, ``python -m hw1.predict seg`` | one line, status 2, old masks kept | test_cli_truncated_jpeg_keeps_the_previous_masks |
+| same, into a new output folder | no folder created | test_predict_seg_error_creates_no_output_folder |
+| non-image file in a P1 folder | skipped with a warning | test_data_cls.py::test_non_image_files_are_skipped_with_a_warning |
+| non-image file in a P2 folder | skipped with a warning | test_other_files_in_p2_folders_are_skipped_with_a_warning |
+| empty folder | error naming it | test_data_cls.py::test_empty_and_missing_folders, test_data_seg.py::test_scan_pairs_empty_and_missing |
+| empty folder, ``hw1.predict`` | one line, status 2, old CSV kept | test_predict_empty_folder_keeps_the_previous_csv |
+| missing folder | one line, status 2, no CSV | test_predict_eval_cls.py::test_predict_cli_missing_folder |
+| grayscale / RGBA / palette, P1 | converted | test_data_cls.py::test_odd_images_are_converted_and_resized |
+| grayscale / RGBA / palette, P2 | converted; masks at the input's size | test_data_seg.py::test_load_converts_grayscale_rgba_palette, test_predict_seg_converts_modes_and_keeps_sizes |
+| wrong size, P1 | resized to 32x32 | test_data_cls.py::test_odd_images_are_converted_and_resized |
+| wrong size, P2 prediction | mask of the input's size | test_seg_pipeline.py::test_predict_seg_outputs, test_predict_seg_converts_modes_and_keeps_sizes |
+| wrong size, P2 pairs | any one size works; mixed sizes need ``--size`` | test_eval_checkpoint_on_pairs_of_an_odd_size, test_data_seg.py::test_load_size_mismatches |
+| mask colours outside the palette | 3-bit threshold at 128; red is unknown | test_data_seg.py::test_threshold_at_128, ::test_red_is_unknown, ::test_near_colours, test_eval_reads_off_palette_masks_by_thresholding |
+| image and mask sets that differ | error naming the files | test_data_seg.py::test_scan_pairs_unpaired, test_seg_pipeline.py::test_seg_confusion_different_ids_name_the_pred_folder, test_train_seg_with_an_unpaired_image_exits_2 |
+| malformed label CSV | error naming the file and line | test_data_cls.py::test_read_labels_csv_errors_name_the_file, test_label_csv_that_is_not_a_clean_table |
+| label CSV with a byte-order mark | read | test_label_csv_with_a_byte_order_mark |
+| malformed CSV, ``eval.py`` | one line, status 2, old JSON kept | test_cli_malformed_gt_csv_keeps_the_previous_json |
+| label outside 0..49 | error naming the file | test_predict_eval_cls.py::test_eval_pred_label_out_of_range, test_label_outside_the_50_classes |
+| checkpoint of the other task | error naming it | test_predict_eval_cls.py::test_eval_argument_errors, test_seg_pipeline.py::test_predict_seg_refuses_a_cls_checkpoint, ::test_train_seg_refuses_to_resume_a_cls_checkpoint, test_train_cls_refuses_to_resume_a_seg_checkpoint |
+| corrupt checkpoint | error naming it | test_predict_eval_cls.py::test_truncated_checkpoint_is_corrupt, ::test_garbage_checkpoint_is_a_user_error, test_checkpoint_fields_of_the_wrong_type |
+| corrupt checkpoint for ``--resume`` | one line, status 2, run folder untouched | test_resume_from_a_corrupt_checkpoint_leaves_the_run_untouched |
+| ``--resume`` pointing at nothing | one line, status 2, run folder untouched | test_resume_from_nothing |
+| ``--resume`` with other optimizer flags, or without optimizer state | one line, status 2, nothing written | test_resume_into_a_run_it_does_not_fit |
+| output path that cannot be written | one line, status 2 | test_unwritable_output |
+| ``--debug`` | the traceback instead | test_cli.py::test_run_turns_user_errors_into_one_line_and_status_2 |
+
+B. Crash safety.
+
+| case | behaviour | test |
+|---|---|---|
+| SIGKILL while saving | the previous checkpoint loads; temporary files are hidden ``.tmp`` | test_sigkill_while_saving_keeps_a_loadable_checkpoint |
+| a save that fails (disk full) | one line; previous checkpoint kept; no temporary file | test_failed_save_keeps_the_previous_checkpoint |
+| non-finite loss | one line; last.pth is the previous epoch's | test_train_cls.py::test_non_finite_loss_stops_the_run, ::test_non_finite_loss_from_the_criterion |
+| non-finite loss after ``--resume`` | the checkpoint resumed from is unchanged | test_non_finite_loss_after_resume_keeps_the_checkpoint |
+
+C. Security: a checkpoint that would run code when unpickled is refused and the code does not run.
+
+| case | test |
+|---|---|
+| ``load_checkpoint``, ``predict_cls``, ``eval.py`` | test_predict_eval_cls.py::test_checkpoint_that_runs_code_is_refused |
+| ``train_cls.py --resume`` | test_resume_of_a_checkpoint_that_runs_code |
+| ``predict_seg`` | test_predict_seg_refuses_a_checkpoint_that_runs_code |
+| every ``torch.load`` passes ``weights_only=True`` | test_every_torch_load_is_weights_only |
+| pretrained weights read from the torch hub cache | test_pretrained_weights_from_the_hub_cache_load_weights_only (expected to fail) |
+
+D. Resume exactness: test_train_cls.py::test_resume_is_equivalent_to_an_uninterrupted_run (no
+workers) and test_resume_with_dataloader_workers_is_exact (one worker, random augmentation).
+"""
+import ast
+import functools
+import json
+import multiprocessing
+import os
+import random
+import re
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval as eval_py
+import train_cls
+import train_seg
+from hw1.checkpoint import load_checkpoint, save_checkpoint
+from hw1.cli import run
+from hw1.data.cls import load_cls_split, read_labels_csv
+from hw1.data.masks import PALETTE, write_mask
+from hw1.data.seg import scan_pairs
+from hw1.errors import UserError
+from hw1.models import build_model
+from hw1.predict import main as predict_main
+from hw1.predict import predict_seg
+from hw1.scoring import list_masks, seg_confusion_from_dirs
+
+pytestmark = pytest.mark.usefixtures("cls_one_thread")
+
+REPO = Path(__file__).resolve().parents[1]
+SEG_CONFIG = {"num_classes": 7, "fc_channels": 8, "batch_norm": False}
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def cli_error(capsys, main, argv):
+    """Run ``main`` as a script does (through ``hw1.cli.run``); return its one-line stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run(main, argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert str(fragment) in lines[0]
+
+
+def snapshot(folder):
+    """``{name: bytes}`` of every file in ``folder``, hidden ones included."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+def contents(path):
+    """What is at ``path`` now: a folder's :func:`snapshot`, a file's bytes, or None."""
+    if path is None or not path.exists():
+        return None
+    return snapshot(path) if path.is_dir() else path.read_bytes()
+
+
+def noise(rng, h, w, mode="RGB"):
+    return Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).convert(mode)
+
+
+def write_pairs(folder, sizes, seed=0):
+    """``{i:04d}_sat.jpg`` + ``_mask.png`` of random pixels and classes, one pair per (H, W) in ``sizes``."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (h, w) in enumerate(sizes):
+        noise(rng, h, w).save(folder / f"{i:04d}_sat.jpg")
+        write_mask(rng.integers(0, 7, size=(h, w)), folder / f"{i:04d}_mask.png")
+    return folder
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+class _RunsAShellCommandWhenUnpickled:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def save_code_running_checkpoint(path, marker):
+    """An hw1-looking checkpoint whose unpickling would create ``marker``."""
+    payload = _RunsAShellCommandWhenUnpickled(f"touch {shlex.quote(str(marker))}")
+    torch.save({"model": payload, "model_name": "densenet", "model_config": {}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def seg_checkpoint(tmp_path_factory):
+    """An untrained VGG16-FCN32s (fc6/fc7 8 channels wide) in the hw1 checkpoint format."""
+    model = build_model("vgg16_fcn32s", **SEG_CONFIG, weights="none")
+    path = tmp_path_factory.mktemp("seg_ckpt") / "seg.pth"
+    torch.save({"model": model.state_dict(), "model_name": "vgg16_fcn32s", "model_config": SEG_CONFIG,
+                "task": "seg"}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cls_one_epoch_run(cls_tiny_data, cls_tiny_train_argv, tmp_path_factory):
+    """Run folder of a 1-epoch tiny DenseNet run (no epoch_NNN.pth). Read-only: copy it to change it."""
+    out = tmp_path_factory.mktemp("one_epoch")
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, out, "--save-epochs", epochs=1))
+    return out
+
+
+def copy_run(run_dir, tmp_path):
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+# --- A. real command lines, run side by side -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory, cls_tiny_data, cls_one_epoch_run, seg_checkpoint):
+    """Three failing command lines run as real processes at once; ``{case: (CompletedProcess, paths)}``.
+
+    Each starts Python and imports torch (seconds), so they run in parallel.
+    """
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    cases = {}
+
+    # P1 prediction over a folder with a corrupt PNG, where an earlier prediction CSV exists.
+    images = root / "cls_images"
+    images.mkdir()
+    shutil.copy(cls_tiny_data / "val_50" / "0_0.png", images / "0_0.png")
+    (images / "1_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    csv_out = root / "pred.csv"
+    csv_out.write_text("filename,label\nold.png,1\n")
+    cases["corrupt_png"] = ([sys.executable, "-m", "hw1.predict", "cls", images, csv_out,
+                             "--checkpoint", cls_one_epoch_run / "last.pth", "--device", "cpu"],
+                            {"bad": images / "1_bad.png", "out": csv_out})
+
+    # P2 prediction where the second image is a truncated JPEG and the output folder has old masks.
+    sats = root / "sat_images"
+    sats.mkdir()
+    for i in range(2):
+        noise(rng, 40, 40).save(sats / f"000{i}_sat.jpg", quality=90)
+    truncate(sats / "0001_sat.jpg")
+    masks_out = root / "masks"
+    write_mask(np.zeros((40, 40), np.int64), masks_out / "0000_mask.png")
+    cases["truncated_jpeg"] = ([sys.executable, "-m", "hw1.predict", "seg", sats, masks_out,
+                                "--checkpoint", seg_checkpoint, "--device", "cpu"],
+                               {"bad": sats / "0001_sat.jpg", "out": masks_out})
+
+    # Scoring against a ground-truth CSV that lists a file twice, where an earlier --json exists.
+    gt = root / "gt.csv"
+    gt.write_text("filename,label\na.png,1\nb.png,2\na.png,3\n")
+    pred = root / "p.csv"
+    pred.write_text("filename,label\na.png,1\nb.png,2\n")
+    json_out = root / "metrics.json"
+    json_out.write_text('{"acc": 0.5}\n')
+    cases["malformed_csv"] = ([sys.executable, "eval.py", "--task", "cls", "--pred", pred, "--gt", gt,
+                               "--json", json_out], {"bad": gt, "out": json_out})
+
+    before = {name: contents(paths.get("out")) for name, (_, paths) in cases.items()}
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # see cls_one_torch_thread in conftest.py
+    procs = {name: subprocess.Popen([str(a) for a in argv], cwd=REPO, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name, (argv, _) in cases.items()}
+    results = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=180)
+        completed = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        results[name] = (completed, {**cases[name][1], "before": before[name]})
+    return results
+
+
+def test_cli_corrupt_png_keeps_the_previous_csv(cli_runs):
+    result, paths = cli_runs["corrupt_png"]
+    assert_one_line_error(result, paths["bad"], "cannot read image")
+    assert contents(paths["out"]) == paths["before"]
+    assert [p.name for p in paths["out"].parent.glob(".pred.csv.*")] == []  # no temporary file left
+
+
+def test_cli_truncated_jpeg_keeps_the_previous_masks(cli_runs):
+    result, paths = cli_runs["truncated_jpeg"]
+    assert_one_line_error(result, paths["bad"], "cannot read image")
+    # Neither the first image's new mask nor a staging folder: the folder is as it was.
+    assert contents(paths["out"]) == paths["before"]
+    assert [p.name for p in paths["out"].iterdir()] == ["0000_mask.png"]
+
+
+def test_cli_malformed_gt_csv_keeps_the_previous_json(cli_runs):
+    result, paths = cli_runs["malformed_csv"]
+    assert_one_line_error(result, paths["bad"], "line 4: a.png is listed twice (first on line 2)")
+    assert contents(paths["out"]) == paths["before"]
+
+
+# --- A. in-process entry points ----------------------------------------------------------------------
+
+
+def test_predict_seg_error_creates_no_output_folder(seg_checkpoint, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    noise(np.random.default_rng(0), 24, 24).save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    with pytest.raises(UserError, match="b.png: cannot read image"):
+        predict_seg(folder, tmp_path / "out" / "masks", checkpoint=seg_checkpoint, device="cpu")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # no masks folder, no staging folder
+
+
+def test_other_files_in_p2_folders_are_skipped_with_a_warning(tmp_path, caplog):
+    folder = write_pairs(tmp_path / "pairs", [(8, 8)])
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "0000_sat.png").write_bytes(b"")  # a satellite image with the wrong extension
+    (folder / ".DS_Store").write_bytes(b"\0")
+    with caplog.at_level("WARNING"):
+        assert [i for i, _, _ in scan_pairs(folder)] == ["0000"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{folder}: skipped 2 file(s) not named xxxx_sat.jpg or xxxx_mask.png, e.g. 0000_sat.png"]
+    caplog.clear()
+    # Scoring mask folders: the satellite JPEGs beside the masks are expected, other files are not.
+    with caplog.at_level("WARNING"):
+        assert list(list_masks(folder)) == ["0000"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{folder}: skipped 1 file(s) that are not .png masks, e.g. notes.txt"]
+
+
+def test_predict_empty_folder_keeps_the_previous_csv(cls_one_epoch_run, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "pred.csv"
+    out.write_text("filename,label\nold.png,1\n")
+    err = cli_error(capsys, predict_main, ["cls", str(empty), str(out), "--checkpoint",
+                                           str(cls_one_epoch_run / "last.pth"), "--device", "cpu"])
+    assert f"{empty}: no .png/.jpg images" in err
+    assert out.read_text() == "filename,label\nold.png,1\n"
+
+
+def test_predict_seg_converts_modes_and_keeps_sizes(seg_checkpoint, tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sizes = {"gray.png": (37, 50), "rgba.png": (20, 20), "palette.png": (33, 65), "cmyk.jpg": (50, 37)}
+    for (name, (h, w)), mode in zip(sizes.items(), ("L", "RGBA", "P", "CMYK")):
+        noise(rng, h, w, mode).save(folder / name)
+    written = predict_seg(folder, tmp_path / "out", checkpoint=seg_checkpoint, device="cpu")
+    assert sorted(p.name for p in written) == ["cmyk.png", "gray.png", "palette.png", "rgba.png"]
+    palette = {tuple(c) for c in PALETTE}
+    for name, (h, w) in sizes.items():
+        with Image.open(tmp_path / "out" / (Path(name).stem + ".png")) as im:
+            assert im.mode == "RGB" and (im.height, im.width) == (h, w)
+            assert {tuple(c) for c in np.asarray(im).reshape(-1, 3)} <= palette
+
+
+def test_eval_checkpoint_on_pairs_of_an_odd_size(seg_checkpoint, tmp_path, capsys):
+    # 36x52 is no multiple of the network's stride of 32: the model pads, and every pixel is scored.
+    folder = write_pairs(tmp_path / "val", [(36, 52)] * 3)
+    summary = eval_py.main(["--task", "seg", "--checkpoint", str(seg_checkpoint), "--data-dir", str(folder),
+                            "--device", "cpu"])
+    assert f"(classes 0-5, {3 * 36 * 52} pixels)" in capsys.readouterr().out
+    assert 0 <= summary["pixel_acc"] <= 1
+
+
+def test_eval_reads_off_palette_masks_by_thresholding(tmp_path):
+    rng = np.random.default_rng(2)
+    classes = rng.integers(0, 7, size=(16, 16))
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    write_mask(classes, pred_dir / "0000.png")
+    # Ground truth drawn in off-palette colours: each channel moved up to 100 towards the middle.
+    jitter = rng.integers(0, 101, size=(16, 16, 3))
+    shaded = np.where(PALETTE[classes] > 127, PALETTE[classes] - jitter, PALETTE[classes] + jitter)
+    shaded[0, 0] = (255, 0, 0)  # pure red is no class: read as unknown (6)
+    gt_dir.mkdir()
+    Image.fromarray(shaded.astype(np.uint8)).save(gt_dir / "0000_mask.png")
+    cm = seg_confusion_from_dirs(pred_dir, gt_dir)
+    expected = np.zeros((7, 7), np.int64)
+    truth = classes.copy()
+    truth[0, 0] = 6
+    np.add.at(expected, (truth.ravel(), classes.ravel()), 1)
+    np.testing.assert_array_equal(cm.numpy(), expected)
+
+
+def test_train_seg_with_an_unpaired_image_exits_2(tmp_path, capsys):
+    root = tmp_path / "data"
+    write_pairs(root / "train", [(8, 8)])
+    write_pairs(root / "validation", [(8, 8)])
+    (root / "train" / "0000_mask.png").rename(root / "train" / "0001_mask.png")
+    err = cli_error(capsys, train_seg.main, [
+        "--model", "vgg16_fcn32s", "--weights", "none", "--fc-channels", "8", "--data-dir", str(root),
+        "--out-dir", str(tmp_path / "run"), "--device", "cpu", "--workers", "0", "--no-progress"])
+    assert f"{root / 'train'}: 2 file(s) without their _sat.jpg/_mask.png partner: 0000_sat.jpg, 0001_mask.png" in err
+
+
+@pytest.mark.parametrize("content, problem", [
+    pytest.param(b"\xff\xfe\x00\x01\x89PNG", "not a UTF-8 text file", id="binary"),
+    pytest.param("filename,label\ncaf\xe9.png,1\n".encode("latin-1"), "not a UTF-8 text file", id="latin-1"),
+    pytest.param(b"filename,label\na.png,1\na.png,1\n", "line 3: a.png is listed twice", id="duplicate"),
+    pytest.param(b"filename,label\n" + b"x" * 200_000 + b",1\n", "not a readable CSV", id="huge-field"),
+    pytest.param(b"filename,label\na.png,\xc2\xb2\n", "line 2: expected", id="unicode-digit"),
+    pytest.param(None, "not a file", id="folder"),
+])
+def test_label_csv_that_is_not_a_clean_table(tmp_path, content, problem):
+    path = tmp_path / "gt.csv"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=problem) as info:
+        read_labels_csv(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+    assert len(str(info.value)) < 200
+
+
+def test_label_csv_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "gt.csv"
+    path.write_bytes("\ufefffilename,label\r\na.png,1\r\n".encode())  # as spreadsheet programs save it
+    assert read_labels_csv(path) == {"a.png": 1}
+
+
+def test_label_outside_the_50_classes(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("0_a.png", "50_b.png"):
+        noise(rng, 32, 32).save(folder / name)
+    with pytest.raises(UserError, match="label 50 is outside 0..49") as info:
+        load_cls_split(folder)
+    assert str(info.value).startswith(str(folder / "50_b.png"))
+    csv = tmp_path / "gt.csv"
+    csv.write_text("filename,label\n0_a.png,-1\n50_b.png,3\n")
+    with pytest.raises(UserError, match="label of 0_a.png -1 is outside 0..49") as info:
+        load_cls_split(folder, labels_csv=csv)
+    assert str(info.value).startswith(str(csv))
+
+
+def test_train_cls_refuses_to_resume_a_seg_checkpoint(seg_checkpoint, cls_tiny_data, cls_tiny_train_argv, tmp_path,
+                                                      capsys):
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, tmp_path / "run", "--resume",
+                                                                str(seg_checkpoint)))
+    assert f"{seg_checkpoint}: a seg checkpoint (vgg16_fcn32s), not a cls one" in err
+
+
+@pytest.mark.parametrize("change", [{"model": [1.0]}, {"model": torch.zeros(2)}, {"model_name": ["densenet"]},
+                                    {"model_config": [10, 4]}], ids=["model-list", "model-tensor", "name-list",
+                                                                     "config-list"])
+def test_checkpoint_fields_of_the_wrong_type(tmp_path, change):
+    path = tmp_path / "odd.pth"
+    torch.save({"model": {}, "model_name": "densenet", "model_config": {}, **change}, path)
+    key = next(iter(change))
+    with pytest.raises(UserError, match=f"not an hw1 checkpoint \\('{key}' is a ") as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_resume_from_a_corrupt_checkpoint_leaves_the_run_untouched(cls_one_epoch_run, cls_tiny_data,
+                                                                   cls_tiny_train_argv, tmp_path, capsys):
+    run_dir = copy_run(cls_one_epoch_run, tmp_path)
+    corrupt = tmp_path / "corrupt.pth"
+    shutil.copy(run_dir / "last.pth", corrupt)
+    truncate(corrupt)
+    before = snapshot(run_dir)
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume", str(corrupt),
+                                                                epochs=2))
+    assert f"{corrupt}: corrupt or not a PyTorch checkpoint" in err
+    assert snapshot(run_dir) == before
+
+
+def test_resume_from_nothing(cls_one_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys):
+    run_dir = copy_run(cls_one_epoch_run, tmp_path)
+    before = snapshot(run_dir)
+    missing = run_dir / "epoch_009.pth"
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume", str(missing),
+                                                                epochs=2))
+    assert err == f"error: {missing}: checkpoint not found\n"
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("flags,problem", [
+    (["--no-wd-norm"], "written with --no-wd-norm False, this run has True"),
+    (["--opt", "adamw"], "written with --opt sgd, this run has adamw"),
+    (["drop-optimizer"], "cannot resume from it: it has no optimizer"),
+])
+def test_resume_into_a_run_it_does_not_fit(cls_one_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys,
+                                          flags, problem):
+    ckpt_path = cls_one_epoch_run / "last.pth"
+    if flags == ["drop-optimizer"]:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        del ckpt["optimizer"]
+        ckpt_path, flags = tmp_path / "weights_only.pth", []
+        torch.save(ckpt, ckpt_path)
+    out = tmp_path / "new_run"
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, out, "--resume", str(ckpt_path),
+                                                                *flags, epochs=2))
+    assert err == f"error: {ckpt_path}: {problem}" + (": resume with the same optimizer flags\n" if "this run" in problem
+                                                       else " (weights only?); pass it as --weights to start a new "
+                                                            "run from its weights\n")
+    assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("case", ["csv-onto-a-folder", "masks-onto-a-file", "json-onto-a-folder"])
+def test_unwritable_output(case, cls_one_epoch_run, cls_tiny_data, seg_checkpoint, tmp_path, capsys):
+    val = cls_tiny_data / "val_50"
+    if case == "csv-onto-a-folder":
+        target = tmp_path / "pred.csv"
+        target.mkdir()
+        argv = ["cls", val, target, "--checkpoint", cls_one_epoch_run / "last.pth"]
+        main, problem = predict_main, "cannot write"
+    elif case == "masks-onto-a-file":
+        target = tmp_path / "masks"
+        target.write_text("a file")
+        main, argv, problem = predict_main, ["seg", val, target, "--checkpoint", seg_checkpoint], "exists and is not a folder"
+    else:
+        target = tmp_path / "m.json"
+        target.mkdir()
+        gt = cls_tiny_data / "val_gt.csv"
+        main, argv, problem = eval_py.main, ["--task", "cls", "--pred", gt, "--gt", gt, "--json", target], \
+            "cannot write"
+    err = cli_error(capsys, main, [str(a) for a in [*argv, *(["--device", "cpu"] if main is predict_main else [])]])
+    assert err.startswith(f"error: {target}: {problem}")
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # nothing else written beside it
+
+
+# --- B. crash safety ---------------------------------------------------------------------------------
+
+CRASH_NUMEL = 2_000_000  # 8 MB of weights: a save takes long enough to be killed in the middle
+
+
+def numbered_checkpoint(n):
+    """A checkpoint in the hw1 format whose weights and epoch are both ``n``."""
+    return {"model": {"weight": torch.full((CRASH_NUMEL,), float(n))}, "model_name": "densenet",
+            "model_config": {}, "epoch": n}
+
+
+def save_forever(path, done):
+    """Save checkpoints done+1, done+2, ... over ``path`` until killed; ``done`` holds the last saved."""
+    n = done.value
+    while True:
+        n += 1
+        save_checkpoint(numbered_checkpoint(n), path)
+        done.value = n
+
+
+def test_sigkill_while_saving_keeps_a_loadable_checkpoint(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    done = ctx.Value("q", 0, lock=False)  # no lock: a lock held by a killed writer would never be freed
+    path = tmp_path / "last.pth"
+    rng = random.Random(0)
+    kills_mid_write = rounds = 0
+    while kills_mid_write < 3:
+        rounds += 1
+        assert rounds <= 30, "no kill landed inside a save"
+        temps_before = len(list(tmp_path.glob(".last.pth.*.tmp")))
+        writer = ctx.Process(target=save_forever, args=(path, done), daemon=True)
+        writer.start()
+        while done.value == 0:  # the first round needs one finished save to protect
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.15))
+        writer.kill()  # SIGKILL: no finally block, no cleanup
+        writer.join()
+        assert writer.exitcode == -signal.SIGKILL
+        kills_mid_write += len(list(tmp_path.glob(".last.pth.*.tmp"))) > temps_before
+
+        ckpt = load_checkpoint(path)  # weights_only
+        # The last finished save, or the one whose rename landed just before the kill.
+        assert ckpt["epoch"] in (done.value, done.value + 1)
+        assert bool((ckpt["model"]["weight"] == ckpt["epoch"]).all())
+        done.value = ckpt["epoch"]
+        # A killed save leaves a hidden .tmp file that no *.pth listing picks up.
+        assert [p.name for p in tmp_path.glob("*.pth")] == ["last.pth"]
+        assert all(re.fullmatch(r"\.last\.pth\.\w+\.tmp", p.name) for p in tmp_path.iterdir() if p != path)
+
+
+def save_over_the_limit(path, conn):
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    try:
+        save_checkpoint(numbered_checkpoint(2), path)
+        conn.send("saved")
+    except UserError as e:
+        conn.send(str(e))
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pth"
+    save_checkpoint(numbered_checkpoint(1), path)
+    before = path.read_bytes()
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    writer = ctx.Process(target=save_over_the_limit, args=(path, child))
+    writer.start()
+    message = parent.recv()
+    writer.join()
+    assert message.startswith(f"{path}: cannot write (is the disk full?") and "\n" not in message
+    assert path.read_bytes() == before and load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # the partial file was removed
+
+
+def test_non_finite_loss_after_resume_keeps_the_checkpoint(cls_one_epoch_run, cls_tiny_data, cls_tiny_train_argv,
+                                                           tmp_path, monkeypatch, capsys):
+    run_dir = copy_run(cls_one_epoch_run, tmp_path)
+    before = {name: (run_dir / name).read_bytes() for name in ("last.pth", "best.pth")}
+
+    class AlwaysNaN(torch.nn.CrossEntropyLoss):
+        def forward(self, input, target):
+            return super().forward(input, target) * float("nan")
+
+    monkeypatch.setattr(train_cls.nn, "CrossEntropyLoss", AlwaysNaN)
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume",
+                                                                str(run_dir / "last.pth"), epochs=2))
+    assert err.startswith("error: loss became nan at epoch 2, step ")
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    assert load_checkpoint(run_dir / "last.pth")["epoch"] == 1
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]
+
+
+# --- C. security -------------------------------------------------------------------------------------
+
+
+def test_predict_seg_refuses_a_checkpoint_that_runs_code(tmp_path):
+    marker = tmp_path / "MARKER"
+    evil = save_code_running_checkpoint(tmp_path / "evil.pth", marker)
+    folder = write_pairs(tmp_path / "in", [(8, 8)])
+    with pytest.raises(UserError, match="refused to load") as info:
+        predict_seg(folder, tmp_path / "out", checkpoint=evil, device="cpu")
+    assert str(info.value).startswith(str(evil))
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_resume_of_a_checkpoint_that_runs_code(cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys):
+    marker = tmp_path / "MARKER"
+    evil = save_code_running_checkpoint(tmp_path / "evil.pth", marker)
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, tmp_path / "run", "--resume",
+                                                                str(evil)))
+    assert err.startswith(f"error: {evil}: refused to load")
+    assert not marker.exists()
+
+
+SOURCES = sorted([*(REPO / "hw1").rglob("*.py"), *REPO.glob("*.py")])
+
+
+@functools.cache
+def syntax_tree(path):
+    return ast.parse(path.read_text(), str(path))
+
+
+def calls_named(*names):
+    """``(path, ast.Call)`` of every call ``x.name(...)`` or ``name(...)`` in the package and scripts."""
+    for path in SOURCES:
+        for node in ast.walk(syntax_tree(path)):
+            if isinstance(node, ast.Call):
+                func = node.func
+                if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)) in names:
+                    yield path, node
+
+
+def passes_weights_only(call):
+    return any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+               for k in call.keywords)
+
+
+def where(path, call):
+    return f"{path.relative_to(REPO)}:{call.lineno}: {ast.unparse(call)}"
+
+
+def test_every_torch_load_is_weights_only():
+    loads = [(p, c) for p, c in calls_named("load", "loads") if ast.unparse(c.func) == "torch.load"]
+    assert {p.name for p, _ in loads} >= {"checkpoint.py", "weights.py"}  # the scan does find them
+    assert [where(p, c) for p, c in loads if not passes_weights_only(c)] == []
+    # Nothing unpickles any other way.
+    unpickling = [where(p, c) for p, c in calls_named("load", "loads", "Unpickler")
+                  if ast.unparse(c.func).split(".")[0] in ("pickle", "dill", "joblib", "Unpickler")]
+    imports = [f"{p.relative_to(REPO)}: from torch import load" for p in SOURCES
+               if re.search(r"^\s*from torch import .*\bload\b", p.read_text(), re.M)]
+    assert unpickling == [] and imports == []
+
+
+def test_pretrained_weights_from_the_hub_cache_load_weights_only():
+    calls = list(calls_named("get_state_dict", "load_state_dict_from_url"))
+    assert calls
+    assert [where(p, c) for p, c in calls if not passes_weights_only(c)] == []
+
+
+def test_code_running_file_in_the_hub_cache_is_refused(tmp_path, monkeypatch):
+    from torchvision.models import ConvNeXt_Tiny_Weights
+
+    from hw1.models.weights import hub_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = hub_file(ConvNeXt_Tiny_Weights.IMAGENET1K_V1)
+    cached.parent.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    save_code_running_checkpoint(cached, marker)
+    with pytest.raises(UserError, match=rf"{re.escape(str(cached))}: not a loadable state dict"):
+        build_model("convnext", weights="imagenet")
+    assert not marker.exists()
+
+
+# --- D. resume exactness with DataLoader workers ----------------------------------------------------
+
+
+def test_resume_with_dataloader_workers_is_exact(cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    # One worker process and random crops and flips: the workers' RNG streams derive from the main
+    # process's torch RNG, which the checkpoint restores.
+    extra = ("--workers", "1", "--aug", "light", "--save-epochs", "1")
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, tmp_path / "whole", *extra, epochs=3))
+    # Epochs 2 and 3 again, from the checkpoint of epoch 1, into a new folder.
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, tmp_path / "resumed", *extra, "--resume",
+                                       str(tmp_path / "whole" / "epoch_001.pth"), epochs=3))
+
+    def records(run_dir):
+        timing = {"train_img_s", "train_seconds", "val_img_s"}
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    whole, resumed = records(tmp_path / "whole"), records(tmp_path / "resumed")
+    assert [r["epoch"] for r in whole] == [1, 2, 3] and [r["epoch"] for r in resumed] == [2, 3]
+    assert resumed == whole[1:]
+    a = load_checkpoint(tmp_path / "whole" / "last.pth")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "last.pth")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
