@@ -16,7 +16,7 @@ from hw1.data.cls import AUGMENTATIONS, cls_eval_transform, cls_train_transform,
 from hw1.data.demo import make_cls_demo
 from hw1.models import build_model
 from hw1.runtime import seed_everything, setup_logging
-from hw1.trainer import fit
+from hw1.trainer import fit, load_resume
 
 log = logging.getLogger("train_cls")
 EPOCHS = {"densenet": 50, "convnext": 20}
@@ -79,11 +79,13 @@ def main(argv=None):
     if args.weights is None:
         args.weights = "imagenet" if args.model == "convnext" else "none"
     seed_everything(args.seed)
-    train_set, val_set = load_splits(args.data_dir, args.aug)
     config = model_config(args)
-    model = build_model(args.model, **config, weights=args.weights)
+    resume = load_resume(args, task="cls", model_name=args.model, model_config=config)
+    train_set, val_set = load_splits(args.data_dir, args.aug)
+    # a resumed run takes every weight from its checkpoint: no pretrained download
+    model = build_model(args.model, **config, weights=args.weights if resume is None else "none")
     record = fit(model=model, model_name=args.model, model_config=config, task="cls", num_classes=NUM_CLASSES,
-                 train_set=train_set, val_set=val_set, args=args, metric="acc",
+                 train_set=train_set, val_set=val_set, args=args, metric="acc", resume=resume,
                  criterion=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing))
     if args.demo and dist.is_main():
         from hw1.metrics import accuracy

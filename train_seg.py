@@ -15,7 +15,7 @@ from hw1.data.seg import load_seg_split, seg_eval_transform, seg_train_transform
 from hw1.losses import SegLoss
 from hw1.models import build_model
 from hw1.runtime import seed_everything, setup_logging
-from hw1.trainer import fit
+from hw1.trainer import fit, load_resume
 
 # Per-model recipes (flags override): VGG without batch norm wants Adam's per-weight steps;
 # the ResNet follows torchvision's segmentation reference (SGD, lr 0.02 at batch 16 -> 0.01 at 8).
@@ -78,10 +78,12 @@ def main(argv=None):
         config["aux_loss"] = args.aux_weight > 0
     else:
         config.update(fc_channels=args.fc_channels, batch_norm=args.batch_norm)
-    model = build_model(args.model, **config, weights=args.weights)
+    resume = load_resume(args, task="seg", model_name=args.model, model_config=config)
+    # a resumed run takes every weight from its checkpoint: no pretrained download
+    model = build_model(args.model, **config, weights=args.weights if resume is None else "none")
     train_set, val_set = load_splits(args)
     return fit(model=model, model_name=args.model, model_config=config, task="seg", num_classes=NUM_CLASSES,
-               train_set=train_set, val_set=val_set, args=args, metric="miou",
+               train_set=train_set, val_set=val_set, args=args, metric="miou", resume=resume,
                criterion=SegLoss(aux_weight=args.aux_weight))
 
 

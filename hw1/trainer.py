@@ -93,6 +93,49 @@ def read_records(path, upto_epoch):
     return [r for r in records if r["epoch"] <= upto_epoch]
 
 
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "epoch", "best", "rng")
+RESUME_FLAGS = ("opt", "no_wd_norm")  # what shapes the optimizer state
+
+
+def load_resume(args, *, task, model_name, model_config):
+    """The ``--resume`` checkpoint, checked to fit this run, or None without ``--resume``.
+
+    The scripts call this before decoding any data, so a wrong path fails in a second, not after
+    the minute it takes to decode P2.
+    """
+    if not args.resume:
+        return None
+    path = args.resume
+    ckpt = load_checkpoint(path, task=task)
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: cannot resume from it: it has no {', '.join(missing)} (weights only?); "
+                        "pass it as --weights to start a new run from its weights")
+    if ckpt["model_name"] != model_name or ckpt["model_config"] != model_config:
+        raise UserError(f"{path}: checkpoint is {ckpt['model_name']} {ckpt['model_config']}, "
+                        f"not {model_name} {model_config}")
+    saved = ckpt.get("args") or {}
+    for flag in RESUME_FLAGS:
+        if flag in saved and saved[flag] != getattr(args, flag):
+            raise UserError(f"{path}: written with --{flag.replace('_', '-')} {saved[flag]}, this run has "
+                            f"{getattr(args, flag)}: resume with the same optimizer flags")
+    return ckpt
+
+
+def restore(ckpt, path, *, model, optimizer, scheduler, scaler, seed):
+    """Load a checked ``--resume`` checkpoint into the run's objects; return (next epoch, best)."""
+    model.load_state_dict(ckpt["model"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise UserError(f"{path}: its optimizer, schedule or scaler state does not fit this run "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
+    restore_rng(ckpt, seed)
+    return ckpt["epoch"] + 1, ckpt["best"]
+
+
 def save_epoch(out_dir, record, state, *, is_best, keep):
     """Append the epoch's record, then write ``last.pth`` and its copies ``best.pth`` and ``epoch_NNN.pth``.
 
@@ -109,17 +152,16 @@ def save_epoch(out_dir, record, state, *, is_best, keep):
 
 
 def fit(*, model, model_name, model_config, task, num_classes, train_set, val_set, criterion, args,
-        metric="acc"):
+        metric="acc", resume=None):
     """Train ``model`` for ``args.epochs`` and return the last epoch's record.
 
     ``metric`` (``acc`` or ``miou``) picks ``best.pth``; it is measured on the validation set only.
+    ``resume`` is the checkpoint :func:`load_resume` returned for ``args.resume``.
     """
     device = dist.setup(args.device)
     distributed, main = dist.world_size() > 1, dist.is_main()
     amp = amp_dtype(args.amp, device)
     out_dir = Path(args.out_dir)
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     if distributed:
         # The model was built with the same seed on every rank (and DDP broadcasts rank 0's weights
         # anyway); from here each rank draws its own augmentations.
@@ -137,21 +179,14 @@ def fit(*, model, model_name, model_config, task, num_classes, train_set, val_se
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     start_epoch, best = 1, float("-inf")
     records = []
-    if args.resume:
-        ckpt = load_checkpoint(args.resume, task=task)
-        if ckpt["model_name"] != model_name or ckpt["model_config"] != model_config:
-            raise UserError(f"{args.resume}: checkpoint is {ckpt['model_name']} {ckpt['model_config']}, "
-                            f"not {model_name} {model_config}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        restore_rng(ckpt, args.seed)
-        start_epoch, best = ckpt["epoch"] + 1, ckpt["best"]
-        records = read_records(out_dir / "metrics.jsonl", ckpt["epoch"])
+    if resume is not None:
+        start_epoch, best = restore(resume, args.resume, model=model, optimizer=optimizer, scheduler=scheduler,
+                                    scaler=scaler, seed=args.seed)
+        records = read_records(out_dir / "metrics.jsonl", resume["epoch"])
         log.info("resumed from %s at epoch %d", args.resume, start_epoch)
     args.device_name, args.torch_version, args.world_size = device_name(device), torch.__version__, dist.world_size()
-    if main:
+    if main:  # only now, so that a run refused above leaves no empty folder behind
+        out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text("".join(json.dumps(r) + "\n" for r in records), out_dir / "metrics.jsonl")
         atomic_write_text(json.dumps(plain(vars(args)), indent=2) + "\n", out_dir / "args.json")
 
