@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 from hw1.data.images import IMG_EXTS, MEAN, STD, list_images, read_rgb  # noqa: F401 (re-exported)
 from hw1.errors import UserError
@@ -120,6 +119,8 @@ def cls_train_transform(aug="seed"):
     ``seed``: the seed recipe, random crop + flip, AutoAugment (CIFAR-10 policy), then RandomErasing;
     ``light``: crop + flip only (for tiny data sets and short runs); ``none``: normalisation only.
     """
+    from torchvision.transforms import v2  # here, not at the top: hw1.predict needs no transform
+
     if aug not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {aug!r}")
     ops = []
@@ -134,4 +135,6 @@ def cls_train_transform(aug="seed"):
 
 
 def cls_eval_transform():
+    from torchvision.transforms import v2
+
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
