@@ -5,94 +5,37 @@
     python viz.py curves runs/densenet [runs/convnext ...]
     python viz.py confusion --checkpoint runs/densenet/best.pth --data-dir hw1_data/p1_data/val_50
     python viz.py arch --model densenet --config depth=40 growth_rate=12
+    python viz.py report --cls-runs RUN_A RUN_B --seg-runs RUN_A RUN_B --data-dir hw1_data --out report.pdf
 """
 import argparse
 import ast
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
 from hw1 import plots
-from hw1.checkpoint import load_checkpoint
-from hw1.cli import run
+from hw1.cli import command_line, run
 from hw1.errors import UserError
 from hw1.models import TASK_OF, build_model
-from hw1.predict import inference_model
+from hw1.report import MASK_IDS, TITLE, checkpoint_model, cls_images, feature_figures, masks_figure, read_pair, \
+    write_report
 from hw1.runtime import get_device
 from hw1.scoring import model_confusion
 
 
-def load(path, task, device):
-    """(model in eval mode on ``device``, ``epoch N`` or the file name, model name) of a checkpoint.
-
-    The file is read once (P2 checkpoints with optimizer state are hundreds of MB); the model is
-    prepared as :func:`hw1.predict.load_model` prepares it.
-    """
-    ckpt = load_checkpoint(path, task=task)
-    model = inference_model(ckpt, path, device)
-    title = f"epoch {ckpt['epoch']}" if isinstance(ckpt.get("epoch"), int) else Path(path).name
-    return model, title, ckpt["model_name"]
-
-
 def cmd_features(args, device):
-    from hw1.data.cls import load_cls_split
-
-    data = load_cls_split(args.data_dir, labels_csv=args.labels)
-    images, labels = data.images, data.labels.numpy()
-    if args.per_class:
-        # the first --per-class images of each class, in file order: the same subset every run
-        keep = np.concatenate([np.flatnonzero(labels == c)[:args.per_class] for c in np.unique(labels)])
-        images, labels = images[keep], labels[keep]
-    feats, titles = [], []
-    for path in args.checkpoints:
-        model, title, name = load(path, "cls", device)
-        feats.append(plots.extract_features(model, images, device=device))
-        titles.append(f"{title} ({Path(path).name})")
-    desc = f"{name} penultimate features ({feats[-1].shape[1]}-d), {len(labels)} images of {Path(args.data_dir).name}"
+    images, labels = cls_images(args.data_dir, labels_csv=args.labels, per_class=args.per_class)
+    pca, tsne = feature_figures(args.checkpoints, images, labels, data_name=Path(args.data_dir).name,
+                                num_classes=args.num_classes, perplexity=args.perplexity, device=device)
     out = Path(args.out_dir)
-    written = plots.save_figure(
-        plots.pca_figure(feats[-1], labels, num_classes=args.num_classes, title=f"PCA: {desc}, {titles[-1]}"),
-        out / f"{args.name}_pca.png", dpi=args.dpi, pdf=args.pdf)
-    written += plots.save_figure(
-        plots.tsne_figure(feats, labels, num_classes=args.num_classes, titles=titles,
-                          suptitle=f"t-SNE: {desc}", perplexity=args.perplexity),
-        out / f"{args.name}_tsne.png", dpi=args.dpi, pdf=args.pdf)
-    return written
-
-
-def read_pair(folder, image_id, size):
-    from hw1.data.images import read_rgb
-    from hw1.data.masks import read_mask
-
-    sat, mask = Path(folder) / f"{image_id}_sat.jpg", Path(folder) / f"{image_id}_mask.png"
-    for p in (sat, mask):
-        if not p.is_file():
-            raise UserError(f"{p}: not found (--ids names xxxx of xxxx_sat.jpg + xxxx_mask.png in --data-dir)")
-    image, gt = read_rgb(sat, size), read_mask(mask)
-    if size is not None and gt.shape != (size, size):
-        gt = np.asarray(Image.fromarray(gt).resize((size, size), Image.NEAREST))
-    if gt.shape != image.shape[:2]:
-        raise UserError(f"{mask}: mask is {gt.shape[1]}x{gt.shape[0]} but {sat.name} is "
-                        f"{image.shape[1]}x{image.shape[0]}")
-    return image, gt
+    return (plots.save_figure(pca, out / f"{args.name}_pca.png", dpi=args.dpi, pdf=args.pdf)
+            + plots.save_figure(tsne, out / f"{args.name}_tsne.png", dpi=args.dpi, pdf=args.pdf))
 
 
 def cmd_masks(args, device):
-    from hw1.predict import segment
-
     if not Path(args.data_dir).is_dir():
         raise UserError(f"{args.data_dir}: folder not found")
     pairs = [read_pair(args.data_dir, i, args.size) for i in args.ids]
-    images, gts = [p[0] for p in pairs], [p[1] for p in pairs]
-    preds, titles = [], []
-    for path in args.checkpoints:
-        model, title, _ = load(path, "seg", device)
-        preds.append([segment(model, torch.from_numpy(im).permute(2, 0, 1), device=device).numpy() for im in images])
-        titles.append(title)
-    fig = plots.mask_grid(images, gts, preds, ids=args.ids, pred_titles=titles,
-                          overlay_alpha=args.alpha if args.overlay else None)
+    fig = masks_figure(args.checkpoints, [p[0] for p in pairs], [p[1] for p in pairs], ids=args.ids, device=device,
+                       overlay_alpha=args.alpha if args.overlay else None)
     return plots.save_figure(fig, Path(args.out_dir) / f"{args.name}.png", dpi=args.dpi, pdf=args.pdf)
 
 
@@ -106,7 +49,7 @@ def cmd_curves(args, device):
 
 
 def cmd_confusion(args, device):
-    model, epoch, name = load(args.checkpoint, None, device)
+    model, epoch, name = checkpoint_model(args.checkpoint, None, device)
     task = TASK_OF[name]
     cm = model_confusion(model, args.data_dir, task=task, device=device, labels_csv=args.labels, size=args.size,
                          batch_size=args.batch_size)
@@ -193,16 +136,47 @@ def get_args_parser():
     s.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                    help="builder arguments, e.g. depth=40 growth_rate=12 or batch_norm=True")
     s.add_argument("--input-size", type=int, default=None, help="(default: 32 for P1 models, 512 for P2)")
+
+    s = sub.add_parser("report", help="the course report of P1 and P2: a PDF, and Markdown + PNGs beside it")
+    s.add_argument("--cls-runs", nargs="+", default=["-"], metavar=("RUN_A", "RUN_B"),
+                   help="P1 run folders of model A and model B; - for one you do not have (default: none)")
+    s.add_argument("--seg-runs", nargs="+", default=["-"], metavar=("RUN_A", "RUN_B"), help="the same for P2")
+    s.add_argument("--data-dir", default="hw1_data",
+                   help="holds p1_data/val_50 (+ val_gt.csv) and p2_data/validation (default: %(default)s)")
+    s.add_argument("--out", default="report.pdf",
+                   help="the PDF; NAME.md and NAME_files/ (its PNGs) go beside it (default: %(default)s)")
+    s.add_argument("--title", default=TITLE, help="first page's heading (default: %(default)s)")
+    s.add_argument("--notes", default="", help="a paragraph for the first page, e.g. how the runs were made")
+    s.add_argument("--per-class", type=int, default=20,
+                   help="PCA / t-SNE on the first N validation images of each class; 0 = all 2,500 (default: "
+                        "%(default)s, 1,000 points: t-SNE of all of them takes minutes on a CPU)")
+    s.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default: %(default)s)")
+    s.add_argument("--mask-ids", nargs="+", default=list(MASK_IDS), help="P2 images to show (default: %(default)s)")
+    s.add_argument("--evaluate", action="store_true",
+                   help="also score each run's best.pth afresh on --data-dir (P2 at full size: minutes on a CPU)")
+    s.add_argument("--dpi", type=int, default=100, help="of the figures (default: %(default)s)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda (default: %(default)s)")
+    s.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
 
+def cmd_report(args, device):
+    result = write_report(cls_runs=args.cls_runs, seg_runs=args.seg_runs, data_dir=args.data_dir, out=args.out,
+                          per_class=args.per_class, perplexity=args.perplexity, mask_ids=args.mask_ids,
+                          evaluate=args.evaluate, title=args.title, notes=args.notes, dpi=args.dpi, device=device,
+                          command=args.invocation)
+    print(f"{result['pages']} pages, {len(result['figures'])} figures")
+    return [result["pdf"], result["markdown"], *result["figures"]]
+
+
 COMMANDS = {"features": cmd_features, "masks": cmd_masks, "curves": cmd_curves, "confusion": cmd_confusion,
-            "arch": cmd_arch}
+            "arch": cmd_arch, "report": cmd_report}
 
 
 def main(argv=None):
     """Run one subcommand; return the paths it wrote."""
     args = get_args_parser().parse_args(argv)
+    args.invocation = command_line("viz.py", argv)
     device = get_device(args.device)
     written = COMMANDS[args.command](args, device)
     for path in written:
