@@ -1,0 +1,120 @@
+"""hw1.bench runs and writes its results; no timing is asserted (speeds depend on the machine)."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import train_cls
+from hw1 import bench
+from hw1.models import build_model
+
+pytestmark = pytest.mark.usefixtures("cls_one_thread")
+
+TINY = ["--models", "densenet", "--depth", "10", "--growth-rate", "4", "--configs", "fp32", "channels_last+bf16",
+        "--batch-size", "4", "--steps", "1", "--warmup", "1", "--repeats", "1", "--workers", "0",
+        "--data-batches", "1", "--e2e-steps", "1", "--e2e-batch-size", "8", "--e2e-workers", "0",
+        "--matmul-size", "64", "--device", "cpu"]
+
+
+def _strict_json(path):
+    def reject(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_a_tiny_run_writes_every_part(cls_tiny_data, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench.main([*TINY, "--data-dir", str(cls_tiny_data), "--out", str(out)])
+    results = _strict_json(out)
+    table = capsys.readouterr().out
+    assert "densenet" in table and "channels_last+bf16" in table and str(out) in table
+
+    assert {"cpu", "cores", "torch", "device", "date", "command", "commit"} <= set(results["machine"])
+    assert results["machine"]["command"].startswith("python -m hw1.bench --models densenet")
+    assert _positive(results["peak_flop_s"]["bf16"]) and _positive(results["peak_flop_s"]["fp32"])
+
+    model = results["models"]["densenet"]
+    assert model["input"] == [3, 32, 32] and model["batch_size"] == 4
+    assert _positive(model["forward_flops_per_img"])
+    assert model["train_flops_per_img"] == 3 * model["forward_flops_per_img"]
+    assert list(model["configs"]) == ["fp32", "channels_last+bf16"]
+    for name, r in model["configs"].items():
+        assert "error" not in r, r
+        for key in ("train_img_s", "infer_img_s", "train_vs_fp32", "infer_vs_fp32", "train_flop_s", "frac_bf16_peak",
+                    "train_first_call_s", "infer_first_call_s"):
+            assert _positive(r[key]), (name, key, r[key])
+    assert model["configs"]["fp32"]["train_vs_fp32"] == 1.0
+    default = model["configs"]["channels_last+bf16"]
+    assert (default["channels_last"], default["amp"], default["compile"]) == (True, "bf16", False)
+
+    data = results["data"]
+    assert data["images"] == "real" and data["count"] == 36 and _positive(data["decode_once_s"])
+    assert list(data["workers"]) == ["0"]
+    assert _positive(data["workers"]["0"]["img_s"]) and _positive(data["workers"]["0"]["vs_densenet_step"])
+
+    ref = results["reference"]
+    assert ref["params"]["ours"] == ref["params"]["reference"]
+    assert ref["forward_flops_per_img"]["ours"] == ref["forward_flops_per_img"]["reference"]
+    for key in ("ours_img_s", "reference_img_s", "ratio"):
+        assert _positive(ref["model_step"][key])
+    assert ref["e2e"]["steps"] == 1
+    for key in ("ours_steps_s", "reference_steps_s", "ratio"):
+        assert _positive(ref["e2e"][key])
+
+
+def test_generated_images_stand_in_for_missing_data(tmp_path):
+    folder, source = bench.p1_train_folder(tmp_path / "missing", tmp_path / "generated")
+    assert source == "generated" and folder.is_dir() and any(folder.glob("*_*.png"))
+
+
+def test_time_fn_is_the_median_after_warmup():
+    calls = []
+    seconds = bench.time_fn(lambda: calls.append(1), warmup=2, repeats=3)
+    assert len(calls) == 5 and 0 <= seconds < 1
+
+
+def test_count_flops_of_a_convolution():
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    flops = bench.count_flops(conv, torch.zeros(2, 3, 16, 16))
+    assert flops == 2 * (2 * 16 * 16) * 8 * 3 * 9  # 2 per multiply-add, per output element
+    assert conv.weight.device.type == "cpu"  # the model is left as it was
+
+
+def test_matmul_peak_is_positive():
+    assert _positive(bench.matmul_peak(torch.float32, device=torch.device("cpu"), n=64, repeats=1))
+
+
+def test_reference_densenet_matches_ours_layer_for_layer():
+    ours = build_model("densenet", depth=16, growth_rate=6, num_classes=50)
+    ref = bench.reference_densenet(depth=16, growth_rate=6)
+    x = torch.zeros(1, 3, 32, 32)
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in ref.parameters()]
+    assert bench.count_flops(ours, x) == bench.count_flops(ref, x)
+    assert ref(x).shape == (1, 50)
+
+
+def test_defaults_follow_the_training_script():
+    train = train_cls.get_args_parser().parse_args([])
+    args = bench.parse_args([])
+    assert (args.depth, args.growth_rate, args.img_size) == (train.depth, train.growth_rate, train.img_size)
+    assert bench.LABEL_SMOOTHING == train.label_smoothing and bench.DATA_BATCH == train.batch_size
+    assert args.e2e_workers == train.workers
+    name = bench.default_config_name(torch.device("cpu"))
+    assert bench.CONFIGS[name].channels_last == train.channels_last
+
+
+def test_batch_sizes_per_model_and_for_all():
+    assert bench.parse_args(["--batch-size", "3", "convnext=5"]).batch_size == {
+        "densenet": 3, "convnext": 5, "vgg16_fcn32s": 3, "resnet101_fcn": 3}
+    quick = bench.parse_args(["--quick", "--batch-size", "densenet=7"])
+    assert quick.batch_size == {**bench.QUICK_BATCH, "densenet": 7} and quick.depth == 40
+    assert bench.parse_args(["--quick", "--depth", "100"]).depth == 100  # explicit flags win over the preset
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--batch-size", "alexnet=2"])
