@@ -53,7 +53,7 @@ from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
 from hw1.losses import SegLoss
 from hw1.models import TASK_OF, build_model
-from hw1.runtime import amp_dtype, cpu_has_fast_bf16, get_device, setup_logging
+from hw1.runtime import amp_dtype, channels_last_default, cpu_has_fast_bf16, get_device, setup_logging
 from hw1.schedule import CosineSchedule
 from hw1.summary import device_name, git_commit
 from hw1.trainer import make_loader
@@ -247,12 +247,13 @@ def trainer_defaults():
     return parser.parse_args([])
 
 
-def default_config_name(device):
-    """The configuration train_cls.py / train_seg.py run in by default on ``device``."""
+def default_config_name(device, model_name="densenet"):
+    """The configuration train_cls.py / train_seg.py train ``model_name`` in by default on ``device``."""
     d = trainer_defaults()
     amp = amp_dtype(d.amp, device)
+    channels_last = channels_last_default(d.channels_last, model_name, device)
     for name, c in CONFIGS.items():
-        if c and (c.channels_last, c.compile) == (d.channels_last, d.compile) and amp_dtype(c.amp, device) == amp:
+        if c and (c.channels_last, c.compile) == (channels_last, d.compile) and amp_dtype(c.amp, device) == amp:
             return name
     raise AssertionError(f"no benchmark configuration matches the training defaults {d}")
 
@@ -291,7 +292,7 @@ def bench_model(name, args, device, peak_bf16):
     out = {"model_config": config, "input": list(shape), "batch_size": batch,
            "params": sum(p.numel() for p in model.parameters()),
            "forward_flops_per_img": forward, "train_flops_per_img": 3 * forward,
-           "default_config": default_config_name(device), "configs": {}}
+           "default_config": default_config_name(device, name), "configs": {}}
     for cname in config_names(args.configs, device):
         cfg = CONFIGS[cname]
         if cname == BEST:

@@ -14,7 +14,7 @@ from hw1 import engine
 from hw1.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from hw1.errors import UserError
 from hw1.io import atomic_copy, atomic_write_text, json_safe
-from hw1.runtime import amp_dtype, seed_everything
+from hw1.runtime import amp_dtype, channels_last_default, seed_everything
 from hw1.schedule import CosineSchedule
 from hw1.summary import device_name
 
@@ -161,6 +161,7 @@ def fit(*, model, model_name, model_config, task, num_classes, train_set, val_se
     device = dist.setup(args.device)
     distributed, main = dist.world_size() > 1, dist.is_main()
     amp = amp_dtype(args.amp, device)
+    args.channels_last = channels_last_default(args.channels_last, model_name, device)  # recorded as resolved
     out_dir = Path(args.out_dir)
     if distributed:
         # The model was built with the same seed on every rank (and DDP broadcasts rank 0's weights

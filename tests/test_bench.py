@@ -9,6 +9,7 @@ from torch import nn
 import train_cls
 from hw1 import bench
 from hw1.models import build_model
+from hw1.runtime import channels_last_default
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 
@@ -106,8 +107,10 @@ def test_defaults_follow_the_training_script():
     assert (args.depth, args.growth_rate, args.img_size) == (train.depth, train.growth_rate, train.img_size)
     assert bench.LABEL_SMOOTHING == train.label_smoothing and bench.DATA_BATCH == train.batch_size
     assert args.e2e_workers == train.workers
-    name = bench.default_config_name(torch.device("cpu"))
-    assert bench.CONFIGS[name].channels_last == train.channels_last
+    cpu = torch.device("cpu")
+    assert bench.CONFIGS[bench.default_config_name(cpu)].channels_last == channels_last_default(
+        train.channels_last, "densenet", cpu)
+    assert bench.CONFIGS[bench.default_config_name(cpu, "convnext")].channels_last
 
 
 def test_batch_sizes_per_model_and_for_all():

@@ -22,8 +22,11 @@ class _DenseLayer(nn.Module):
         self.drop_rate = drop_rate
 
     def forward(self, x):
-        out = self.conv1(F.relu(self.norm1(x)))
-        out = self.conv2(F.relu(self.norm2(out)))
+        # In-place ReLUs: each acts on a fresh batch-norm output that nothing else reads, which
+        # saves an allocation and a pass over memory per layer (most of DenseNet's time on a CPU
+        # goes to such memory-bound passes, not to its small convolutions).
+        out = self.conv1(F.relu(self.norm1(x), inplace=True))
+        out = self.conv2(F.relu(self.norm2(out), inplace=True))
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         return out
