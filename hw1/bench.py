@@ -53,7 +53,8 @@ from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
 from hw1.losses import SegLoss
 from hw1.models import TASK_OF, build_model
-from hw1.runtime import amp_dtype, channels_last_default, cpu_has_fast_bf16, get_device, setup_logging
+from hw1.runtime import (amp_dtype, channels_last_default, cpu_has_fast_bf16, get_device, micro_batch_default,
+                         setup_logging)
 from hw1.schedule import CosineSchedule
 from hw1.summary import device_name, git_commit
 from hw1.trainer import make_loader
@@ -103,8 +104,8 @@ REFERENCE_NOTE = (
     "max-pool) is replaced by ours (one 3x3 stride-1 conv; norm0, relu0 and pool0 become Identity), so every "
     "dense layer, transition (compression 0.5, 2x2 average pool) and the head (BN, ReLU, global pool, linear) "
     "match hw1's DenseNet-BC layer for layer (equal parameter and FLOP counts, below). What remains different "
-    "is how the code runs it: torchvision concatenates a layer's inputs inside the layer and uses in-place "
-    "ReLUs in its modules. It runs in fp32, NCHW, eager, and its dataset decodes a PNG at every access.")
+    "is how the code runs it: torchvision concatenates a layer's inputs inside the layer. It runs in fp32, NCHW, "
+    "eager, and its dataset decodes a PNG at every access.")
 
 
 # --- timing and FLOPs ----------------------------------------------------------------------------
@@ -186,9 +187,10 @@ class Setup(NamedTuple):
     optimizer: torch.optim.Optimizer
     scheduler: CosineSchedule
     scaler: torch.amp.GradScaler
+    micro_batch: int | None = None
 
 
-def set_up(model, config, device, *, lr=1e-4):
+def set_up(model, config, device, *, lr=1e-4, micro_batch=None):
     """Copy ``model`` to ``device`` in ``config``'s memory format, compiled if asked, with an SGD optimizer.
 
     The learning rate is small and constant: a benchmark's random batches must not make the loss diverge.
@@ -201,14 +203,15 @@ def set_up(model, config, device, *, lr=1e-4):
     return Setup(model=torch.compile(model) if config.compile else model, amp=amp,
                  channels_last=config.channels_last, optimizer=optimizer,
                  scheduler=CosineSchedule(optimizer, base_lr=lr, total_steps=1 << 62),
-                 scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16))
+                 scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16), micro_batch=micro_batch)
 
 
 def train_epoch(setup, loader, *, criterion, device):
     """The training loop itself (:func:`hw1.engine.train_one_epoch`) over ``loader``."""
     return engine.train_one_epoch(setup.model, loader, criterion=criterion, optimizer=setup.optimizer,
                                   scheduler=setup.scheduler, scaler=setup.scaler, device=device,
-                                  amp_dtype=setup.amp, channels_last=setup.channels_last, progress=False)
+                                  amp_dtype=setup.amp, channels_last=setup.channels_last, progress=False,
+                                  micro_batch=setup.micro_batch)
 
 
 def infer(setup, images, device):
@@ -433,7 +436,9 @@ def bench_reference(ours_dataset, folder, args, device, models):
         raise UserError(f"{folder}: {len(png)} images are fewer than one --e2e-batch-size {args.e2e_batch_size}")
     indices = torch.randperm(len(png), generator=g)[:n].tolist()
     loop = dict(criterion=criterion, batch_size=args.e2e_batch_size, workers=args.e2e_workers, device=device)
-    ours_loop = loop_steps_s(set_up(ours, ours_cfg, device), ours_dataset, indices, **loop)
+    # ours as train_cls.py runs it, micro-batches included
+    micro = micro_batch_default(trainer_defaults().micro_batch, "densenet", device)
+    ours_loop = loop_steps_s(set_up(ours, ours_cfg, device, micro_batch=micro), ours_dataset, indices, **loop)
     ref_loop = loop_steps_s(set_up(ref, ref_cfg, device), png, indices, **loop)
     return {
         "description": REFERENCE_NOTE,
@@ -443,7 +448,8 @@ def bench_reference(ours_dataset, folder, args, device, models):
         "model_step": {"ours_config": ours_name, "reference_config": BASELINE, "batch_size": batch,
                        "ours_img_s": ours_step, "reference_img_s": ref_step, "ratio": ours_step / ref_step},
         "e2e": {"steps": len(indices) // args.e2e_batch_size, "batch_size": args.e2e_batch_size,
-                "workers": args.e2e_workers, "ours": f"decode-once cache + {ours_name}",
+                "workers": args.e2e_workers, "ours_micro_batch": micro,
+                "ours": f"decode-once cache + {ours_name}" + (f" in micro-batches of {micro}" if micro else ""),
                 "reference": "PNG decoded at every access + fp32 NCHW",
                 "ours_steps_s": ours_loop, "reference_steps_s": ref_loop, "ratio": ours_loop / ref_loop},
     }

@@ -42,6 +42,10 @@ def add_training_args(parser, *, data_dir, lr, batch_size, weight_decay, opt="sg
                    help="autocast dtype; auto = bf16 where the hardware has it, fp16 on older GPUs (default: %(default)s)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format (default: on, except DenseNet on the CPU, which trains faster in NCHW)")
+    g.add_argument("--micro-batch", type=int, default=None,
+                   help="run each batch's forward/backward in chunks of this many images, one optimizer step per "
+                        "batch (batch-norm statistics per chunk); 0 = whole batches (default: 64 for DenseNet on "
+                        "the CPU, faster per image there; else 0)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     g.add_argument("--resume", default=None, help="continue from this checkpoint (e.g. runs/densenet/last.pth)")

@@ -4,6 +4,7 @@ Classifiers return logits (N, C); segmenters return ``{"out": (N, C, H, W)}`` li
 :func:`logits_of` is the only place that tells them apart; metrics come from one confusion
 matrix (:mod:`hw1.metrics`), whose shape is the same for both.
 """
+import contextlib
 import math
 import time
 
@@ -32,13 +33,17 @@ def to_device(images, targets, device, channels_last):
 
 
 def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, device, amp_dtype=None,
-                    channels_last=False, grad_clip=None, epoch=0, log_every=20, progress=True, distributed=False):
+                    channels_last=False, grad_clip=None, epoch=0, log_every=20, progress=True, distributed=False,
+                    micro_batch=None):
     """Train for one pass over ``loader``; return averaged ``loss``, ``acc``, ``img_s`` and ``seconds``.
 
     With ``distributed`` the figures are summed over all ranks (``img_s`` is the whole world's).
+    With ``micro_batch`` each batch runs forward and backward in chunks of at most that many
+    images whose gradients add up (each chunk's mean loss weighted by its share of the batch), then
+    takes one optimizer step: the batch's gradient, with batch-norm statistics per chunk.
 
-    Step order: zero_grad -> forward under autocast -> scaled backward -> (unscale, clip) ->
-    optimizer step through the scaler -> scale update -> lr schedule step (per iteration).
+    Step order: zero_grad -> forward under autocast -> scaled backward (per chunk) -> (unscale,
+    clip) -> optimizer step through the scaler -> scale update -> lr schedule step (per iteration).
     """
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -49,10 +54,17 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
     for step, (images, targets) in enumerate(bar):
         images, targets = to_device(images, targets, device, channels_last)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            output = model(images)
-            loss = criterion(output, targets)
-        scaler.scale(loss).backward()
+        chunks = list(zip(images.split(micro_batch or len(images)), targets.split(micro_batch or len(images))))
+        for i, (x, y) in enumerate(chunks):
+            # DDP all-reduces gradients in the last chunk's backward only.
+            sync = contextlib.nullcontext() if i + 1 == len(chunks) or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    output = model(x)
+                    loss = criterion(output, y)
+                scaler.scale(loss * (len(x) / len(images))).backward()
+            loss_sum += loss.detach().double() * len(x)
+            correct += (logits_of(output).detach().argmax(1) == y).sum()
         if grad_clip:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -60,8 +72,6 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
         scaler.update()
         scheduler.step()
 
-        loss_sum += loss.detach().double() * images.shape[0]
-        correct += (logits_of(output).detach().argmax(1) == targets).sum()
         seen += images.shape[0]
         counted += targets.numel()
         # Reading the loss forces a device sync, so it is checked every ``log_every`` steps, not each.

@@ -51,6 +51,18 @@ def channels_last_default(flag, model_name, device):
     return not (model_name == "densenet" and device.type == "cpu")
 
 
+def micro_batch_default(flag, model_name, device):
+    """``--micro-batch`` as given (0: whole batches), or (None) the faster size for training ``model_name``.
+
+    DenseNet on the CPU: chunks of 64. Its concatenated 32x32 feature maps then stay in the caches;
+    DenseNet-BC-100 (k 24) bf16 trained at 20.0 img/s in batches of 64 against 13.0 in batches of 128
+    on 2 cores. Elsewhere a batch runs whole.
+    """
+    if flag is not None:
+        return flag or None
+    return 64 if model_name == "densenet" and device.type == "cpu" else None
+
+
 def seed_everything(seed):
     random.seed(seed)
     torch.manual_seed(seed)

@@ -14,7 +14,7 @@ from hw1 import engine
 from hw1.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from hw1.errors import UserError
 from hw1.io import atomic_copy, atomic_write_text, json_safe
-from hw1.runtime import amp_dtype, channels_last_default, seed_everything
+from hw1.runtime import amp_dtype, channels_last_default, micro_batch_default, seed_everything
 from hw1.schedule import CosineSchedule
 from hw1.summary import device_name
 
@@ -161,7 +161,9 @@ def fit(*, model, model_name, model_config, task, num_classes, train_set, val_se
     device = dist.setup(args.device)
     distributed, main = dist.world_size() > 1, dist.is_main()
     amp = amp_dtype(args.amp, device)
-    args.channels_last = channels_last_default(args.channels_last, model_name, device)  # recorded as resolved
+    # recorded as resolved, so args.json says how the run ran
+    args.channels_last = channels_last_default(args.channels_last, model_name, device)
+    args.micro_batch = micro_batch_default(args.micro_batch, model_name, device)
     out_dir = Path(args.out_dir)
     if distributed:
         # The model was built with the same seed on every rank (and DDP broadcasts rank 0's weights
@@ -199,8 +201,9 @@ def fit(*, model, model_name, model_config, task, num_classes, train_set, val_se
     if args.compile:
         step_model = torch.compile(step_model)
     eval_model = model if distributed or not args.compile else step_model
-    log.info("training %s on %s x %d (amp=%s, channels_last=%s): %d train / %d val samples, %d steps per epoch",
-             model_name, device, dist.world_size(), amp, args.channels_last, len(train_set), len(val_set), steps)
+    log.info("training %s on %s x %d (amp=%s, channels_last=%s, micro_batch=%s): %d train / %d val samples, "
+             "%d steps per epoch", model_name, device, dist.world_size(), amp, args.channels_last, args.micro_batch,
+             len(train_set), len(val_set), steps)
     record = records[-1] if records else None
     for epoch in range(start_epoch, args.epochs + 1):
         if distributed:
@@ -208,7 +211,7 @@ def fit(*, model, model_name, model_config, task, num_classes, train_set, val_se
         train = engine.train_one_epoch(
             step_model, train_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
             device=device, amp_dtype=amp, channels_last=args.channels_last, grad_clip=args.grad_clip, epoch=epoch,
-            progress=main and not args.no_progress, distributed=distributed)
+            progress=main and not args.no_progress, distributed=distributed, micro_batch=args.micro_batch)
         dist.broadcast_buffers(model)
         val = engine.evaluate(eval_model, val_loader, num_classes=num_classes, task=task, criterion=criterion,
                               device=device, amp_dtype=amp, channels_last=args.channels_last, distributed=distributed)

@@ -51,8 +51,9 @@ def odd_cls_data(tmp_path_factory):
 
 
 def cls_argv(data, out, *extra):
+    # micro-batches of 2 in per-rank batches of 4: DDP syncs gradients in the last chunk only (no_sync)
     return [*CLS_TINY_MODEL_ARGS, "--data-dir", data, "--out-dir", out, "--aug", "light", "--lr", "0.05",
-            "--batch-size", "8", "--epochs", "2", *RUNTIME, *extra]
+            "--batch-size", "8", "--micro-batch", "2", "--epochs", "2", *RUNTIME, *extra]
 
 
 @pytest.fixture(scope="module")

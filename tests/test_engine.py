@@ -1,0 +1,58 @@
+"""hw1.engine.train_one_epoch with micro-batches: the same optimizer step as whole batches."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from hw1 import engine
+from hw1.runtime import micro_batch_default
+from hw1.schedule import CosineSchedule
+
+pytestmark = pytest.mark.usefixtures("cls_one_thread")
+
+
+def one_epoch(model, batches, micro_batch):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return engine.train_one_epoch(
+        model, batches, criterion=nn.CrossEntropyLoss(label_smoothing=0.1), optimizer=optimizer,
+        scheduler=CosineSchedule(optimizer, base_lr=0.1, total_steps=len(batches)),
+        scaler=torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"), progress=False,
+        micro_batch=micro_batch)
+
+
+def data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(10, 3, 8, 8, generator=g), torch.randint(0, 5, (10,), generator=g)) for _ in range(3)]
+
+
+@pytest.mark.parametrize("micro_batch", [1, 3, 4, 10])
+def test_micro_batches_give_the_whole_batch_step(micro_batch):
+    # no batch norm: chunks change nothing but rounding (uneven chunks of 10 included)
+    torch.manual_seed(0)
+    whole = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).double()
+    chunked = copy.deepcopy(whole)
+    batches = [(x.double(), y) for x, y in data()]
+    a, b = one_epoch(whole, batches, None), one_epoch(chunked, batches, micro_batch)
+    for p, q in zip(whole.parameters(), chunked.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-12)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-10) and a["acc"] == b["acc"]
+
+
+def test_micro_batches_normalise_per_chunk():
+    # with batch norm the chunks are normalised on their own statistics: a different step
+    torch.manual_seed(0)
+    whole = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    chunked = copy.deepcopy(whole)
+    one_epoch(whole, data(), None)
+    one_epoch(chunked, data(), 5)
+    assert not torch.allclose(whole[1].running_mean, chunked[1].running_mean)
+
+
+def test_micro_batch_default():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert micro_batch_default(None, "densenet", cpu) == 64
+    assert micro_batch_default(None, "densenet", cuda) is None
+    assert micro_batch_default(None, "convnext", cpu) is None
+    assert micro_batch_default(0, "densenet", cpu) is None  # 0: whole batches
+    assert micro_batch_default(16, "vgg16_fcn32s", cuda) == 16
