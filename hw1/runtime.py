@@ -44,7 +44,8 @@ def channels_last_default(flag, model_name, device):
 
     NHWC everywhere except DenseNet on the CPU: its per-layer channel concatenations are strided
     copies in NHWC, and ``python -m hw1.bench`` measured DenseNet-BC-100 (k 24) bf16 training at
-    20.0 img/s in NCHW against 17.1 in NHWC on 2 cores (inference still prefers NHWC).
+    24.0 img/s in NCHW against 19.4 in NHWC on 2 cores (results/bench_cpu.json; inference still
+    prefers NHWC).
     """
     if flag is not None:
         return flag
@@ -55,8 +56,8 @@ def micro_batch_default(flag, model_name, device):
     """``--micro-batch`` as given (0: whole batches), or (None) the faster size for training ``model_name``.
 
     DenseNet on the CPU: chunks of 64. Its concatenated 32x32 feature maps then stay in the caches;
-    DenseNet-BC-100 (k 24) bf16 trained at 20.0 img/s in batches of 64 against 13.0 in batches of 128
-    on 2 cores. Elsewhere a batch runs whole.
+    DenseNet-BC-100 (k 24) bf16 trained at 24.0 img/s in batches of 64 against 18.2 in batches of
+    128 on 2 cores (results/bench_cpu*.json). Elsewhere a batch runs whole.
     """
     if flag is not None:
         return flag or None
