@@ -92,9 +92,11 @@ DEFAULT_BATCH = {
     "cpu": {"densenet": 64, "convnext": 8, "vgg16_fcn32s": 2, "resnet101_fcn": 2},
 }
 # --quick: every part once, small, in about a minute on 2 CPU cores: the baseline against the
-# training default, DenseNet-BC 40 (k = 12) as trained on the CPU, P2 crops of 128. Explicit flags win.
-QUICK = {"configs": ["fp32", "channels_last+bf16"], "depth": 40, "growth_rate": 12, "crop_size": 128, "steps": 1,
-         "warmup": 1, "repeats": 2, "workers": [0, 2], "data_batches": 4, "e2e_steps": 4, "e2e_batch_size": 32}
+# training defaults (bf16 in NCHW for DenseNet on the CPU, NHWC for the others), DenseNet-BC 40
+# (k = 12) as trained on the CPU, P2 crops of 128. Explicit flags win.
+QUICK = {"configs": ["fp32", "bf16", "channels_last+bf16"], "depth": 40, "growth_rate": 12, "crop_size": 128,
+         "steps": 1, "warmup": 1, "repeats": 2, "workers": [0, 2], "data_batches": 4, "e2e_steps": 4,
+         "e2e_batch_size": 32}
 QUICK_BATCH = {"densenet": 32, "convnext": 2, "vgg16_fcn32s": 1, "resnet101_fcn": 1}
 TRAIN_FLOPS_NOTE = ("train FLOPs = 3 x forward (backward ~ 2 x forward); FlopCounterMode's "
                     "convolution_backward ignores groups and would overcount ConvNeXt's depthwise convs ~100x")
@@ -578,8 +580,8 @@ def get_args_parser():
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                    help="fp32 (NCHW, eager) is always run as the baseline; fp16 only on CUDA (default: all)")
     p.add_argument("--quick", action="store_true",
-                   help="every part, small: fp32 against channels_last+bf16, DenseNet-BC 40 (k 12), P2 crops of 128, "
-                        "small batches, few steps; explicit flags win (about a minute on 2 cores)")
+                   help="every part, small: fp32 against bf16 and channels_last+bf16, DenseNet-BC 40 (k 12), P2 "
+                        "crops of 128, small batches, few steps; explicit flags win (about a minute on 2 cores)")
     p.add_argument("--batch-size", nargs="+", type=batch_sizes, default=[], metavar="N|MODEL=N",
                    help="N or MODEL=N (default: the training batches on CUDA; densenet=64 convnext=8 and 2 for "
                         "the segmenters on the CPU)")
