@@ -11,7 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from hw1 import distributed as dist
-from hw1.cli import add_training_args, command_line, parse_args, require_layout, run
+from hw1.cli import add_training_args, require_layout, run, start_run
 from hw1.data.cls import AUGMENTATIONS, cls_eval_transform, cls_train_transform, load_cls_split
 from hw1.data.demo import make_cls_demo
 from hw1.models import build_model
@@ -67,12 +67,7 @@ def load_splits(data_dir, aug):
 
 
 def main(argv=None):
-    args = parse_args(get_args_parser(), argv, DEMO_DEFAULTS)
-    args.command = command_line("train_cls.py", argv)
-    dist.setup(args.device)  # under torchrun, join the group first: rank 0 alone writes the demo data
-    if args.demo:
-        with dist.main_first():
-            make_cls_demo(args.data_dir)
+    args = start_run("train_cls.py", get_args_parser(), argv, DEMO_DEFAULTS, make_cls_demo)
     setup_logging()
     args.epochs = args.epochs or EPOCHS[args.model]
     args.out_dir = args.out_dir or f"runs/{args.model}"

@@ -7,8 +7,7 @@
 """
 import argparse
 
-from hw1 import distributed as dist
-from hw1.cli import add_training_args, command_line, parse_args, require_layout, run
+from hw1.cli import add_training_args, require_layout, run, start_run
 from hw1.data.masks import NUM_CLASSES
 from hw1.data.scenes import make_seg_demo
 from hw1.data.seg import load_seg_split, seg_eval_transform, seg_train_transform
@@ -61,12 +60,7 @@ def load_splits(args):
 
 
 def main(argv=None):
-    args = parse_args(get_args_parser(), argv, DEMO_DEFAULTS)
-    args.command = command_line("train_seg.py", argv)
-    dist.setup(args.device)  # under torchrun, join the group first: rank 0 alone writes the demo data
-    if args.demo:
-        with dist.main_first():
-            make_seg_demo(args.data_dir)
+    args = start_run("train_seg.py", get_args_parser(), argv, DEMO_DEFAULTS, make_seg_demo)
     for key, value in RECIPES[args.model].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -72,6 +72,23 @@ def parse_args(parser, argv, demo_defaults):
     return args
 
 
+def start_run(script, parser, argv, demo_defaults, make_demo):
+    """A training script's first steps: its flags, its command line, torchrun's group, the demo data.
+
+    Under torchrun the process group is joined before anything is written, so that with ``--demo``
+    rank 0 alone writes the demo data (``make_demo(data_dir)``) and the other ranks then find it.
+    """
+    from hw1 import distributed as dist  # torch.distributed, for the training scripts only
+
+    args = parse_args(parser, argv, demo_defaults)
+    args.command = command_line(script, argv)
+    dist.setup(args.device)
+    if args.demo:
+        with dist.main_first():
+            make_demo(args.data_dir)
+    return args
+
+
 def require_layout(data_dir, subdirs, archive):
     """The course folder ``data_dir`` with ``subdirs`` in it, or a one-line error saying how to make it."""
     root = Path(data_dir)
