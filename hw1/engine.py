@@ -57,8 +57,8 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
         chunks = list(zip(images.split(micro_batch or len(images)), targets.split(micro_batch or len(images))))
         for i, (x, y) in enumerate(chunks):
             # DDP all-reduces gradients in the last chunk's backward only.
-            sync = contextlib.nullcontext() if i + 1 == len(chunks) or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
+            last = i + 1 == len(chunks)
+            with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     output = model(x)
                     loss = criterion(output, y)
@@ -78,7 +78,8 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
         if (step + 1) % log_every == 0 or step + 1 == len(loader):
             # Summed over ranks so that all stop together: a rank raising alone would leave the
             # others waiting in their next all-reduce.
-            mean_loss = _summed(loss_sum, distributed).item() / (seen * (dist.world_size() if distributed else 1))
+            total_loss, total_seen = _totals([loss_sum, seen], device=device, distributed=distributed)
+            mean_loss = total_loss / total_seen
             if not math.isfinite(mean_loss):
                 raise NonFiniteLoss(
                     f"loss became {mean_loss} at epoch {epoch}, step {step + 1}: stopping; the last good "
@@ -87,15 +88,16 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr():.4g}",
                             img_s=f"{seen / (time.perf_counter() - start):.0f}")
     seconds = time.perf_counter() - start
-    totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), device=device),
-                          torch.tensor(float(counted), device=device)])
-    loss_sum, correct, seen, counted = _summed(totals, distributed).tolist()
+    loss_sum, correct, seen, counted = _totals([loss_sum, correct, seen, counted], device=device,
+                                               distributed=distributed)
     return {"loss": loss_sum / max(seen, 1), "acc": correct / max(counted, 1), "img_s": seen / seconds,
             "seconds": seconds}
 
 
-def _summed(tensor, distributed):
-    return dist.sum_(tensor.clone()) if distributed else tensor
+def _totals(values, *, device, distributed):
+    """``values`` (tensors or numbers) as Python floats, each summed over all ranks with ``distributed``."""
+    totals = torch.stack([torch.as_tensor(v, device=device).double() for v in values])
+    return (dist.sum_(totals) if distributed else totals).tolist()
 
 
 @torch.inference_mode()
@@ -123,13 +125,12 @@ def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dt
     seconds = time.perf_counter() - start
     if distributed:
         dist.sum_(cm)
-        loss_sum, seen = dist.sum_(torch.stack([loss_sum, torch.tensor(float(seen), device=device)])).tolist()
-        seen = int(seen)
+    loss_sum, seen = _totals([loss_sum, seen], device=device, distributed=distributed)
     cm = cm.cpu()
     result = metrics.summarize(cm, task)
     if criterion is not None:
-        result["loss"] = float(loss_sum) / max(seen, 1)
-    result["samples"] = seen
+        result["loss"] = loss_sum / max(seen, 1)
+    result["samples"] = int(seen)
     result["cm"] = cm
     result["img_s"] = seen / seconds
     return result
