@@ -19,6 +19,7 @@ from hw1.report import MASK_IDS, TITLE, checkpoint_model, cls_images, feature_fi
     write_report
 from hw1.runtime import get_device
 from hw1.scoring import model_confusion
+from hw1.summary import read_metrics
 
 
 def cmd_features(args, device):
@@ -43,7 +44,7 @@ def cmd_curves(args, device):
     names = args.labels or [Path(d).name for d in args.run_dirs]
     if len(names) != len(args.run_dirs):
         raise UserError(f"--labels: {len(names)} names for {len(args.run_dirs)} run folders")
-    runs = [(n, plots.read_metrics(d)) for n, d in zip(names, args.run_dirs)]
+    runs = [(n, read_metrics(d)) for n, d in zip(names, args.run_dirs)]
     return plots.save_figure(plots.curves_figure(runs), Path(args.out_dir) / f"{args.name}.png",
                              dpi=args.dpi, pdf=args.pdf)
 

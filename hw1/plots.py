@@ -210,27 +210,6 @@ def mask_grid(images, gts, preds, *, ids, pred_titles, overlay_alpha=None, panel
 
 # --- training curves ---------------------------------------------------------------------------------
 
-def read_metrics(run_dir):
-    """The records of ``run_dir/metrics.jsonl`` (one dict per epoch), in order."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise UserError(f"{path}: not found (a run folder written by train_cls.py / train_seg.py has one)")
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}: line {n} is not JSON") from None
-        if not isinstance(record, dict) or "epoch" not in record:
-            raise UserError(f"{path}: line {n} has no 'epoch'")
-        records.append(record)
-    if not records:
-        raise UserError(f"{path}: no epochs recorded yet")
-    return records
-
-
 def _series(records, key):
     points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
     return ([e for e, _ in points], [v for _, v in points]) if points else None

@@ -39,7 +39,7 @@ from hw1.io import atomic_path, atomic_write_text
 from hw1.models import TASK_OF, build_model
 from hw1.predict import inference_model
 from hw1.scoring import model_confusion
-from hw1.summary import summarize_run
+from hw1.summary import read_metrics, summarize_run
 
 plt = plots.plt  # pyplot with the headless backend plots.py selects
 
@@ -190,7 +190,7 @@ def open_run(spec, task, slot):
     except (OSError, ValueError):
         pass
     try:
-        run.records = plots.read_metrics(path)
+        run.records = read_metrics(path)
     except UserError as e:
         run.problem = str(e)
     ckpt_path = run.newest_checkpoint()

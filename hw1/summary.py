@@ -33,15 +33,34 @@ def git_commit(repo=Path(__file__).resolve().parents[1]):
     return out.stdout.strip() or None
 
 
+def read_metrics(run_dir):
+    """The records of ``run_dir/metrics.jsonl`` (one dict per epoch), in order."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{path}: not found (a run folder written by train_cls.py / train_seg.py has one)")
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: line {n} is not JSON") from None
+        if not isinstance(record, dict) or "epoch" not in record:
+            raise UserError(f"{path}: line {n} has no 'epoch'")
+        records.append(record)
+    if not records:
+        raise UserError(f"{path}: no epochs recorded yet")
+    return records
+
+
 def summarize_run(run_dir):
     run_dir = Path(run_dir)
     try:
         args = json.loads((run_dir / "args.json").read_text())
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     except (OSError, ValueError) as e:
         raise UserError(f"{run_dir}: not a run folder with args.json and metrics.jsonl ({e})".splitlines()[0]) from None
-    if not records:
-        raise UserError(f"{run_dir}/metrics.jsonl: no epoch finished yet")
+    records = read_metrics(run_dir)
     metric = "val_miou" if "val_miou" in records[-1] else "val_acc"
     best = max(records, key=lambda r: r[metric])
     per_class = "val_iou" if metric == "val_miou" else "val_per_class_acc"
