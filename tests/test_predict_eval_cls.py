@@ -157,11 +157,17 @@ def test_eval_checkpoint_and_csv_agree(cls_tiny_checkpoint, cls_tiny_data, tmp_p
     assert "class  3" not in out  # absent classes are not printed
 
 
+def label_csvs(tmp_path, gt_text, pred_text):
+    """(gt.csv, pred.csv) in ``tmp_path`` holding the two texts."""
+    gt, pred = tmp_path / "gt.csv", tmp_path / "pred.csv"
+    gt.write_text(gt_text)
+    pred.write_text(pred_text)
+    return gt, pred
+
+
 def test_eval_writes_json(tmp_path):
-    gt = tmp_path / "gt.csv"
-    gt.write_text("filename,label\na.png,1\nb.png,2\nc.png,2\nd.png,0\n")
-    pred = tmp_path / "pred.csv"
-    pred.write_text("filename,label\nd.png,0\nc.png,1\nb.png,2\na.png,1\n")
+    gt, pred = label_csvs(tmp_path, "filename,label\na.png,1\nb.png,2\nc.png,2\nd.png,0\n",
+                          "filename,label\nd.png,0\nc.png,1\nb.png,2\na.png,1\n")
     out = tmp_path / "m.json"
     summary = eval_py.main(["--task", "cls", "--pred", str(pred), "--gt", str(gt), "--json", str(out)])
     assert summary["acc"] == 0.75
@@ -181,10 +187,7 @@ def test_eval_json_is_strict_json(tmp_path):
 
 
 def test_eval_pred_missing_a_file(tmp_path):
-    gt = tmp_path / "gt.csv"
-    gt.write_text("filename,label\na.png,1\nb.png,2\n")
-    pred = tmp_path / "pred.csv"
-    pred.write_text("filename,label\na.png,1\n")
+    gt, pred = label_csvs(tmp_path, "filename,label\na.png,1\nb.png,2\n", "filename,label\na.png,1\n")
     with pytest.raises(UserError, match="missing 1 \\(e.g. b.png\\)") as info:
         eval_py.main(["--task", "cls", "--pred", str(pred), "--gt", str(gt)])
     assert str(pred) in str(info.value)
@@ -197,20 +200,15 @@ def test_eval_pred_missing_a_file(tmp_path):
 
 @pytest.mark.parametrize("gt_label, pred_label", [(0, 51), (49, 50), (3, -1)])
 def test_eval_pred_label_out_of_range(tmp_path, gt_label, pred_label):
-    gt = tmp_path / "gt.csv"
-    gt.write_text(f"filename,label\na.png,{gt_label}\nb.png,3\n")
-    pred = tmp_path / "pred.csv"
-    pred.write_text(f"filename,label\na.png,{pred_label}\nb.png,3\n")
+    gt, pred = label_csvs(tmp_path, f"filename,label\na.png,{gt_label}\nb.png,3\n",
+                          f"filename,label\na.png,{pred_label}\nb.png,3\n")
     with pytest.raises(UserError, match="outside 0..49") as info:
         eval_py.main(["--task", "cls", "--pred", str(pred), "--gt", str(gt)])
     assert str(pred) in str(info.value)
 
 
 def test_eval_gt_label_out_of_range_names_the_gt_csv(tmp_path):
-    gt = tmp_path / "gt.csv"
-    gt.write_text("filename,label\na.png,50\n")
-    pred = tmp_path / "pred.csv"
-    pred.write_text("filename,label\na.png,1\n")
+    gt, pred = label_csvs(tmp_path, "filename,label\na.png,50\n", "filename,label\na.png,1\n")
     with pytest.raises(UserError, match="outside 0..49") as info:
         eval_py.main(["--task", "cls", "--pred", str(pred), "--gt", str(gt)])
     assert str(info.value).startswith(str(gt))
