@@ -99,7 +99,13 @@ class VGG16FCN32s(nn.Module):
         x = self.features(x)
         x = self.drop6(self.relu6(self.fc6(x)))
         x = self.drop7(self.relu7(self.fc7(x)))
-        return {"out": self.upsample(self.score(x), (h, w))}
+        # The scorer and upscore always run in fp32. Under bf16 autocast on CPUs with AMX, oneDNN
+        # 3.12 (torch 2.14) corrupts the heap in the backward-weights pass of a convolution with a
+        # bias, < 16 output and > 2048 input channels: this scorer (fc_channels -> num_classes).
+        # fp32 costs nothing here (the scorer is 1x1 with a handful of outputs) and bf16's
+        # ConvTranspose2d(7, 7, 64, stride 32) was the slower of the two on those CPUs anyway.
+        with torch.autocast(x.device.type, enabled=False):
+            return {"out": self.upsample(self.score(x.float()), (h, w))}
 
     def upsample(self, score, size):
         """(N, C, h, w) stride-32 scores -> (N, C, *size), size <= 32 * (h, w), top-left aligned."""
