@@ -53,8 +53,8 @@ from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
 from hw1.losses import SegLoss
 from hw1.models import TASK_OF, build_model
-from hw1.runtime import (amp_dtype, channels_last_default, cpu_has_fast_bf16, get_device, micro_batch_default,
-                         setup_logging)
+from hw1.runtime import (amp_dtype, channels_last_default, cpu_has_fast_bf16, cpu_kind, get_device,
+                         micro_batch_default, setup_logging)
 from hw1.schedule import CosineSchedule
 from hw1.summary import device_name, git_commit
 from hw1.trainer import make_loader
@@ -71,30 +71,39 @@ class Config(NamedTuple):
     channels_last: bool
     amp: str  # an --amp mode, resolved by hw1.runtime.amp_dtype
     compile: bool
+    micro_batch: int | None = None  # train each batch in chunks of this many (--micro-batch)
 
 
+MICRO = 64  # the micro-batch the "+mb64" configurations train in
 BASELINE = "fp32"
 BEST = "compile+best"  # the fastest eager configuration of each model (by train img/s), compiled
+DEFAULT = "default"  # each model's training defaults on this device, whichever configuration that is
 CONFIGS = {
     "fp32": Config(False, "none", False),
     "channels_last": Config(True, "none", False),
     "bf16": Config(False, "bf16", False),
     "fp16": Config(False, "fp16", False),
     "channels_last+bf16": Config(True, "bf16", False),
+    f"fp32+mb{MICRO}": Config(False, "none", False, MICRO),
+    f"channels_last+mb{MICRO}": Config(True, "none", False, MICRO),
+    f"bf16+mb{MICRO}": Config(False, "bf16", False, MICRO),
+    f"channels_last+bf16+mb{MICRO}": Config(True, "bf16", False, MICRO),
     "compile": Config(False, "none", True),
     BEST: None,
+    DEFAULT: None,
 }
 MODEL_NAMES = ("densenet", "convnext", "vgg16_fcn32s", "resnet101_fcn")
 PARTS = ("models", "data", "reference")
-# Training batches on CUDA; smaller on the CPU, where img/s hardly grows past a few images per core.
+# Training batches on CUDA and for DenseNet (whose micro-batch configurations chunk them); smaller
+# for the others on the CPU, where img/s hardly grows past a few images per core.
 DEFAULT_BATCH = {
     "cuda": {"densenet": 128, "convnext": 128, "vgg16_fcn32s": 8, "resnet101_fcn": 8},
-    "cpu": {"densenet": 64, "convnext": 8, "vgg16_fcn32s": 2, "resnet101_fcn": 2},
+    "cpu": {"densenet": 128, "convnext": 8, "vgg16_fcn32s": 2, "resnet101_fcn": 2},
 }
-# --quick: every part once, small, in about a minute on 2 CPU cores: the baseline against the
-# training defaults (bf16 in NCHW for DenseNet on the CPU, NHWC for the others), DenseNet-BC 40
-# (k = 12) as trained on the CPU, P2 crops of 128. Explicit flags win.
-QUICK = {"configs": ["fp32", "bf16", "channels_last+bf16"], "depth": 40, "growth_rate": 12, "crop_size": 128,
+# --quick: every part once, small, in about a minute on 2 CPU cores: the baseline against each
+# model's training defaults on this machine, DenseNet-BC 40 (k = 12) as trained on the CPU, P2
+# crops of 128. Explicit flags win.
+QUICK = {"configs": [BASELINE, DEFAULT], "depth": 40, "growth_rate": 12, "crop_size": 128,
          "steps": 1, "warmup": 1, "repeats": 2, "workers": [0, 2], "data_batches": 4, "e2e_steps": 4,
          "e2e_batch_size": 32}
 QUICK_BATCH = {"densenet": 32, "convnext": 2, "vgg16_fcn32s": 1, "resnet101_fcn": 1}
@@ -192,7 +201,7 @@ class Setup(NamedTuple):
     micro_batch: int | None = None
 
 
-def set_up(model, config, device, *, lr=1e-4, micro_batch=None):
+def set_up(model, config, device, *, lr=1e-4):
     """Copy ``model`` to ``device`` in ``config``'s memory format, compiled if asked, with an SGD optimizer.
 
     The learning rate is small and constant: a benchmark's random batches must not make the loss diverge.
@@ -205,7 +214,8 @@ def set_up(model, config, device, *, lr=1e-4, micro_batch=None):
     return Setup(model=torch.compile(model) if config.compile else model, amp=amp,
                  channels_last=config.channels_last, optimizer=optimizer,
                  scheduler=CosineSchedule(optimizer, base_lr=lr, total_steps=1 << 62),
-                 scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16), micro_batch=micro_batch)
+                 scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16),
+                 micro_batch=config.micro_batch)
 
 
 def train_epoch(setup, loader, *, criterion, device):
@@ -255,18 +265,21 @@ def trainer_defaults():
 def default_config_name(device, model_name="densenet"):
     """The configuration train_cls.py / train_seg.py train ``model_name`` in by default on ``device``."""
     d = trainer_defaults()
-    amp = amp_dtype(d.amp, device)
-    channels_last = channels_last_default(d.channels_last, model_name, device)
+    wanted = (channels_last_default(d.channels_last, model_name, device), d.compile,
+              micro_batch_default(d.micro_batch, model_name, device), amp_dtype(d.amp, device, model_name))
     for name, c in CONFIGS.items():
-        if c and (c.channels_last, c.compile) == (channels_last, d.compile) and amp_dtype(c.amp, device) == amp:
+        if c and (c.channels_last, c.compile, c.micro_batch, amp_dtype(c.amp, device)) == wanted:
             return name
-    raise AssertionError(f"no benchmark configuration matches the training defaults {d}")
+    raise AssertionError(f"no benchmark configuration matches the training defaults of {model_name}: {wanted}")
 
 
-def config_names(requested, device):
-    """``requested`` in table order, with the baseline first and fp16 only where it runs (CUDA)."""
+def config_names(requested, device, model_name="densenet", batch=None):
+    """``requested`` in table order, with the baseline first, ``default`` resolved to ``model_name``'s
+    training configuration, fp16 only where it runs (CUDA) and micro-batches only where they split ``batch``."""
+    requested = {default_config_name(device, model_name) if n == DEFAULT else n for n in requested}
     names = [BASELINE, *(n for n in CONFIGS if n in requested and n != BASELINE)]
-    return [n for n in names if n != "fp16" or device.type == "cuda"]
+    return [n for n in names if (n != "fp16" or device.type == "cuda")
+            and not (CONFIGS[n] and CONFIGS[n].micro_batch and batch and batch <= CONFIGS[n].micro_batch)]
 
 
 def best_eager(configs):
@@ -298,14 +311,14 @@ def bench_model(name, args, device, peak_bf16):
            "params": sum(p.numel() for p in model.parameters()),
            "forward_flops_per_img": forward, "train_flops_per_img": 3 * forward,
            "default_config": default_config_name(device, name), "configs": {}}
-    for cname in config_names(args.configs, device):
+    for cname in config_names(args.configs, device, name, batch):
         cfg = CONFIGS[cname]
         if cname == BEST:
             best, cfg = best_eager(out["configs"])
             if cfg is None:
                 out["configs"][cname] = {"error": "no eager configuration ran"}
                 continue
-            if not cfg.channels_last and cfg.amp == "none" and "compile" in out["configs"]:
+            if cfg == CONFIGS["compile"] and "compile" in out["configs"]:
                 out["configs"][cname] = {"same_as": "compile"}
                 continue
         try:
@@ -439,8 +452,8 @@ def bench_reference(ours_dataset, folder, args, device, models):
     indices = torch.randperm(len(png), generator=g)[:n].tolist()
     loop = dict(criterion=criterion, batch_size=args.e2e_batch_size, workers=args.e2e_workers, device=device)
     # ours as train_cls.py runs it, micro-batches included
-    micro = micro_batch_default(trainer_defaults().micro_batch, "densenet", device)
-    ours_loop = loop_steps_s(set_up(ours, ours_cfg, device, micro_batch=micro), ours_dataset, indices, **loop)
+    micro = ours_cfg.micro_batch
+    ours_loop = loop_steps_s(set_up(ours, ours_cfg, device), ours_dataset, indices, **loop)
     ref_loop = loop_steps_s(set_up(ref, ref_cfg, device), png, indices, **loop)
     return {
         "description": REFERENCE_NOTE,
@@ -477,8 +490,20 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def cpu_flags():
+    """The CPU's vector and matrix extensions that decide its fastest configuration, from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
+    except OSError:
+        pass
+    return []
+
+
 def machine_info(device, argv):
-    return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+    return {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "cpu_flags": cpu_flags(),
+            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_fast_bf16": cpu_has_fast_bf16(),
             "device": device_name(device), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -580,11 +605,11 @@ def get_args_parser():
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                    help="fp32 (NCHW, eager) is always run as the baseline; fp16 only on CUDA (default: all)")
     p.add_argument("--quick", action="store_true",
-                   help="every part, small: fp32 against bf16 and channels_last+bf16, DenseNet-BC 40 (k 12), P2 "
+                   help="every part, small: fp32 against each model's training defaults, DenseNet-BC 40 (k 12), P2 "
                         "crops of 128, small batches, few steps; explicit flags win (about a minute on 2 cores)")
     p.add_argument("--batch-size", nargs="+", type=batch_sizes, default=[], metavar="N|MODEL=N",
-                   help="N or MODEL=N (default: the training batches on CUDA; densenet=64 convnext=8 and 2 for "
-                        "the segmenters on the CPU)")
+                   help="N or MODEL=N (default: the training batches on CUDA and for densenet; convnext=8 and 2 "
+                        "for the segmenters on the CPU)")
     p.add_argument("--steps", type=int, default=3, help="train steps per timed call (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls; the median is reported (default: %(default)s)")

@@ -23,7 +23,7 @@ from hw1.data.cls import IMG_SIZE, decode_images
 from hw1.data.images import MEAN, STD, list_images, read_rgb
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, staged_folder
-from hw1.runtime import amp_dtype, get_device
+from hw1.runtime import amp_dtype, channels_last_default, get_device
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -32,8 +32,36 @@ DEFAULT_CHECKPOINTS = {"cls": CHECKPOINTS / "p1_densenet.pth"}
 
 
 def inference_model(ckpt, path, device):
-    """The model of a loaded checkpoint in eval mode, channels_last, on ``device``."""
-    return model_from_checkpoint(ckpt, path).to(device).eval().to(memory_format=torch.channels_last)
+    """The model of a loaded checkpoint in eval mode on ``device``, set up to infer the fastest way.
+
+    Its memory format and ``model.infer_amp`` (the autocast dtype, None for fp32) are the
+    measured fastest inference configuration of that model on this device (``hw1.runtime``).
+    """
+    model = model_from_checkpoint(ckpt, path).to(device).eval()
+    name = ckpt["model_name"]
+    model.infer_amp = amp_dtype("auto", device, name, use="infer")
+    model.infer_channels_last = channels_last_default(None, name, device, use="infer")
+    return model.to(memory_format=torch.channels_last) if model.infer_channels_last else model
+
+
+def inference_settings(model, device):
+    """(autocast dtype or None, channels_last) that :func:`inference_model` chose for ``model``.
+
+    A model built otherwise gets the device's defaults for an unknown model.
+    """
+    amp = model.infer_amp if hasattr(model, "infer_amp") else amp_dtype("auto", device)
+    return amp, getattr(model, "infer_channels_last", True)
+
+
+def autocast_for(model, device):
+    amp, _ = inference_settings(model, device)
+    return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
+
+
+def prepare(model, images, device):
+    """uint8 (N, 3, H, W) -> normalised floats on ``device`` in the memory format ``model`` runs in."""
+    x = normalize(images.to(device))
+    return x.contiguous(memory_format=torch.channels_last) if inference_settings(model, device)[1] else x
 
 
 def load_model(checkpoint, task, device):
@@ -53,17 +81,15 @@ def normalize(images):
 
 @torch.inference_mode()
 def classify(model, images, *, device, batch_size=128):
-    """Class indices of uint8 images (N, 3, H, W), in batches under bf16/fp16 autocast where supported.
+    """Class indices of uint8 images (N, 3, H, W), in batches, as :func:`inference_model` set ``model`` up.
 
     Batches of 128 keep a DenseNet's concatenated 32x32 feature maps in the CPU's caches: on 2
     cores they classified 766 img/s against 490 in batches of 500.
     """
-    amp = amp_dtype("auto", device)
     preds = []
     for batch in images.split(batch_size):
-        x = normalize(batch.to(device)).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            preds.append(model(x).argmax(1).cpu())
+        with autocast_for(model, device):
+            preds.append(model(prepare(model, batch, device)).argmax(1).cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
 
 
@@ -97,9 +123,8 @@ def mask_name(image_path):
 @torch.inference_mode()
 def segment(model, image, *, device, tta=False):
     """(H, W) int64 classes of one uint8 (3, H, W) image; ``tta`` averages with the flipped image."""
-    amp = amp_dtype("auto", device)
-    x = normalize(image[None].to(device)).contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+    x = prepare(model, image[None], device)
+    with autocast_for(model, device):
         prob = model(x)["out"].float().softmax(1)
         if tta:
             prob += model(x.flip(-1))["out"].float().softmax(1).flip(-1)

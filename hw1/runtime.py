@@ -2,6 +2,7 @@
 import logging
 import os
 import random
+from typing import NamedTuple
 
 import torch
 
@@ -21,13 +22,73 @@ def get_device(name="auto"):
     return device
 
 
+def cpu_kind():
+    """How this CPU runs bf16, which decides its fastest configurations: ``amx``, ``avx512_bf16`` or ``fp32``.
+
+    ``fp32``: no bf16 instructions (AVX2 and older, non-x86): oneDNN emulates bf16 and autocast
+    makes the CPU slower, not faster.
+    """
+    if not (torch.backends.mkldnn.is_available() and torch.cpu._is_avx512_bf16_supported()):
+        return "fp32"
+    return "amx" if torch.cpu._is_amx_tile_supported() else "avx512_bf16"
+
+
 def cpu_has_fast_bf16():
-    # Without AVX512-BF16 or AMX, oneDNN emulates bf16 and autocast makes the CPU slower, not faster.
-    return torch.backends.mkldnn.is_available() and torch.cpu._is_avx512_bf16_supported()
+    return cpu_kind() != "fp32"
 
 
-def amp_dtype(mode, device):
-    """The autocast dtype for ``--amp {auto,bf16,fp16,none}``; None means full fp32."""
+class Fastest(NamedTuple):
+    """The fastest configuration of one model on one kind of CPU, for training or for inference."""
+    amp: str  # "bf16" or "none"
+    channels_last: bool
+    micro_batch: int | None = None  # training only: chunks of a batch of the recipe's size
+
+
+_BF16_NCHW, _BF16_NHWC, _FP32_NHWC = Fastest("bf16", False), Fastest("bf16", True), Fastest("none", True)
+# model -> (training, inference) on each CPU kind, each chosen from `python -m hw1.bench` runs on
+# such a CPU (2 cores). DenseNet's choices differ the most between kinds: its per-layer channel
+# concatenations are strided copies in NHWC, which bf16 training on AVX512-BF16 and AMX pays for
+# (bf16 NCHW 24.0 vs NHWC 19.4 img/s, results/bench_cpu.json), while in fp32 on AVX2 NHWC's faster
+# convolutions win (results/bench_cpu_avx2.json). Its micro-batches of 64 keep the concatenated
+# feature maps in the caches. Inference has no backward pass, and NHWC wins it on the bf16 CPUs.
+# Where a kind has no measurement of its own for a model, it takes the nearest kind's choice.
+CPU_FASTEST = {
+    "avx512_bf16": {  # results/bench_cpu.json
+        "densenet": (Fastest("bf16", False, 64), _BF16_NHWC),
+        "convnext": (_BF16_NHWC, _BF16_NHWC),
+        "vgg16_fcn32s": (_BF16_NCHW, _BF16_NCHW),
+        "resnet101_fcn": (_BF16_NHWC, _BF16_NHWC),
+    },
+    "fp32": {  # results/bench_cpu_avx2.json
+        "densenet": (Fastest("none", True, 64), _FP32_NHWC),
+        "convnext": (_FP32_NHWC, _FP32_NHWC),
+        "vgg16_fcn32s": (_FP32_NHWC, _FP32_NHWC),
+        "resnet101_fcn": (_FP32_NHWC, _FP32_NHWC),
+    },
+}
+# AMX: DenseNet-BC-100 (k 12, batch 128) trained at 31.8 img/s in bf16 NCHW against 10.0 in NHWC
+# and inferred at 184 img/s in bf16 NHWC against 15.9 in NCHW; the other models as on AVX512-BF16.
+CPU_FASTEST["amx"] = CPU_FASTEST["avx512_bf16"]
+
+
+def fastest(model_name, device, use="train"):
+    """The measured fastest :class:`Fastest` of ``model_name`` for ``use`` ("train" or "infer") on ``device``.
+
+    On CUDA: bf16 (fp16 where bf16 is missing, see :func:`amp_dtype`) in NHWC, whole batches.
+    A model the table does not know gets NHWC with whole batches (bf16 where the CPU has it).
+    """
+    kind = cpu_kind() if device.type == "cpu" else "cuda"
+    fallback = _BF16_NHWC if kind != "fp32" else _FP32_NHWC
+    train, infer = CPU_FASTEST.get(kind, {}).get(model_name, (fallback, fallback))
+    return train if use == "train" else infer
+
+
+def amp_dtype(mode, device, model_name=None, use="train"):
+    """The autocast dtype for ``--amp {auto,bf16,fp16,none}``; None means full fp32.
+
+    ``auto``: on CUDA bf16 where supported, else fp16; on the CPU the measured fastest for
+    ``model_name`` (bf16 only where the CPU has bf16 instructions).
+    """
     if mode == "none":
         return None
     if mode == "bf16":
@@ -36,32 +97,23 @@ def amp_dtype(mode, device):
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
+    if device.type != "cpu":
+        return None
+    return torch.bfloat16 if fastest(model_name, device, use).amp == "bf16" else None
 
 
-def channels_last_default(flag, model_name, device):
-    """``--channels-last`` as given, or (None) the faster memory format for training ``model_name``.
-
-    NHWC everywhere except DenseNet on the CPU: its per-layer channel concatenations are strided
-    copies in NHWC, and ``python -m hw1.bench`` measured DenseNet-BC-100 (k 24) bf16 training at
-    24.0 img/s in NCHW against 19.4 in NHWC on 2 cores (results/bench_cpu.json; inference still
-    prefers NHWC).
-    """
+def channels_last_default(flag, model_name, device, use="train"):
+    """``--channels-last`` as given, or (None) the measured faster memory format of ``model_name``."""
     if flag is not None:
         return flag
-    return not (model_name == "densenet" and device.type == "cpu")
+    return fastest(model_name, device, use).channels_last
 
 
 def micro_batch_default(flag, model_name, device):
-    """``--micro-batch`` as given (0: whole batches), or (None) the faster size for training ``model_name``.
-
-    DenseNet on the CPU: chunks of 64. Its concatenated 32x32 feature maps then stay in the caches;
-    DenseNet-BC-100 (k 24) bf16 trained at 24.0 img/s in batches of 64 against 18.2 in batches of
-    128 on 2 cores (results/bench_cpu*.json). Elsewhere a batch runs whole.
-    """
+    """``--micro-batch`` as given (0: whole batches), or (None) the measured faster size for training."""
     if flag is not None:
         return flag or None
-    return 64 if model_name == "densenet" and device.type == "cpu" else None
+    return fastest(model_name, device).micro_batch
 
 
 def seed_everything(seed):

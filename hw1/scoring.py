@@ -94,7 +94,7 @@ def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None
     optionally resized to ``size``. Autocast as in ``hw1.predict``, so both routes score alike.
     """
     from hw1.engine import evaluate
-    from hw1.runtime import amp_dtype
+    from hw1.predict import inference_settings
 
     if task == "cls":
         from hw1.data.cls import cls_eval_transform, load_cls_split
@@ -106,5 +106,6 @@ def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None
         dataset = load_seg_split(data_dir, size=size, transform=seg_eval_transform())
     num_classes = 50 if task == "cls" else NUM_CLASSES
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or (500 if task == "cls" else 4))
+    amp, channels_last = inference_settings(model, device)
     return evaluate(model, loader, num_classes=num_classes, task=task, device=device,
-                    amp_dtype=amp_dtype("auto", device), channels_last=True)["cm"]
+                    amp_dtype=amp, channels_last=channels_last)["cm"]

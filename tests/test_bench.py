@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import train_cls
-from hw1 import bench
+from hw1 import bench, runtime
 from hw1.models import build_model
 from hw1.runtime import channels_last_default
 
@@ -38,6 +38,8 @@ def test_a_tiny_run_writes_every_part(cls_tiny_data, tmp_path, capsys):
     assert "densenet" in table and "channels_last+bf16" in table and str(out) in table
 
     assert {"cpu", "cores", "torch", "device", "date", "command", "commit"} <= set(results["machine"])
+    assert results["machine"]["cpu_kind"] in ("amx", "avx512_bf16", "fp32")
+    assert isinstance(results["machine"]["cpu_flags"], list)
     assert results["machine"]["command"].startswith("python -m hw1.bench --models densenet")
     assert _positive(results["peak_flop_s"]["bf16"]) and _positive(results["peak_flop_s"]["fp32"])
 
@@ -121,3 +123,13 @@ def test_batch_sizes_per_model_and_for_all():
     assert bench.parse_args(["--quick", "--depth", "100"]).depth == 100  # explicit flags win over the preset
     with pytest.raises(SystemExit):
         bench.parse_args(["--batch-size", "alexnet=2"])
+
+
+def test_default_is_each_models_training_configuration_and_micro_batches_split_only_larger_batches(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_kind", lambda: "avx512_bf16")
+    assert bench.config_names(["default"], cpu, "densenet", 128) == ["fp32", "bf16+mb64"]
+    assert bench.config_names(["default"], cpu, "convnext", 8) == ["fp32", "channels_last+bf16"]
+    monkeypatch.setattr(runtime, "cpu_kind", lambda: "fp32")
+    assert bench.config_names(["default", "compile"], cpu, "densenet", 128) == ["fp32", "channels_last+mb64", "compile"]
+    assert bench.config_names(["channels_last+mb64", "channels_last"], cpu, "densenet", 64) == ["fp32", "channels_last"]

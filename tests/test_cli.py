@@ -46,14 +46,3 @@ def test_run_turns_user_errors_into_one_line_and_status_2(capsys):
     assert capsys.readouterr().err == "error: x.png: broken\n"
     with pytest.raises(UserError):
         run(main, ["--debug"])
-
-
-def test_channels_last_default_is_per_model_and_device():
-    from hw1.runtime import channels_last_default
-
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert channels_last_default(None, "densenet", cpu) is False  # NCHW trains DenseNet faster on the CPU
-    assert channels_last_default(None, "densenet", cuda) is True
-    assert channels_last_default(None, "convnext", cpu) is True
-    assert channels_last_default(True, "densenet", cpu) is True  # an explicit flag wins
-    assert channels_last_default(False, "resnet101_fcn", cuda) is False

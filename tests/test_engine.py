@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from hw1 import engine
-from hw1.runtime import micro_batch_default
 from hw1.schedule import CosineSchedule
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
@@ -47,12 +46,3 @@ def test_micro_batches_normalise_per_chunk():
     one_epoch(whole, data(), None)
     one_epoch(chunked, data(), 5)
     assert not torch.allclose(whole[1].running_mean, chunked[1].running_mean)
-
-
-def test_micro_batch_default():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert micro_batch_default(None, "densenet", cpu) == 64
-    assert micro_batch_default(None, "densenet", cuda) is None
-    assert micro_batch_default(None, "convnext", cpu) is None
-    assert micro_batch_default(0, "densenet", cpu) is None  # 0: whole batches
-    assert micro_batch_default(16, "vgg16_fcn32s", cuda) == 16

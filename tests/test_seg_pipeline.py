@@ -52,7 +52,7 @@ def one_torch_thread():
 @pytest.fixture
 def fp32_inference(monkeypatch):
     """Make ``--amp auto`` (eval.py, hw1.predict) pick full fp32 on this CPU, whatever its bf16 support."""
-    monkeypatch.setattr(hw1.runtime, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(hw1.runtime, "cpu_kind", lambda: "fp32")
 
 
 # --- brute-force reference --------------------------------------------------------------------

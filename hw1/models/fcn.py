@@ -104,7 +104,9 @@ class VGG16FCN32s(nn.Module):
         # bias, < 16 output and > 2048 input channels: this scorer (fc_channels -> num_classes).
         # fp32 costs nothing here (the scorer is 1x1 with a handful of outputs) and bf16's
         # ConvTranspose2d(7, 7, 64, stride 32) was the slower of the two on those CPUs anyway.
-        with torch.autocast(x.device.type, enabled=False):
+        # (Meta tensors, which trace the architecture figure's shapes, have no autocast to turn off.)
+        with torch.autocast(x.device.type if torch.amp.is_autocast_available(x.device.type) else "cpu",
+                            enabled=False):
             return {"out": self.upsample(self.score(x.float()), (h, w))}
 
     def upsample(self, score, size):
