@@ -41,7 +41,8 @@ def test_a_tiny_run_writes_every_part(cls_tiny_data, tmp_path, capsys):
     assert results["machine"]["cpu_kind"] in ("amx", "avx512_bf16", "fp32")
     assert isinstance(results["machine"]["cpu_flags"], list)
     assert results["machine"]["command"].startswith("python -m hw1.bench --models densenet")
-    assert _positive(results["peak_flop_s"]["bf16"]) and _positive(results["peak_flop_s"]["fp32"])
+    peak = results["peak_flop_s"]
+    assert _positive(peak["bf16"]) and _positive(peak["fp32"]) and peak[peak["best"]] == max(peak["bf16"], peak["fp32"])
 
     model = results["models"]["densenet"]
     assert model["input"] == [3, 32, 32] and model["batch_size"] == 4
@@ -50,7 +51,7 @@ def test_a_tiny_run_writes_every_part(cls_tiny_data, tmp_path, capsys):
     assert list(model["configs"]) == ["fp32", "channels_last+bf16"]
     for name, r in model["configs"].items():
         assert "error" not in r, r
-        for key in ("train_img_s", "infer_img_s", "train_vs_fp32", "infer_vs_fp32", "train_flop_s", "frac_bf16_peak",
+        for key in ("train_img_s", "infer_img_s", "train_vs_fp32", "infer_vs_fp32", "train_flop_s", "frac_bf16_peak", "frac_peak",
                     "train_first_call_s", "infer_first_call_s"):
             assert _positive(r[key]), (name, key, r[key])
     assert model["configs"]["fp32"]["train_vs_fp32"] == 1.0
