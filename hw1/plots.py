@@ -74,13 +74,17 @@ def embed_pca(features, seed=0):
     return pca.fit_transform(features), pca.explained_variance_ratio_
 
 
+# PCA to two components needs two samples; t-SNE with its perplexity capped at (N - 1) / 3 needs three.
+MIN_EMBED_IMAGES = 3
+
+
 def embed_tsne(features, *, perplexity=30.0, seed=0):
     """(N, 2) t-SNE embedding (scikit-learn, PCA initialisation); perplexity is capped below N."""
     from sklearn.manifold import TSNE
 
     n = len(features)
-    if n < 3:
-        raise ValueError(f"t-SNE needs at least 3 samples, got {n}")
+    if n < MIN_EMBED_IMAGES:
+        raise ValueError(f"t-SNE needs at least {MIN_EMBED_IMAGES} samples, got {n}")
     perplexity = min(perplexity, (n - 1) / 3)
     return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
 

@@ -13,6 +13,7 @@ import argparse
 import csv
 import io
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -101,14 +102,32 @@ def write_csv(rows, path, header):
     atomic_write_text(buf.getvalue(), path)
 
 
+def is_utf8(name):
+    """False for a file name holding bytes that are not UTF-8 (Python keeps them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(path):
+    """``path`` printable in a message: bytes that are not UTF-8 as escapes (``caf\\xe9.png``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def predict_cls(image_dir, output_csv, checkpoint=None, device=None):
     """Classify every .png/.jpg of ``image_dir``; write ``output_csv``; return ``[(filename, label), ...]``.
 
-    Grayscale, RGBA, palette and non-32x32 images are converted to RGB and resized to 32x32.
+    Grayscale, RGBA, palette and non-32x32 images are converted to RGB and resized to 32x32. A
+    file name that is not UTF-8 is an error before any image is decoded: the CSV could not hold it.
     """
     device = get_device(device)
     model = load_model(checkpoint, "cls", device)
     files = list_images(image_dir)
+    for p in files:
+        if not is_utf8(p.name):
+            raise UserError(f"{shown(p)}: file name is not UTF-8 text, which the CSV needs to name it; rename the file")
     images = decode_images(files, IMG_SIZE)
     rows = [(p.name, int(c)) for p, c in zip(files, classify(model, images, device=device))]
     write_csv(rows, output_csv, ("filename", "label"))

@@ -59,8 +59,9 @@ def checkpoint_model(path, task, device):
 
 
 def cls_images(folder, *, labels_csv=None, per_class=None):
-    """(uint8 images (N, 3, 32, 32), int labels (N,)) of a P1 folder; with ``per_class``, only the first
-    ``per_class`` images of each class in file order, so every run draws the same subset."""
+    """(uint8 images (N, 3, 32, 32), int labels (N,)) of a P1 folder for the feature figures; with
+    ``per_class``, only the first ``per_class`` images of each class in file order, so every run
+    draws the same subset. Fewer images than PCA and t-SNE need is a one-line error."""
     from hw1.data.cls import load_cls_split
 
     data = load_cls_split(folder, labels_csv=labels_csv)
@@ -68,6 +69,9 @@ def cls_images(folder, *, labels_csv=None, per_class=None):
     if per_class:
         keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
         images, labels = images[keep], labels[keep]
+    if len(labels) < plots.MIN_EMBED_IMAGES:
+        raise UserError(f"{folder}: {len(labels)} image(s){' with --per-class ' + str(per_class) if per_class else ''}; "
+                        f"PCA and t-SNE need at least {plots.MIN_EMBED_IMAGES}")
     return images, labels
 
 

@@ -6,6 +6,7 @@ import torch
 
 from hw1 import metrics
 from hw1.data.cls import read_labels_csv
+from hw1.data.images import folder_files
 from hw1.data.masks import NUM_CLASSES, read_mask
 from hw1.errors import UserError
 
@@ -50,15 +51,11 @@ def list_masks(folder):
     """``{id: path}`` of the ``.png`` masks of ``folder``.
 
     JPEGs (the course's validation folder holds the ``_sat.jpg`` images beside the masks) and
-    hidden files are skipped silently, any other file with a warning.
+    hidden files are skipped silently, any other file and links that lead nowhere with a warning.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: folder not found")
     found, skipped = {}, []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
-            continue
+    for p in folder_files(folder):
         if p.suffix.lower() == ".png":
             found.setdefault(mask_id(p), p)
         elif p.suffix.lower() not in (".jpg", ".jpeg"):

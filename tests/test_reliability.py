@@ -236,6 +236,23 @@ def cli_runs(tmp_path_factory, cls_tiny_data, cls_one_epoch_run, seg_checkpoint)
     cases["malformed_csv"] = ([sys.executable, "eval.py", "--task", "cls", "--pred", pred, "--gt", gt,
                                "--json", json_out], {"bad": gt, "out": json_out})
 
+    # P1 prediction over a folder with a file name that is not UTF-8 (a CSV cannot hold it).
+    odd = root / "odd_names"
+    odd.mkdir()
+    shutil.copy(cls_tiny_data / "val_50" / "0_0.png", odd / "0_0.png")
+    shutil.copy(cls_tiny_data / "val_50" / "0_1.png", os.fsdecode(os.fsencode(odd) + b"/caf\xe9.png"))
+    cases["non_utf8_name"] = ([sys.executable, "-m", "hw1.predict", "cls", odd, root / "odd.csv",
+                               "--checkpoint", cls_one_epoch_run / "last.pth", "--device", "cpu"],
+                              {"out": root / "odd.csv"})
+
+    # PCA and t-SNE of the features of a single image.
+    one = root / "one_image"
+    one.mkdir()
+    shutil.copy(cls_tiny_data / "val_50" / "0_0.png", one / "0_0.png")
+    cases["features_of_one_image"] = ([sys.executable, "viz.py", "features", "--checkpoints",
+                                       cls_one_epoch_run / "last.pth", "--data-dir", one, "--out-dir", root / "fig",
+                                       "--device", "cpu"], {"bad": one, "out": root / "fig"})
+
     before = {name: contents(paths.get("out")) for name, (_, paths) in cases.items()}
     env = dict(os.environ, OMP_NUM_THREADS="1")  # see cls_one_torch_thread in conftest.py
     procs = {name: subprocess.Popen([str(a) for a in argv], cwd=REPO, env=env, text=True,
@@ -262,6 +279,12 @@ def test_cli_truncated_jpeg_keeps_the_previous_masks(cli_runs):
     # Neither the first image's new mask nor a staging folder: the folder is as it was.
     assert contents(paths["out"]) == paths["before"]
     assert [p.name for p in paths["out"].iterdir()] == ["0000_mask.png"]
+
+
+def test_features_of_too_few_images_is_one_line(cli_runs):
+    result, paths = cli_runs["features_of_one_image"]
+    assert_one_line_error(result, f"{paths['bad']}: 1 image(s); PCA and t-SNE need at least 3")
+    assert not paths["out"].exists()
 
 
 def test_cli_malformed_gt_csv_keeps_the_previous_json(cli_runs):
@@ -694,3 +717,180 @@ def test_resume_with_dataloader_workers_is_exact(cls_tiny_data, cls_tiny_train_a
     a = load_checkpoint(tmp_path / "whole" / "last.pth")["model"]
     b = load_checkpoint(tmp_path / "resumed" / "last.pth")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- E. nothing lost, nothing misleading -------------------------------------------------------------
+
+
+def tree(folder):
+    """``{relative path: bytes}`` of every file under ``folder``, hidden ones included."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("task", ["cls", "seg"])
+def test_demo_refuses_a_folder_of_other_data(task, cls_tiny_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    if task == "cls":  # real-looking P1 images without val_gt.csv, a layout training accepts
+        shutil.copytree(cls_tiny_data, data)
+        (data / "val_gt.csv").unlink()
+        main = train_cls.main
+    else:
+        write_pairs(data / "train", [(8, 8)] * 2)
+        write_pairs(data / "validation", [(8, 8)])
+        main = train_seg.main
+    before = tree(data)
+    err = cli_error(capsys, main, ["--demo", "--data-dir", str(data), "--out-dir", str(tmp_path / "run"),
+                                   "--device", "cpu", "--workers", "0", "--no-progress"])
+    first = "train/0000_mask.png" if task == "seg" else "train_50/0_0.png"
+    assert err.startswith(f"error: {data}: holds files the demo did not write ({first}, ")
+    assert tree(data) == before and not (tmp_path / "run").exists()
+
+
+def test_demo_writes_into_an_empty_folder_and_redoes_only_its_own(tmp_path):
+    from hw1.data.demo import make_cls_demo
+
+    root = tmp_path / "demo"
+    root.mkdir()
+    make_cls_demo(root)
+    assert json.loads((root / ".cls_demo.json").read_text()) == {"val_fraction": 0.2, "seed": 0, "complete": True}
+    first = tree(root)
+    # Its own folder, asked for other data: the demo rewrites it, and no file of the first one is left over.
+    make_cls_demo(root, val_fraction=0.5, seed=1)
+    val_names = {line.split(",")[0] for line in (root / "val_gt.csv").read_text().splitlines()[1:]}
+    assert {p.name for p in (root / "val_50").iterdir()} == val_names
+    assert len(list((root / "train_50").iterdir())) + len(val_names) == 1797
+    assert tree(root) != first
+    # An interrupted demo (marker not complete) is redone rather than trusted.
+    (root / ".cls_demo.json").write_text(json.dumps({"val_fraction": 0.2, "seed": 0, "complete": False}))
+    (root / "val_gt.csv").unlink()
+    make_cls_demo(root)
+    assert tree(root) == first
+
+
+def png_bytes(pixels, bit_depth, color_type, palette=None):
+    """A PNG file of ``pixels`` (H, W, channels) at any bit depth and colour type, written by hand:
+    PIL cannot save most of these (2- and 4-bit gray, 16-bit gray with alpha, 16-bit RGB)."""
+    import struct
+    import zlib
+
+    h, w, _ = pixels.shape
+    rows = []
+    for row in pixels.reshape(h, -1).astype(np.uint64):
+        if bit_depth >= 8:
+            raw = row.astype(">u2" if bit_depth == 16 else np.uint8).tobytes()
+        else:
+            bits = "".join(format(int(v), f"0{bit_depth}b") for v in row)
+            bits += "0" * (-len(bits) % 8)
+            raw = int(bits, 2).to_bytes(len(bits) // 8, "big")
+        rows.append(b"\0" + raw)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, bit_depth, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + (chunk(b"PLTE", palette.astype(np.uint8).tobytes()) if palette is not None else b"")
+            + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+
+
+# (PNG colour type, channels in the file, bit depths the format allows)
+PNG_KINDS = {"gray": (0, 1, (1, 2, 4, 8, 16)), "rgb": (2, 3, (8, 16)), "palette": (3, 1, (1, 2, 4, 8)),
+             "gray+alpha": (4, 2, (8, 16)), "rgba": (6, 4, (8, 16))}
+
+
+@pytest.mark.parametrize("kind,bit_depth", [(k, d) for k, (_, _, depths) in PNG_KINDS.items() for d in depths])
+def test_every_png_bit_depth_is_scaled_to_8_bits(kind, bit_depth, tmp_path):
+    from hw1.data.images import read_rgb
+    from hw1.data.masks import read_mask
+    from hw1.data.seg import load_seg_split
+
+    color_type, channels, _ = PNG_KINDS[kind]
+    rng = np.random.default_rng(bit_depth)
+    top = 2 ** bit_depth - 1
+    samples = rng.integers(0, top + 1, size=(6, 7, channels))
+    samples[0, 0] = 0
+    samples[0, 1] = top  # the extremes: black and full white
+    palette = rng.integers(0, 256, size=(top + 1, 3)) if kind == "palette" else None
+    # What each pixel is in 8 bits: 16-bit samples keep their high byte (as PIL reads 16-bit RGB),
+    # fewer bits are stretched to 0..255; alpha is dropped.
+    eight = samples >> 8 if bit_depth == 16 else samples * 255 // top
+    expected = palette[samples[..., 0]] if kind == "palette" else \
+        np.repeat(eight[..., :1], 3, -1) if kind.startswith("gray") else eight[..., :3]
+    path = tmp_path / "0000_sat.png"
+    path.write_bytes(png_bytes(samples, bit_depth, color_type, palette))
+    np.testing.assert_array_equal(read_rgb(path), expected)  # P1 and prediction
+    # P2 pairs and masks, read through the same conversion.
+    shutil.copy(path, tmp_path / "0000_mask.png")
+    pairs_folder = tmp_path / "pairs"
+    pairs_folder.mkdir()
+    shutil.copy(path, pairs_folder / "0000_sat.jpg")  # PIL opens files by their content, not their name
+    shutil.copy(path, pairs_folder / "0000_mask.png")
+    from hw1.data.masks import rgb_to_class
+    assert load_seg_split(pairs_folder).images[0].permute(1, 2, 0).numpy().tolist() == expected.tolist()
+    np.testing.assert_array_equal(read_mask(tmp_path / "0000_mask.png"), rgb_to_class(expected.astype(np.uint8)))
+
+
+def test_16_bit_gray_reads_as_its_8_bit_picture(tmp_path):
+    # The case that read as near-white: PIL saves and opens 16-bit grayscale as mode I;16.
+    from hw1.data.images import read_rgb
+
+    picture = np.random.default_rng(0).integers(0, 256, size=(32, 32)).astype(np.uint16)
+    Image.fromarray(picture * 257).save(tmp_path / "gray16.png")  # 0..255 -> 0..65535
+    with Image.open(tmp_path / "gray16.png") as im:
+        assert im.mode == "I;16"
+    np.testing.assert_array_equal(read_rgb(tmp_path / "gray16.png"), np.repeat(picture[..., None], 3, -1))
+    Image.fromarray(np.float32(picture)).save(tmp_path / "float.tiff")
+    shutil.copy(tmp_path / "float.tiff", tmp_path / "float.png")
+    with pytest.raises(UserError, match="float.png: a floating-point image"):
+        read_rgb(tmp_path / "float.png")
+
+
+def test_names_that_are_not_utf8_are_one_line_for_a_csv_and_kept_for_masks(cli_runs, seg_checkpoint, tmp_path):
+    result, paths = cli_runs["non_utf8_name"]
+    assert_one_line_error(result, "caf\\xe9.png: file name is not UTF-8 text")
+    assert not paths["out"].exists()
+    # Masks need no CSV: the mask of such an image keeps its name's bytes.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    noise(np.random.default_rng(0), 8, 8).save(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png"), format="PNG")
+    written = predict_seg(folder, tmp_path / "masks", checkpoint=seg_checkpoint, device="cpu")
+    assert [os.fsencode(p.name) for p in written] == [b"caf\xe9.png"] and written[0].is_file()
+
+
+def test_file_names_keep_their_leading_spaces(cls_one_epoch_run, tmp_path):
+    from hw1.predict import predict_cls
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for name in (" 1_a.png", "1_a.png"):
+        noise(rng, 32, 32).save(folder / name)
+    rows = predict_cls(folder, tmp_path / "pred.csv", checkpoint=cls_one_epoch_run / "last.pth", device="cpu")
+    assert [name for name, _ in rows] == [" 1_a.png", "1_a.png"]
+    assert read_labels_csv(tmp_path / "pred.csv") == dict(rows)  # the CSV names both files as they are
+    gt = tmp_path / "gt.csv"
+    gt.write_text("filename,label\n 1_a.png,3\n1_a.png, 4\n")  # a space before a label is still allowed
+    assert read_labels_csv(gt) == {" 1_a.png": 3, "1_a.png": 4}
+    assert load_cls_split(folder, labels_csv=gt).labels.tolist() == [3, 4]
+
+
+def test_links_that_lead_nowhere_are_skipped_with_a_warning(tmp_path, caplog):
+    from hw1.data.images import list_images
+
+    folder = write_pairs(tmp_path / "pairs", [(8, 8)])
+    (folder / "0001_sat.jpg").symlink_to(folder / "gone.jpg")  # its target is missing
+    (folder / "0002_mask.png").symlink_to(folder / "0002_mask.png")  # a loop
+    (folder / "0003_sat.jpg").symlink_to(folder / "0000_sat.jpg")  # a link to an image is an image
+    (folder / "0003_mask.png").symlink_to(folder / "0000_mask.png")
+    warning = f"{folder}: skipped 2 link(s) that lead nowhere (missing target or a loop), e.g. 0001_sat.jpg"
+    listings = {  # every folder listing: P1 and prediction images, P2 pairs, masks to score
+        "images": (lambda: [p.name for p in list_images(folder)],
+                   ["0000_mask.png", "0000_sat.jpg", "0003_mask.png", "0003_sat.jpg"]),
+        "pairs": (lambda: [i for i, _, _ in scan_pairs(folder)], ["0000", "0003"]),
+        "masks": (lambda: list(list_masks(folder)), ["0000", "0003"]),
+    }
+    for name, (listing, expected) in listings.items():
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert listing() == expected, name
+        assert [r.getMessage() for r in caplog.records] == [warning], name

@@ -30,7 +30,8 @@ def read_labels_csv(path):
     """``{filename: label}`` from a CSV with the header ``filename,label`` (as ``val_gt.csv``).
 
     UTF-8 with or without a byte-order mark (as spreadsheet programs save it); a file name listed
-    twice is an error, since either label could be the intended one.
+    twice is an error, since either label could be the intended one. File names are kept exactly as
+    written (`` a.png`` is another file than ``a.png``); spaces around a label are allowed.
     """
     path = Path(path)
     if not path.exists():
@@ -54,7 +55,7 @@ def read_labels_csv(path):
             shown = repr(",".join(row))
             shown = shown if len(shown) <= 80 else shown[:77] + "..."
             raise UserError(f"{path}: line {line}: expected '<filename>,<integer label>', got {shown}")
-        name = row[0].strip()
+        name = row[0]
         if name in first_line:
             raise UserError(f"{path}: line {line}: {name} is listed twice (first on line {first_line[name]})")
         first_line[name] = line

@@ -1,4 +1,4 @@
-"""Reading images the same way everywhere: RGB uint8, any PIL mode converted, errors naming the file."""
+"""Reading images the same way everywhere: RGB uint8, any PIL mode and bit depth converted, errors naming the file."""
 import logging
 from pathlib import Path
 
@@ -15,15 +15,34 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def list_images(folder):
-    """Sorted image files of ``folder``; other files are skipped with a warning."""
+def folder_files(folder):
+    """Sorted files of ``folder`` (links followed), hidden names and subfolders left out.
+
+    A link that leads nowhere (a missing target, or a loop) is skipped with a warning naming it:
+    it would otherwise be an input silently missing from the output.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: folder not found")
-    files, skipped = [], []
+    files, broken = [], []
     for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.startswith("."):
-            (files if p.suffix.lower() in IMG_EXTS else skipped).append(p)
+        if p.name.startswith("."):
+            continue
+        if p.is_file():
+            files.append(p)
+        elif p.is_symlink() and not p.exists():
+            broken.append(p.name)
+    if broken:
+        log.warning("%s: skipped %d link(s) that lead nowhere (missing target or a loop), e.g. %s",
+                    folder, len(broken), broken[0])
+    return files
+
+
+def list_images(folder):
+    """Sorted image files of ``folder``; other files are skipped with a warning."""
+    files, skipped = [], []
+    for p in folder_files(folder):
+        (files if p.suffix.lower() in IMG_EXTS else skipped).append(p)
     if skipped:
         log.warning("%s: skipped %d non-image file(s), e.g. %s", folder, len(skipped), skipped[0].name)
     if not files:
@@ -31,14 +50,36 @@ def list_images(folder):
     return files
 
 
+# PIL modes of 16-bit samples. A 16-bit grayscale PNG opens as "I;16" ("I" in older Pillow), and
+# Image.convert clips such samples at 255 instead of scaling them, which turns almost every pixel
+# white. 16-bit RGB and RGBA PNGs open as 8-bit modes holding each sample's high byte; 16-bit gray
+# is read the same way, so a picture reads alike in every bit depth.
+_16_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(im, path):
+    """An open PIL image as 8-bit RGB: every mode converted, 16-bit samples scaled to 0..255 (alpha dropped).
+
+    Float images and integers beyond 16 bits have no agreed range and are refused.
+    """
+    if im.mode in _16_BIT_MODES:
+        values = np.asarray(im).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise UserError(f"{path}: {im.mode} samples outside 0..65535; save it with 8 or 16 bits per channel")
+        im = Image.fromarray((values >> 8).astype(np.uint8), "L")
+    elif im.mode == "F":
+        raise UserError(f"{path}: a floating-point image; save it with 8 or 16 bits per channel")
+    return im.convert("RGB")
+
+
 def read_rgb(path, size=None):
     """HxWx3 uint8 array of an image file, converted to RGB, optionally resized to ``size`` x ``size``.
 
-    Grayscale, palette and RGBA images are converted rather than rejected (alpha is dropped).
+    Grayscale, palette, RGBA and 16-bit images are converted rather than rejected (:func:`to_rgb`).
     """
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
+            im = to_rgb(im, path)
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             return np.array(im, dtype=np.uint8)

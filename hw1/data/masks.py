@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hw1.data.images import to_rgb
 from hw1.errors import UserError
 from hw1.io import atomic_path
 
@@ -53,10 +54,10 @@ def class_to_rgb(idx):
 
 
 def read_mask(path):
-    """(H, W) uint8 class indices of a mask image (any mode PIL can convert to RGB)."""
+    """(H, W) uint8 class indices of a mask image (any mode and bit depth, :func:`hw1.data.images.to_rgb`)."""
     try:
         with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
+            rgb = np.asarray(to_rgb(im, path))
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: cannot read mask ({e})".splitlines()[0]) from None
     return rgb_to_class(rgb)

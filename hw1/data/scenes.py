@@ -6,16 +6,14 @@ forest, smooth dark water, grey blocks of buildings. Colours are jittered per re
 scene and the JPEG is lossy, so a model needs texture and context as well as colour: learnable,
 not trivial.
 """
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from hw1.data.demo import claim_demo_folder, finish_demo_folder
 from hw1.data.masks import write_mask
 from hw1.data.seg import MASK_SUFFIX, SAT_SUFFIX
-from hw1.errors import UserError
-from hw1.io import atomic_write_text
 
 MARKER = ".seg_demo.json"
 SPLITS = ("train", "validation")
@@ -86,26 +84,18 @@ def _expected_names(n):
     return {f"{i:04d}{suffix}" for i in range(n) for suffix in (SAT_SUFFIX, MASK_SUFFIX)}
 
 
-def _read_marker(path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def make_seg_demo(root, *, n_train=64, n_val=16, size=128, seed=0):
     """Write ``root/train`` and ``root/validation`` of ``{id:04d}_sat.jpg`` + ``_mask.png``; return ``root``.
 
     Deterministic for a seed (scene ``i`` of a split does not depend on the counts). A folder
     already complete for the same arguments is left as is; the marker file ``.seg_demo.json``
-    records the arguments and is marked complete only after the last file is written.
+    records the arguments and is marked complete only after the last file is written. A folder
+    holding anything but the demo's own data is refused (:func:`hw1.data.demo.claim_demo_folder`).
     """
     root = Path(root)
     params = {"n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
     counts = dict(zip(SPLITS, (n_train, n_val)))
-    marker = root / MARKER
-    old = _read_marker(marker)
-    if old == {**params, "complete": True} and all(
+    if claim_demo_folder(root, MARKER, params) and all(
             (root / split / name).is_file() for split, n in counts.items() for name in _expected_names(n)):
         return root
 
@@ -114,16 +104,10 @@ def make_seg_demo(root, *, n_train=64, n_val=16, size=128, seed=0):
         if not folder.is_dir():
             continue
         expected = _expected_names(n)
-        stale = sorted(p for p in folder.iterdir()
-                       if p.name.endswith((SAT_SUFFIX, MASK_SUFFIX)) and p.name not in expected)
-        if stale and old is None:
-            raise UserError(f"{folder}: holds pairs that make_seg_demo did not write "
-                            f"(e.g. {stale[0].name}); give it an empty or new folder")
-        for p in stale:  # left over from an earlier demo with other counts
-            p.unlink()
+        for p in folder.iterdir():  # the demo's own pairs of other counts
+            if p.name.endswith((SAT_SUFFIX, MASK_SUFFIX)) and p.name not in expected:
+                p.unlink()
 
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps({**params, "complete": False}), marker)
     for split_no, (split, n) in enumerate(counts.items()):
         folder = root / split
         folder.mkdir(exist_ok=True)
@@ -132,5 +116,5 @@ def make_seg_demo(root, *, n_train=64, n_val=16, size=128, seed=0):
             image, cls = _scene(rng, size)
             Image.fromarray(image).save(folder / f"{i:04d}{SAT_SUFFIX}", format="JPEG", quality=90)
             write_mask(cls, folder / f"{i:04d}{MASK_SUFFIX}")
-    atomic_write_text(json.dumps({**params, "complete": True}), marker)
+    finish_demo_folder(root, MARKER, params)
     return root

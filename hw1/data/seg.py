@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from hw1.data.images import MEAN, STD
+from hw1.data.images import MEAN, STD, folder_files, to_rgb
 from hw1.data.masks import read_mask
 from hw1.errors import UserError
 
@@ -30,17 +30,13 @@ MASK_SUFFIX = "_mask.png"
 def scan_pairs(folder):
     """Sorted ``[(id, sat_path, mask_path), ...]`` of a folder of ``{id}_sat.jpg`` + ``{id}_mask.png``.
 
-    Other files are skipped with a warning (hidden ones silently); a satellite image without its
-    mask (or the reverse) is an error.
+    Other files and links that lead nowhere are skipped with a warning (hidden ones silently); a
+    satellite image without its mask (or the reverse) is an error.
     """
     folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: folder not found")
     sats, masks, skipped = {}, {}, []
-    for p in sorted(folder.iterdir()):
-        # Hidden names include macOS's "._0000_sat.jpg" resource forks, which are not images.
-        if p.name.startswith(".") or not p.is_file():
-            continue
+    # Hidden names, left out, include macOS's "._0000_sat.jpg" resource forks, which are not images.
+    for p in folder_files(folder):
         if p.name.endswith(SAT_SUFFIX):
             sats[p.name[:-len(SAT_SUFFIX)]] = p
         elif p.name.endswith(MASK_SUFFIX):
@@ -71,7 +67,7 @@ def _hw(size):
 
 
 def _read_rgb(path, size):
-    """(H, W, 3) uint8 image converted to RGB (alpha dropped), resized bilinearly to ``size``.
+    """(H, W, 3) uint8 image converted to RGB (:func:`hw1.data.images.to_rgb`), resized bilinearly to ``size``.
 
     Returns the array and the file's own (H, W), so the caller can check it against the mask.
     """
@@ -82,7 +78,7 @@ def _read_rgb(path, size):
                 # JPEG can decode at 1/2, 1/4 or 1/8 scale for a fraction of the cost; draft
                 # keeps the result at least as large as asked and is a no-op for other formats.
                 im.draft(None, (size[1], size[0]))
-            im = im.convert("RGB")
+            im = to_rgb(im, path)
             if size is not None and im.size != (size[1], size[0]):
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
             return np.asarray(im), (h0, w0)
