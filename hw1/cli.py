@@ -2,8 +2,11 @@
 import argparse
 import logging
 import os
+import select
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from hw1.errors import UserError
@@ -98,25 +101,68 @@ def require_layout(data_dir, subdirs, archive):
     return root
 
 
+class Terminated(BaseException):
+    """SIGTERM (``timeout``, ``kill``, a job scheduler) raised in the main thread, so that cleanup
+    (``finally`` blocks: staged output folders, temporary files) runs as it does for Ctrl-C."""
+
+
+def _terminate_handler(owner):
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked child (a DataLoader worker) inherited it: end as by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated()
+    return handler
+
+
+def _stdout_reader_gone():
+    """True when stdout is a pipe or socket whose reading end has closed (``... | head`` that has exited)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def run(main, argv=None):
     """Call ``main(argv)``; a :class:`UserError` becomes ``error: ...`` on stderr and exit status 2.
 
     Under torchrun every rank that fails says so, ranks other than 0 with a ``[rank N]`` prefix.
+    Ctrl-C and SIGTERM unwind the same way (exit status 130 and 143), so no staged output or
+    temporary file is left behind; a closed stdout (``| head``) ends the process quietly.
     """
     argv = sys.argv[1:] if argv is None else argv
     rank = int(os.environ.get("RANK", "0"))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate_handler(os.getpid())) if in_main_thread else None
     try:
-        return main(argv)
+        result = main(argv)
+        sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's last flush
+        return result
     except UserError as e:
         if "--debug" in argv:
             raise
         logging.getLogger().handlers.clear()
         print(f"{f'[rank {rank}] ' if rank else ''}error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        # Whoever read stdout has gone: only messages are lost. End quietly, with the status of a
+        # process killed by SIGPIPE, and keep the interpreter's last flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     finally:
         if "torch.distributed" in sys.modules:  # leave torchrun's process group cleanly
             from hw1.distributed import cleanup
             cleanup()
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

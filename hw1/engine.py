@@ -5,6 +5,7 @@ Classifiers return logits (N, C); segmenters return ``{"out": (N, C, H, W)}`` li
 matrix (:mod:`hw1.metrics`), whose shape is the same for both.
 """
 import contextlib
+import logging
 import math
 import time
 
@@ -14,6 +15,8 @@ from tqdm import tqdm
 from hw1 import distributed as dist
 from hw1 import metrics
 from hw1.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(UserError):
@@ -32,10 +35,22 @@ def to_device(images, targets, device, channels_last):
     return images, targets.to(device, non_blocking=True)
 
 
+def progress_bar(loader, *, desc, progress):
+    """``loader`` in a tqdm bar when ``progress`` and stderr is a terminal; else (``bar.disable``) no bar.
+
+    Off a terminal (CI, nohup, ``> log 2>&1``) a bar's every refresh would land in the log as a
+    carriage-return line; there :func:`train_one_epoch` logs plain lines instead.
+    """
+    return tqdm(loader, desc=desc, disable=True if not progress else None, leave=False, dynamic_ncols=True)
+
+
 def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, device, amp_dtype=None,
                     channels_last=False, grad_clip=None, epoch=0, log_every=20, progress=True, distributed=False,
-                    micro_batch=None):
+                    micro_batch=None, line_every=100):
     """Train for one pass over ``loader``; return averaged ``loss``, ``acc``, ``img_s`` and ``seconds``.
+
+    ``progress``: a bar on a terminal; elsewhere one log line every ``line_every`` steps (checked
+    at the ``log_every`` steps), as the epoch's own summary line is the caller's.
 
     With ``distributed`` the figures are summed over all ranks (``img_s`` is the whole world's).
     With ``micro_batch`` each batch runs forward and backward in chunks of at most that many
@@ -50,7 +65,8 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = counted = 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(loader, desc=f"epoch {epoch}", progress=progress)
+    lines = progress and bar.disable
     for step, (images, targets) in enumerate(bar):
         images, targets = to_device(images, targets, device, channels_last)
         optimizer.zero_grad(set_to_none=True)
@@ -85,8 +101,11 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
                     f"loss became {mean_loss} at epoch {epoch}, step {step + 1}: stopping; the last good "
                     "checkpoint is the previous epoch's last.pth (try a lower --lr or --grad-clip)"
                 )
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr():.4g}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            img_s = seen / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{scheduler.get_last_lr():.4g}", img_s=f"{img_s:.0f}")
+            if lines and (step + 1) % line_every == 0 and step + 1 < len(loader):
+                log.info("epoch %d  step %d/%d  loss %.4f  lr %.4g  (%.0f img/s)", epoch, step + 1, len(loader),
+                         mean_loss, scheduler.get_last_lr(), img_s)
     seconds = time.perf_counter() - start
     loss_sum, correct, seen, counted = _totals([loss_sum, correct, seen, counted], device=device,
                                                distributed=distributed)
@@ -114,7 +133,7 @@ def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dt
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     seen = 0
     start = time.perf_counter()
-    for images, targets in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
+    for images, targets in progress_bar(loader, desc="eval", progress=progress):
         images, targets = to_device(images, targets, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             output = model(images)

@@ -1,7 +1,9 @@
 """Atomic file writes: a crash leaves either the old file or the new one, never half of one."""
 import contextlib
+import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -9,6 +11,8 @@ from pathlib import Path
 import torch
 
 from hw1.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def _cannot_write(path, error):
@@ -60,22 +64,48 @@ def atomic_torch_save(obj, path):
             raise _cannot_write(path, f"is the disk full? torch.save: {e}") from None
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def _sweep_stages(parent, name):
+    """Remove the staging folders for ``name`` in ``parent`` that no running process owns.
+
+    A killed run (SIGKILL, a power cut) cannot clean up its staging folder; its name holds the
+    process id, so a later run can tell a stale one from one that is still being written.
+    """
+    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)\.\w+\.tmp")
+    for p in parent.iterdir() if parent.is_dir() else ():
+        match = pattern.fullmatch(p.name)
+        if match and p.is_dir() and not p.is_symlink() and not _alive(int(match[1])):
+            log.info("%s: removing the unfinished output of a stopped run", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staged_folder(folder):
     """Yield a hidden temporary folder; if the block succeeds, its files move into ``folder``.
 
     An error in the block leaves ``folder`` as it was: not created if it did not exist, and no
     file in it added or replaced. A new ``folder`` appears in one rename; into an existing one
-    the files move one rename each.
+    the files move one rename each. Staging folders left by killed runs are removed first.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: exists and is not a folder")
     try:
+        _sweep_stages(folder, "staged")
+        _sweep_stages(folder.parent, folder.name)
         # Staged inside an existing folder (hidden, so never listed as output), else beside it.
         parent, name = (folder, "staged") if folder.is_dir() else (folder.parent, folder.name)
         parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
+        stage = Path(tempfile.mkdtemp(prefix=f".{name}.{os.getpid()}.", suffix=".tmp", dir=parent))
     except OSError as e:
         raise _cannot_write(folder, e) from None
     try:
@@ -102,6 +132,30 @@ def atomic_copy(src, dst):
 def atomic_write_text(text, path):
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def append_text(text, path):
+    """Append ``text`` to ``path``; a failed write (a full disk) is a :class:`UserError` naming ``path``.
+
+    What part of ``text`` made it before the failure is cut off again, so the file never ends in
+    half a line (a ``metrics.jsonl`` that a resume could not read).
+    """
+    data = text.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
+    try:
+        size = os.fstat(fd).st_size
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise _cannot_write(path, f"is the disk full? {e}") from None
+    finally:
+        os.close(fd)
 
 
 def json_safe(value):

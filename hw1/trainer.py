@@ -13,7 +13,7 @@ from hw1 import distributed as dist
 from hw1 import engine
 from hw1.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
 from hw1.errors import UserError
-from hw1.io import atomic_copy, atomic_write_text, json_safe
+from hw1.io import append_text, atomic_copy, atomic_write_text, json_safe
 from hw1.runtime import amp_dtype, channels_last_default, micro_batch_default, seed_everything
 from hw1.schedule import CosineSchedule
 from hw1.summary import device_name
@@ -128,7 +128,13 @@ def restore(ckpt, path, *, model, optimizer, scheduler, scaler, seed):
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"] or not scaler.is_enabled():
+            scaler.load_state_dict(ckpt["scaler"])
+        else:
+            # A bf16 or fp32 run has no scaler state (a bf16 run on an H100 continued with fp16 on
+            # a T4): fp16 starts a fresh scaler, which settles its scale within a few steps.
+            log.warning("%s: written without fp16's gradient scaler (--amp %s); this run's fp16 starts a fresh one",
+                        path, (ckpt.get("args") or {}).get("amp", "?"))
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise UserError(f"{path}: its optimizer, schedule or scaler state does not fit this run "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
@@ -140,10 +146,10 @@ def save_epoch(out_dir, record, state, *, is_best, keep):
     """Append the epoch's record, then write ``last.pth`` and its copies ``best.pth`` and ``epoch_NNN.pth``.
 
     metrics.jsonl is written before the checkpoint, and a resume drops lines past the
-    checkpoint's epoch, so a crash in between never leaves a line without its checkpoint.
+    checkpoint's epoch, so a crash in between never leaves a line without its checkpoint. A full
+    disk is a one-line error, and last.pth stays the previous epoch's.
     """
-    with open(out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_text(json.dumps(record) + "\n", out_dir / "metrics.jsonl")
     save_checkpoint(state, out_dir / "last.pth")
     if is_best:
         atomic_copy(out_dir / "last.pth", out_dir / "best.pth")

@@ -1,5 +1,8 @@
-"""hw1.engine.train_one_epoch with micro-batches: the same optimizer step as whole batches."""
+"""hw1.engine.train_one_epoch: micro-batches give the same optimizer step as whole batches; progress
+is a bar on a terminal and plain log lines elsewhere."""
 import copy
+import io
+import sys
 
 import pytest
 import torch
@@ -11,13 +14,13 @@ from hw1.schedule import CosineSchedule
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 
 
-def one_epoch(model, batches, micro_batch):
+def one_epoch(model, batches, micro_batch, **options):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     return engine.train_one_epoch(
         model, batches, criterion=nn.CrossEntropyLoss(label_smoothing=0.1), optimizer=optimizer,
         scheduler=CosineSchedule(optimizer, base_lr=0.1, total_steps=len(batches)),
-        scaler=torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"), progress=False,
-        micro_batch=micro_batch)
+        scaler=torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"), micro_batch=micro_batch,
+        **{"progress": False, **options})
 
 
 def data(seed=0):
@@ -46,3 +49,22 @@ def test_micro_batches_normalise_per_chunk():
     one_epoch(whole, data(), None)
     one_epoch(chunked, data(), 5)
     assert not torch.allclose(whole[1].running_mean, chunked[1].running_mean)
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stderr", [Terminal, io.StringIO], ids=["terminal", "log-file"])
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(stderr, monkeypatch, caplog):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
+    monkeypatch.setattr(sys, "stderr", stderr())
+    with caplog.at_level("INFO", logger="hw1.engine"):
+        one_epoch(model, data() * 2, None, progress=True, epoch=7, log_every=1, line_every=2)
+    written = sys.stderr.getvalue()
+    if stderr is Terminal:
+        assert "\r" in written and "epoch 7" in written and caplog.messages == []
+    else:  # one plain line every 2 steps but the last (the epoch's own line is the trainer's)
+        assert written == ""
+        assert [m.split("  loss")[0] for m in caplog.messages] == ["epoch 7  step 2/6", "epoch 7  step 4/6"]

@@ -894,3 +894,106 @@ def test_links_that_lead_nowhere_are_skipped_with_a_warning(tmp_path, caplog):
         with caplog.at_level("WARNING"):
             assert listing() == expected, name
         assert [r.getMessage() for r in caplog.records] == [warning], name
+
+
+def script_env():
+    return dict(os.environ, OMP_NUM_THREADS="1")  # see cls_one_torch_thread in conftest.py
+
+
+def test_full_disk_at_the_metrics_append_is_one_line(cls_tiny_run, cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    run_dir = copy_run(cls_tiny_run[0], tmp_path)  # 4 epochs: metrics.jsonl is longer than args.json
+    before = tree(run_dir)
+    limit = (run_dir / "metrics.jsonl").stat().st_size + 50
+
+    def small_disk():  # files may grow to ``limit`` bytes: room to rewrite metrics.jsonl, not to add a line
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    argv = cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume", run_dir / "last.pth", epochs=6)
+    result = subprocess.run([sys.executable, "train_cls.py", *map(str, argv)], cwd=REPO, env=script_env(),
+                            preexec_fn=small_disk, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(f"error: {run_dir / 'metrics.jsonl'}: cannot write (is the disk full? ")
+    after = tree(run_dir)
+    assert after.pop("args.json") and after == {k: v for k, v in before.items() if k != "args.json"}  # no half line
+
+
+def test_closed_stdout_ends_quietly_after_the_csv_is_written(cls_one_epoch_run, cls_tiny_data, tmp_path):
+    out = tmp_path / "pred.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "hw1.predict", "cls", str(cls_tiny_data / "val_50"), str(out),
+                             "--checkpoint", str(cls_one_epoch_run / "last.pth"), "--device", "cpu"],
+                            cwd=REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # as `| head` that has exited before the process prints
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert err == ""
+    assert len(read_labels_csv(out)) == 12
+
+
+def test_sigterm_during_predict_seg_leaves_no_staged_masks(seg_checkpoint, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(300):
+        noise(rng, 64, 64).save(images / f"{i:04d}_sat.jpg")
+    out = tmp_path / "masks"
+    proc = subprocess.Popen([sys.executable, "-m", "hw1.predict", "seg", str(images), str(out),
+                             "--checkpoint", str(seg_checkpoint), "--device", "cpu"],
+                            cwd=REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(next(p.iterdir(), None) for p in tmp_path.glob(".masks.*.tmp")):  # a first mask is staged
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.terminate()  # SIGTERM, as `timeout` sends
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and err == "terminated\n", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no masks folder, no staging folder
+
+
+def test_staging_folders_of_stopped_runs_are_swept(seg_checkpoint, tmp_path):
+    folder = write_pairs(tmp_path / "in", [(8, 8)])
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    dead, alive = proc.pid, os.getpid()  # the id of a process that has ended, and of one that runs
+    out = tmp_path / "masks"
+    stale = [tmp_path / f".masks.{dead}.k2j4.tmp", out / f".staged.{dead}.q8z1.tmp"]
+    running = [tmp_path / f".masks.{alive}.a1b2.tmp", out / f".staged.{alive}.c3d4.tmp"]
+    for p in stale + running:
+        write_mask(np.zeros((8, 8), np.int64), p / "0000_mask.png")
+    predict_seg(folder, out, checkpoint=seg_checkpoint, device="cpu")
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in running)  # another run may still be writing those
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["0000_mask.png"]
+
+
+def test_resume_of_a_bf16_checkpoint_with_fp16(cls_tiny_data, cls_tiny_train_argv, tmp_path, caplog):
+    # A bf16 run (e.g. on an H100) continued with fp16 (e.g. on a T4), which needs a gradient scaler.
+    run_dir = tmp_path / "run"
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, "--amp", "bf16", epochs=1))
+    assert load_checkpoint(run_dir / "last.pth")["scaler"] == {}  # bf16 has no scaler state
+    with caplog.at_level("WARNING"):
+        record = train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, "--amp", "fp16", "--resume",
+                                                    str(run_dir / "last.pth"), epochs=2))
+    assert record["epoch"] == 2
+    assert f"{run_dir / 'last.pth'}: written without fp16's gradient scaler (--amp bf16); this run's fp16 " \
+           "starts a fresh one" in caplog.messages
+    ckpt = load_checkpoint(run_dir / "last.pth")
+    assert ckpt["args"]["amp"] == "fp16" and ckpt["scaler"]["scale"] > 0
+
+
+def test_a_log_that_is_not_a_terminal_gets_lines_not_bars(tmp_path):
+    from conftest import CLS_TINY_MODEL_ARGS, make_cls_tiny
+
+    data = make_cls_tiny(tmp_path / "data", train_per_class=40, val_per_class=1)  # 120 steps of 1 image
+    argv = [*CLS_TINY_MODEL_ARGS, "--data-dir", data, "--out-dir", tmp_path / "run", "--epochs", "1", "--aug", "none",
+            "--batch-size", "1", "--micro-batch", "0", "--device", "cpu", "--amp", "none", "--workers", "0"]
+    result = subprocess.run([sys.executable, "train_cls.py", *map(str, argv)], cwd=REPO, env=script_env(),
+                            capture_output=True, text=True, timeout=180)  # stderr is a pipe, as in `> log 2>&1`
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "it/s" not in result.stderr  # no progress bar
+    lines = result.stderr.splitlines()
+    assert [line.split(" INFO ")[1].split("  loss")[0] for line in lines if "  step " in line] == ["epoch 1  step 100/120"]
+    assert sum(" INFO epoch 1/1  loss " in line for line in lines) == 1
+
