@@ -1,4 +1,5 @@
-"""Reliability: bad input is one clear line, a crash keeps the last good checkpoint, no checkpoint runs code.
+"""Reliability: bad input is one clear line, a crash keeps the last good checkpoint, no checkpoint runs code,
+nothing is lost or misleading.
 
 Each case and the test that shows it (tests of other files are named with their file):
 
@@ -57,6 +58,27 @@ C. Security: a checkpoint that would run code when unpickled is refused and the 
 
 D. Resume exactness: test_train_cls.py::test_resume_is_equivalent_to_an_uninterrupted_run (no
 workers) and test_resume_with_dataloader_workers_is_exact (one worker, random augmentation).
+
+E. Nothing lost, nothing misleading.
+
+| case | behaviour | test |
+|---|---|---|
+| ``--demo --data-dir`` with data the demo did not write | one line, status 2, nothing written | test_demo_refuses_a_folder_of_other_data |
+| ``--demo`` into an empty folder, or its own of other arguments | written; only its own files replaced | test_demo_writes_into_an_empty_folder_and_redoes_only_its_own |
+| the suite in a checkout named ``hw1`` | a traceback is told by its frames, not by a path | test_distributed.py::test_batch_that_does_not_split_is_a_one_line_error |
+| full disk at the ``metrics.jsonl`` append | one line, status 2, no half line (real process) | test_full_disk_at_the_metrics_append_is_one_line |
+| PNG of any bit depth and colour type | scaled to 8 bits, P1 / P2 / masks alike | test_every_png_bit_depth_is_scaled_to_8_bits, test_16_bit_gray_reads_as_its_8_bit_picture |
+| file name that is not UTF-8 | P1: one line, status 2, no CSV (real process); P2: mask written | test_names_that_are_not_utf8_are_one_line_for_a_csv_and_kept_for_masks |
+| ``python -m hw1.predict`` piped into ``head``, which exits first | CSV written, quiet, status 141 (real process) | test_closed_stdout_ends_quietly_after_the_csv_is_written |
+| label CSV name with a leading space | kept as written | test_file_names_keep_their_leading_spaces |
+| SIGTERM during ``predict seg`` | no staging folder left, status 143 (real process) | test_sigterm_during_predict_seg_leaves_no_staged_masks |
+| staging folders of a killed run | removed by the next run; a running one's kept | test_staging_folders_of_stopped_runs_are_swept |
+| dangling link or link loop in an input folder | skipped with a warning | test_links_that_lead_nowhere_are_skipped_with_a_warning |
+| ``viz.py features`` on one image | one line, status 2 (real process) | test_features_of_too_few_images_is_one_line |
+| bf16 checkpoint resumed with ``--amp fp16`` | resumes on a fresh scaler, with a warning | test_resume_of_a_bf16_checkpoint_with_fp16 |
+| stderr not a terminal | plain lines, no bars (real process); a bar on a terminal | test_a_log_that_is_not_a_terminal_gets_lines_not_bars, test_engine.py::test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere |
+| ``hw1_1.sh`` / ``hw1_2.sh`` | predict with the given or default checkpoint and python | test_course_scripts_predict_with_the_checkpoint_they_are_given, test_course_scripts_find_python_and_their_default_checkpoints |
+| ``hw1_download.sh`` | SHA-256 verified, atomic, a ``file://`` URL | test_download_template_writes_only_verified_files |
 """
 import ast
 import functools
@@ -753,18 +775,14 @@ def test_demo_writes_into_an_empty_folder_and_redoes_only_its_own(tmp_path):
     root.mkdir()
     make_cls_demo(root)
     assert json.loads((root / ".cls_demo.json").read_text()) == {"val_fraction": 0.2, "seed": 0, "complete": True}
-    first = tree(root)
-    # Its own folder, asked for other data: the demo rewrites it, and no file of the first one is left over.
+    first = {p.name for p in (root / "val_50").iterdir()}
+    # Its own folder, asked for other data (as an interrupted demo, whose marker is not complete,
+    # is): the demo rewrites it, and no file of the first one is left over.
     make_cls_demo(root, val_fraction=0.5, seed=1)
     val_names = {line.split(",")[0] for line in (root / "val_gt.csv").read_text().splitlines()[1:]}
-    assert {p.name for p in (root / "val_50").iterdir()} == val_names
+    assert {p.name for p in (root / "val_50").iterdir()} == val_names != first
     assert len(list((root / "train_50").iterdir())) + len(val_names) == 1797
-    assert tree(root) != first
-    # An interrupted demo (marker not complete) is redone rather than trusted.
-    (root / ".cls_demo.json").write_text(json.dumps({"val_fraction": 0.2, "seed": 0, "complete": False}))
-    (root / "val_gt.csv").unlink()
-    make_cls_demo(root)
-    assert tree(root) == first
+    assert json.loads((root / ".cls_demo.json").read_text()) == {"val_fraction": 0.5, "seed": 1, "complete": True}
 
 
 def png_bytes(pixels, bit_depth, color_type, palette=None):
@@ -997,3 +1015,97 @@ def test_a_log_that_is_not_a_terminal_gets_lines_not_bars(tmp_path):
     assert [line.split(" INFO ")[1].split("  loss")[0] for line in lines if "  step " in line] == ["epoch 1  step 100/120"]
     assert sum(" INFO epoch 1/1  loss " in line for line in lines) == 1
 
+
+def course_script(name, *args, cwd, env=None):
+    return subprocess.Popen(["bash", str(REPO / name), *map(str, args)], cwd=cwd, env={**script_env(), **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_course_scripts_predict_with_the_checkpoint_they_are_given(cls_one_epoch_run, cls_tiny_data, seg_checkpoint,
+                                                                   tmp_path):
+    from hw1.predict import predict_cls
+
+    shutil.copytree(cls_tiny_data / "val_50", tmp_path / "images")
+    write_pairs(tmp_path / "sat", [(16, 16)] * 2)
+    # Paths relative to the caller's folder, as the course's grader passes them.
+    p1 = course_script("hw1_1.sh", "images", "pred.csv", cwd=tmp_path,
+                       env={"HW1_P1_CHECKPOINT": str(cls_one_epoch_run / "last.pth")})
+    p2 = course_script("hw1_2.sh", "sat", "masks", cwd=tmp_path, env={"HW1_P2_CHECKPOINT": str(seg_checkpoint)})
+    for proc in (p1, p2):
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    expected = predict_cls(tmp_path / "images", tmp_path / "again.csv", checkpoint=cls_one_epoch_run / "last.pth",
+                           device="cpu")
+    assert (tmp_path / "pred.csv").read_text() == (tmp_path / "again.csv").read_text() and len(expected) == 12
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["0000_mask.png", "0001_mask.png"]
+
+
+def test_course_scripts_find_python_and_their_default_checkpoints(tmp_path):
+    # A copy of the scripts without a venv, and a python3 on the PATH that records how it was called.
+    clone = tmp_path / "clone"
+    (clone / "checkpoints").mkdir(parents=True)
+    for name in ("hw1_1.sh", "hw1_2.sh", "hw1_predict.sh"):
+        shutil.copy(REPO / name, clone / name)
+    (clone / "checkpoints" / "p1_densenet.pth").write_bytes(b"")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text('#!/bin/sh\nprintf "%s\\n" "$PYTHONPATH" "$@" > "$CALLED"\n')
+    (bin_dir / "python3").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "CALLED": str(tmp_path / "called"), "PYTHONPATH": ""}
+
+    def call(script):
+        result = subprocess.run(["bash", str(clone / script), "in", "out"], cwd=tmp_path, env={**os.environ, **env},
+                                capture_output=True, text=True, timeout=60)
+        return result, (tmp_path / "called").read_text().splitlines() if result.returncode == 0 else None
+
+    result, called = call("hw1_1.sh")
+    assert called == [str(clone), "-m", "hw1.predict", "cls", "in", "out", "--checkpoint",
+                      str(clone / "checkpoints" / "p1_densenet.pth")]  # the shipped model A
+    assert result.stderr == f"hw1_1.sh: checkpoint {clone / 'checkpoints' / 'p1_densenet.pth'}\n"
+    (clone / "checkpoints" / "p1.pth").write_bytes(b"")
+    assert call("hw1_1.sh")[1][-1] == str(clone / "checkpoints" / "p1.pth")  # the downloaded one comes first
+    result, _ = call("hw1_2.sh")  # no P2 checkpoint is shipped
+    assert result.returncode == 2 and result.stderr == (
+        f"error: {clone / 'checkpoints' / 'p2.pth'}: checkpoint not found; run 'bash hw1_download.sh' first or set "
+        "HW1_P2_CHECKPOINT\n")
+    (clone / "checkpoints" / "p2.pth").write_bytes(b"")
+    assert call("hw1_2.sh")[1][:7] == [str(clone), "-m", "hw1.predict", "seg", "in", "out", "--checkpoint"]
+
+
+def test_download_template_writes_only_verified_files(tmp_path):
+    import hashlib
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "p2.pth").write_bytes(np.random.default_rng(6).bytes(300_000))
+    good = hashlib.sha256((served / "p2.pth").read_bytes()).hexdigest()
+    url = (served / "p2.pth").as_uri()  # file://, as urllib fetches any URL
+    dest = tmp_path / "checkpoints"
+    shipped = (REPO / "hw1_download.sh").read_text()
+    assert len(re.findall(r'^CHECKPOINTS="\n.*?\n"$', shipped, re.S | re.M)) == 1
+
+    def download(entries=None):
+        script = tmp_path / "hw1_download.sh"
+        script.write_text(shipped if entries is None else
+                          re.sub(r'^CHECKPOINTS="\n.*?\n"$', lambda m: f'CHECKPOINTS="\n{entries}\n"', shipped,
+                                 flags=re.S | re.M))
+        return subprocess.run(["bash", str(script)], env={**os.environ, "HW1_CHECKPOINT_DIR": str(dest)},
+                              capture_output=True, text=True, timeout=60)
+
+    result = download()  # the template as shipped
+    assert result.returncode == 1 and "fill in CHECKPOINTS" in result.stderr and not dest.exists()
+    result = download(f"p2.pth  {url}  {good}")
+    assert result.returncode == 0 and result.stdout == f"{dest / 'p2.pth'}: downloaded, SHA-256 matches\n"
+    assert (dest / "p2.pth").read_bytes() == (served / "p2.pth").read_bytes()
+    assert download(f"p2.pth  {url}  {good}").stdout == f"{dest / 'p2.pth'}: already there, SHA-256 matches\n"
+    # A hash that does not match, a URL that serves nothing: errors, and what was there stays as it was.
+    result = download(f"p2.pth  {url}  {'0' * 64}\np1.pth  {(served / 'none.pth').as_uri()}  {good}")
+    assert result.returncode == 1
+    assert f"SHA-256 is {good}, expected {'0' * 64}; {dest / 'p2.pth'} not written" in result.stderr
+    assert f"error: {(served / 'none.pth').as_uri()}: " in result.stderr and "Traceback" not in result.stderr
+    assert os.listdir(dest) == ["p2.pth"] and (dest / "p2.pth").read_bytes() == (served / "p2.pth").read_bytes()
+    # A damaged file is replaced by a verified download.
+    (dest / "p2.pth").write_bytes(b"damaged")
+    assert download(f"p2.pth  {url}  {good}").returncode == 0
+    assert (dest / "p2.pth").read_bytes() == (served / "p2.pth").read_bytes()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# What hw1_1.sh and hw1_2.sh run:  bash hw1_predict.sh cls|seg <image_dir> <output>
+# python -m hw1.predict with the repository's venv if it has one (else the machine's python3) and
+# the task's checkpoint: $HW1_P1_CHECKPOINT / $HW1_P2_CHECKPOINT if set; else checkpoints/p1.pth /
+# checkpoints/p2.pth (what hw1_download.sh fetches); for P1 without one, the shipped model A,
+# checkpoints/p1_densenet.pth (no P2 model is shipped: they are too large).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+task="${1:-}"
+case "$task" in
+    cls) script=hw1_1.sh output=output_csv variable=HW1_P1_CHECKPOINT
+         checkpoint="${HW1_P1_CHECKPOINT:-$here/checkpoints/p1.pth}"
+         if [ -z "${HW1_P1_CHECKPOINT:-}" ] && [ ! -f "$checkpoint" ]; then
+             checkpoint="$here/checkpoints/p1_densenet.pth"
+         fi ;;
+    seg) script=hw1_2.sh output=output_dir variable=HW1_P2_CHECKPOINT
+         checkpoint="${HW1_P2_CHECKPOINT:-$here/checkpoints/p2.pth}" ;;
+    *) echo "usage: bash hw1_predict.sh cls|seg <image_dir> <output>" >&2; exit 2 ;;
+esac
+if [ "$#" -ne 3 ]; then
+    echo "usage: bash $script <image_dir> <$output>" >&2
+    exit 2
+fi
+if [ ! -f "$checkpoint" ]; then
+    echo "error: $checkpoint: checkpoint not found; run 'bash hw1_download.sh' first or set $variable" >&2
+    exit 2
+fi
+python="$here/.venv/bin/python"
+[ -x "$python" ] || python=python3
+echo "$script: checkpoint $checkpoint" >&2
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m hw1.predict "$task" "$2" "$3" --checkpoint "$checkpoint"
