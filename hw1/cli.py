@@ -130,13 +130,17 @@ def run(main, argv=None):
     """Call ``main(argv)``; a :class:`UserError` becomes ``error: ...`` on stderr and exit status 2.
 
     Under torchrun every rank that fails says so, ranks other than 0 with a ``[rank N]`` prefix.
-    Ctrl-C and SIGTERM unwind the same way (exit status 130 and 143), so no staged output or
-    temporary file is left behind; a closed stdout (``| head``) ends the process quietly.
+    Ctrl-C and SIGTERM (outside torchrun) unwind the same way (exit status 130 and 143), so no
+    staged output or temporary file is left behind; a closed stdout (``| head``) ends the process
+    quietly.
     """
     argv = sys.argv[1:] if argv is None else argv
     rank = int(os.environ.get("RANK", "0"))
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate_handler(os.getpid())) if in_main_thread else None
+    # Not under torchrun: a rank waiting in a collective would run the handler only when the wait
+    # ends, so a SIGTERM from torchrun (another rank failed) would leave it hanging until SIGKILL.
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    catch_term = threading.current_thread() is threading.main_thread() and not under_torchrun
+    previous = signal.signal(signal.SIGTERM, _terminate_handler(os.getpid())) if catch_term else None
     try:
         result = main(argv)
         sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's last flush
@@ -164,5 +168,5 @@ def run(main, argv=None):
         if "torch.distributed" in sys.modules:  # leave torchrun's process group cleanly
             from hw1.distributed import cleanup
             cleanup()
-        if in_main_thread:
+        if catch_term:
             signal.signal(signal.SIGTERM, previous)

@@ -70,8 +70,9 @@ def cls_images(folder, *, labels_csv=None, per_class=None):
         keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)])
         images, labels = images[keep], labels[keep]
     if len(labels) < plots.MIN_EMBED_IMAGES:
-        raise UserError(f"{folder}: {len(labels)} image(s){' with --per-class ' + str(per_class) if per_class else ''}; "
-                        f"PCA and t-SNE need at least {plots.MIN_EMBED_IMAGES}")
+        subset = f" with --per-class {per_class}" if per_class else ""
+        raise UserError(f"{folder}: {len(labels)} image(s){subset}; PCA and t-SNE need at least "
+                        f"{plots.MIN_EMBED_IMAGES}")
     return images, labels
 
 

@@ -1012,7 +1012,8 @@ def test_a_log_that_is_not_a_terminal_gets_lines_not_bars(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "it/s" not in result.stderr  # no progress bar
     lines = result.stderr.splitlines()
-    assert [line.split(" INFO ")[1].split("  loss")[0] for line in lines if "  step " in line] == ["epoch 1  step 100/120"]
+    steps = [line.split(" INFO ")[1].split("  loss")[0] for line in lines if "  step " in line]
+    assert steps == ["epoch 1  step 100/120"]
     assert sum(" INFO epoch 1/1  loss " in line for line in lines) == 1
 
 
