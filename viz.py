@@ -14,12 +14,12 @@ from pathlib import Path
 from hw1 import plots
 from hw1.cli import command_line, run
 from hw1.errors import UserError
-from hw1.models import TASK_OF, build_model
+from hw1.models import get_spec, model_names
 from hw1.report import MASK_IDS, TITLE, checkpoint_model, cls_images, feature_figures, masks_figure, read_pair, \
     write_report
 from hw1.runtime import get_device
 from hw1.scoring import model_confusion
-from hw1.summary import read_metrics
+from hw1.run_dir import RunDir
 
 
 def cmd_features(args, device):
@@ -44,14 +44,14 @@ def cmd_curves(args, device):
     names = args.labels or [Path(d).name for d in args.run_dirs]
     if len(names) != len(args.run_dirs):
         raise UserError(f"--labels: {len(names)} names for {len(args.run_dirs)} run folders")
-    runs = [(n, read_metrics(d)) for n, d in zip(names, args.run_dirs)]
+    runs = [(n, RunDir(d).read_metrics()) for n, d in zip(names, args.run_dirs)]
     return plots.save_figure(plots.curves_figure(runs), Path(args.out_dir) / f"{args.name}.png",
                              dpi=args.dpi, pdf=args.pdf)
 
 
 def cmd_confusion(args, device):
     model, epoch, name = checkpoint_model(args.checkpoint, None, device)
-    task = TASK_OF[name]
+    task = get_spec(name).task
     cm = model_confusion(model, args.data_dir, task=task, device=device, labels_csv=args.labels, size=args.size,
                          batch_size=args.batch_size)
     size = f", resized to {args.size}x{args.size}" if task == "seg" and args.size else ""
@@ -75,12 +75,13 @@ def parse_config(items):
 
 def cmd_arch(args, device):
     config = parse_config(args.config)
+    spec = get_spec(args.model)
     try:
-        model = build_model(args.model, **config, weights="none")
+        model = spec.build(**{"num_classes": spec.num_classes, **config}, weights="none")
     except (TypeError, ValueError) as e:
         raise UserError(f"--model {args.model} --config {' '.join(args.config)}: {e}") from None
-    size = args.input_size or (32 if TASK_OF[args.model] == "cls" else 512)
-    rows, total = plots.model_summary(model, size)
+    size = args.input_size or spec.input_size
+    rows, total = plots.model_summary(model, size, spec)
     print(plots.summary_table(rows, total, size))
     shown = ", ".join(f"{k}={v}" for k, v in config.items())
     title = f"{args.model}" + (f" ({shown})" if shown else "")
@@ -133,7 +134,7 @@ def get_args_parser():
     s.add_argument("--batch-size", type=int, default=None, help="(default: 500 for P1, 4 for P2)")
 
     s = add("arch", "block diagram and table of a model's stages", None)
-    s.add_argument("--model", required=True, choices=sorted(TASK_OF))
+    s.add_argument("--model", required=True, choices=model_names())
     s.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                    help="builder arguments, e.g. depth=40 growth_rate=12 or batch_norm=True")
     s.add_argument("--input-size", type=int, default=None, help="(default: 32 for P1 models, 512 for P2)")

@@ -46,14 +46,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 
 from hw1 import engine
-from hw1.cli import add_training_args, run
+from hw1.cli import run
+from hw1.config import CONFIGS as TRAIN_CONFIGS
+from hw1.config import ClsConfig, SegConfig
+from hw1.data.cls import NUM_CLASSES as CLS_CLASSES
 from hw1.data.cls import cls_train_transform, label_from_name, list_images, load_cls_split
 from hw1.data.demo import make_cls_demo
-from hw1.data.masks import NUM_CLASSES as SEG_CLASSES
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
-from hw1.losses import SegLoss
-from hw1.models import TASK_OF, build_model
+from hw1.models import build_model, get_spec, model_names
 from hw1.runtime import (amp_dtype, channels_last_default, cpu_has_fast_bf16, cpu_kind, get_device,
                          micro_batch_default, setup_logging)
 from hw1.schedule import CosineSchedule
@@ -62,10 +63,10 @@ from hw1.trainer import make_loader
 
 log = logging.getLogger(__name__)
 
-CLS_CLASSES = 50
-CLS_SIZE = 32  # P1 images; ConvNeXt upsamples them inside the model to --img-size
-LABEL_SMOOTHING = 0.1  # train_cls.py's default
-DATA_BATCH = 128  # train_cls.py's default batch
+LABEL_SMOOTHING = ClsConfig.label_smoothing  # train_cls.py's default
+DATA_BATCH = ClsConfig.batch_size  # train_cls.py's default batch
+# the flags of this bench that set a model's training config (the rest are train_cls/seg defaults)
+MODEL_FLAGS = ("depth", "growth_rate", "variant", "img_size", "crop_size")
 
 
 class Config(NamedTuple):
@@ -93,14 +94,7 @@ CONFIGS = {
     BEST: None,
     DEFAULT: None,
 }
-MODEL_NAMES = ("densenet", "convnext", "vgg16_fcn32s", "resnet101_fcn")
 PARTS = ("models", "data", "reference")
-# Training batches on CUDA and for DenseNet (whose micro-batch configurations chunk them); smaller
-# for the others on the CPU, where img/s hardly grows past a few images per core.
-DEFAULT_BATCH = {
-    "cuda": {"densenet": 128, "convnext": 128, "vgg16_fcn32s": 8, "resnet101_fcn": 8},
-    "cpu": {"densenet": 128, "convnext": 8, "vgg16_fcn32s": 2, "resnet101_fcn": 2},
-}
 # --quick: every part once, small, in about a minute on 2 CPU cores: the baseline against each
 # model's training defaults on this machine, DenseNet-BC 40 (k = 12) as trained on the CPU, P2
 # crops of 128. Explicit flags win.
@@ -167,19 +161,19 @@ def matmul_peak(dtype, *, device, n=2048, repeats=5):
 
 # --- models --------------------------------------------------------------------------------------
 
-def model_spec(name, args):
-    """(build config, input (C, H, W), number of classes, loss) of ``name`` as training uses it by default."""
-    if name == "densenet":
-        config = {"depth": args.depth, "growth_rate": args.growth_rate, "compression": 0.5,
-                  "num_classes": CLS_CLASSES}
-    elif name == "convnext":
-        config = {"variant": args.variant, "img_size": args.img_size, "num_classes": CLS_CLASSES, "weights": "none"}
-    else:
-        config = {"num_classes": SEG_CLASSES, "weights": "none"}
-    if TASK_OF[name] == "cls":
-        return config, (3, CLS_SIZE, CLS_SIZE), CLS_CLASSES, nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
+def model_setup(name, args):
+    """(build config, input (C, H, W), number of classes, loss) of ``name`` as training uses it by default.
+
+    The model's spec and the training config with this bench's model flags give them: P1 models
+    take their spec's input size (ConvNeXt upsamples inside the model to ``--img-size``), P2 models
+    the training crop ``--crop-size``.
+    """
+    spec = get_spec(name)
+    train = TRAIN_CONFIGS[spec.task].from_dict({"model": name, **{k: getattr(args, k) for k in MODEL_FLAGS}})
+    config = {**spec.model_config(train), "weights": "none"}
+    side = spec.input_size if spec.task == "cls" else args.crop_size
     # train_seg.py's default: no auxiliary head, so SegLoss is plain cross-entropy over labelled pixels
-    return config, (3, args.crop_size, args.crop_size), SEG_CLASSES, SegLoss(aux_weight=0.0)
+    return config, (3, side, side), spec.num_classes, train.criterion()
 
 
 def synthetic_batch(shape, num_classes, batch_size, *, task, device, seed=0):
@@ -259,8 +253,7 @@ def _spread(times):
 
 def trainer_defaults():
     """The training scripts' runtime defaults (--amp, --channels-last, --compile, --workers)."""
-    parser = add_training_args(argparse.ArgumentParser(), data_dir="", lr=0.0, batch_size=1, weight_decay=0.0)
-    return parser.parse_args([])
+    return ClsConfig()
 
 
 def default_config_name(device, model_name="densenet"):
@@ -293,7 +286,9 @@ def best_eager(configs):
 
 
 def batch_size_of(name, args, device):
-    return args.batch_size.get(name) or DEFAULT_BATCH["cuda" if device.type == "cuda" else "cpu"][name]
+    # the spec's: training batches on CUDA and for DenseNet (whose micro-batch configurations chunk
+    # them); smaller for the others on the CPU, where img/s hardly grows past a few images per core
+    return args.batch_size.get(name) or get_spec(name).bench_batch["cuda" if device.type == "cuda" else "cpu"]
 
 
 def _error(e):
@@ -303,10 +298,10 @@ def _error(e):
 
 def bench_model(name, args, device, peak):
     """Every requested configuration of model ``name``, with its FLOPs and ratios to the baseline."""
-    config, shape, num_classes, criterion = model_spec(name, args)
+    config, shape, num_classes, criterion = model_setup(name, args)
     model = build_model(name, **config)
     batch = batch_size_of(name, args, device)
-    images, targets = synthetic_batch(shape, num_classes, batch, task=TASK_OF[name], device=device)
+    images, targets = synthetic_batch(shape, num_classes, batch, task=get_spec(name).task, device=device)
     forward = count_flops(model, images[:1])
     out = {"model_config": config, "input": list(shape), "batch_size": batch,
            "params": sum(p.numel() for p in model.parameters()),
@@ -434,7 +429,7 @@ def bench_reference(ours_dataset, folder, args, device, models):
     """Our default training configuration against the reference: model steps and whole training loops."""
     ours_name = default_config_name(device)
     ours_cfg, ref_cfg = CONFIGS[ours_name], CONFIGS[BASELINE]
-    config, shape, num_classes, criterion = model_spec("densenet", args)
+    config, shape, num_classes, criterion = model_setup("densenet", args)
     ours = build_model("densenet", **config)
     ref = reference_densenet(depth=args.depth, growth_rate=args.growth_rate)
     batch = batch_size_of("densenet", args, device)
@@ -597,7 +592,7 @@ def format_table(results):
 def batch_sizes(text):
     """``--batch-size`` items: ``N`` (every model) or ``MODEL=N``; parsed to a ``{model or "": N}`` dict."""
     name, _, value = text.rpartition("=")
-    if name and name not in MODEL_NAMES:
+    if name and name not in model_names():
         raise argparse.ArgumentTypeError(f"unknown model {name!r}")
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected N or MODEL=N with N >= 1")
@@ -608,7 +603,7 @@ def get_args_parser():
     p = argparse.ArgumentParser(prog="python -m hw1.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="(default: all)")
-    p.add_argument("--models", nargs="+", choices=MODEL_NAMES, default=list(MODEL_NAMES), help="(default: all)")
+    p.add_argument("--models", nargs="+", choices=model_names(), default=model_names(), help="(default: all)")
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                    help="fp32 (NCHW, eager) is always run as the baseline; fp16 only on CUDA (default: all)")
     p.add_argument("--quick", action="store_true",
@@ -625,11 +620,11 @@ def get_args_parser():
     p.add_argument("--out", default=None, help="JSON results (default: results/bench_<cpu|cuda>.json)")
     p.add_argument("--matmul-size", type=int, default=None, help="n of the peak matmul (default: 2048 CPU, 8192 CUDA)")
     g = p.add_argument_group("models (the training scripts' defaults)")
-    g.add_argument("--depth", type=int, default=100, help="DenseNet-BC depth, 6n+4 (default: %(default)s)")
-    g.add_argument("--growth-rate", type=int, default=24, help="DenseNet growth rate (default: %(default)s)")
-    g.add_argument("--variant", default="convnext_tiny", help="(default: %(default)s)")
-    g.add_argument("--img-size", type=int, default=224, help="ConvNeXt's internal resolution (default: %(default)s)")
-    g.add_argument("--crop-size", type=int, default=512, help="P2 training crop (default: %(default)s)")
+    g.add_argument("--depth", type=int, default=ClsConfig.depth, help="DenseNet-BC depth, 6n+4 (default: %(default)s)")
+    g.add_argument("--growth-rate", type=int, default=ClsConfig.growth_rate, help="DenseNet growth rate (default: %(default)s)")
+    g.add_argument("--variant", default=ClsConfig.variant, help="(default: %(default)s)")
+    g.add_argument("--img-size", type=int, default=ClsConfig.img_size, help="ConvNeXt's internal resolution (default: %(default)s)")
+    g.add_argument("--crop-size", type=int, default=SegConfig.crop_size, help="P2 training crop (default: %(default)s)")
     g = p.add_argument_group("P1 data pipeline and the reference")
     g.add_argument("--data-dir", default="hw1_data/p1_data",
                    help="P1 data; generated digits are used when it has no train_50/ (default: %(default)s)")
@@ -652,9 +647,9 @@ def parse_args(argv):
         args = parser.parse_args(argv)
     given = {k: v for item in args.batch_size for k, v in item.items()}
     everyone = given.pop("", None)
-    # per model: MODEL=N, else N, else the --quick preset; models left out get DEFAULT_BATCH
+    # per model: MODEL=N, else N, else the --quick preset; models left out get their spec's bench_batch
     preset = QUICK_BATCH if args.quick else {}
-    args.batch_size = {m: given.get(m, everyone or preset.get(m)) for m in MODEL_NAMES
+    args.batch_size = {m: given.get(m, everyone or preset.get(m)) for m in model_names()
                        if given.get(m, everyone or preset.get(m))}
     return args
 

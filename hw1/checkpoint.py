@@ -13,7 +13,7 @@ import torch
 
 from hw1.errors import UserError
 from hw1.io import atomic_torch_save
-from hw1.models import TASK_OF, build_model
+from hw1.models import REGISTRY, build_model, get_spec
 
 REQUIRED = ("model", "model_name", "model_config")
 
@@ -71,10 +71,11 @@ def load_checkpoint(path, *, task=None):
         if not isinstance(ckpt[key], kind):
             raise UserError(f"{path}: not an hw1 checkpoint ({key!r} is a {type(ckpt[key]).__name__}, "
                             f"not a {kind.__name__})")
-    if ckpt["model_name"] not in TASK_OF:
+    if ckpt["model_name"] not in REGISTRY:
         raise UserError(f"{path}: unknown model {ckpt['model_name']!r}")
-    if task is not None and TASK_OF[ckpt["model_name"]] != task:
-        raise UserError(f"{path}: a {TASK_OF[ckpt['model_name']]} checkpoint ({ckpt['model_name']}), not a {task} one")
+    if task is not None and get_spec(ckpt["model_name"]).task != task:
+        raise UserError(f"{path}: a {get_spec(ckpt['model_name']).task} checkpoint ({ckpt['model_name']}), "
+                        f"not a {task} one")
     return ckpt
 
 

@@ -12,48 +12,53 @@ from pathlib import Path
 from hw1.errors import UserError
 
 
-def add_training_args(parser, *, data_dir, lr, batch_size, weight_decay, opt="sgd", workers=2):
-    """Flags common to both training scripts; ``--epochs`` defaults per model and is added by each script.
+def add_training_args(parser, config_cls):
+    """Flags common to both training scripts, with the defaults of ``config_cls`` (a TrainConfig).
 
-    A default of None for ``lr``, ``weight_decay`` or ``opt`` means the script fills it from the
-    model's recipe; the help then says so instead of printing "None".
+    A field that defaults to None (``--lr``, ``--epochs``, ...) is filled from the model's recipe;
+    the help then says so instead of printing "None".
     """
 
-    def default(value):
-        return "the model's recipe" if value is None else "%(default)s"
+    def default(name):
+        return "the model's recipe" if getattr(config_cls, name) is None else "%(default)s"
 
     g = parser.add_argument_group("data and output")
-    g.add_argument("--data-dir", default=data_dir, help="the extracted course data (default: %(default)s)")
-    g.add_argument("--out-dir", default=None, help="run folder (default: runs/<model>)")
-    g.add_argument("--workers", type=int, default=workers, help="DataLoader worker processes (default: %(default)s)")
-    g.add_argument("--save-epochs", type=int, nargs="*", default=None,
+    g.add_argument("--data-dir", help="the extracted course data (default: %(default)s)")
+    g.add_argument("--out-dir", help="run folder (default: runs/<model>; with --resume, the checkpoint's folder)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="clear a run folder that already holds a run (otherwise such a folder is refused)")
+    g.add_argument("--workers", type=int, help="DataLoader worker processes (default: %(default)s)")
+    g.add_argument("--save-epochs", type=int, nargs="*",
                    help="epochs whose checkpoint is kept as epoch_NNN.pth (default: first, middle, last)")
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=batch_size, help="(default: %(default)s)")
-    g.add_argument("--opt", choices=["sgd", "adamw"], default=opt, help=f"(default: {default(opt)})")
-    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default: {default(lr)})")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default: %(default)s)")
+    g.add_argument("--epochs", type=int, help=f"(default: {default('epochs')})")
+    g.add_argument("--batch-size", type=int, help="(default: %(default)s)")
+    g.add_argument("--opt", choices=["sgd", "adamw"], help=f"(default: {default('opt')})")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (default: {default('lr')})")
+    g.add_argument("--momentum", type=float, help="SGD momentum (default: %(default)s)")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
-    g.add_argument("--weight-decay", type=float, default=weight_decay, help=f"(default: {default(weight_decay)})")
+    g.add_argument("--weight-decay", type=float, help=f"(default: {default('weight_decay')})")
     g.add_argument("--no-wd-norm", action="store_true", help="no weight decay on norm layers and biases")
-    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up length (default: %(default)s)")
-    g.add_argument("--min-lr", type=float, default=0.0, help="lr at the end of the cosine (default: %(default)s)")
-    g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value")
+    g.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default: %(default)s)")
+    g.add_argument("--min-lr", type=float, help="lr at the end of the cosine (default: %(default)s)")
+    g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
     g = parser.add_argument_group("runtime")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"],
                    help="autocast dtype; auto = bf16 where the hardware has it, fp16 on older GPUs (default: %(default)s)")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="NHWC memory format (default: on, except DenseNet on the CPU, which trains faster in NCHW)")
-    g.add_argument("--micro-batch", type=int, default=None,
+    g.add_argument("--micro-batch", type=int,
                    help="run each batch's forward/backward in chunks of this many images, one optimizer step per "
-                        "batch (batch-norm statistics per chunk); 0 = whole batches (default: 64 for DenseNet on "
-                        "the CPU, faster per image there; else 0)")
+                        "batch (batch-norm statistics per chunk); the batch size runs whole batches (default: 64 "
+                        "for DenseNet on the CPU, faster per image there; else whole batches)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    g.add_argument("--resume", default=None, help="continue from this checkpoint (e.g. runs/densenet/last.pth)")
+    g.add_argument("--seed", type=int, help="(default: %(default)s)")
+    g.add_argument("--resume", help="continue from this checkpoint (e.g. runs/densenet/last.pth) under this "
+                                    "command's flags; see the README on what may change")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.set_defaults(**config_cls.flag_defaults())
     return parser
 
 
@@ -75,21 +80,25 @@ def parse_args(parser, argv, demo_defaults):
     return args
 
 
-def start_run(script, parser, argv, demo_defaults, make_demo):
-    """A training script's first steps: its flags, its command line, torchrun's group, the demo data.
+def start_run(script, parser, argv, demo_defaults, make_demo, config_cls):
+    """A training script's first steps; returns its validated config (a ``config_cls``).
 
-    Under torchrun the process group is joined before anything is written, so that with ``--demo``
-    rank 0 alone writes the demo data (``make_demo(data_dir)``) and the other ranks then find it.
+    The flags become a config, the model's recipe fills what they leave open, and every value is
+    checked before anything is written or decoded. Under torchrun the process group is joined
+    before anything is written, so that with ``--demo`` rank 0 alone writes the demo data
+    (``make_demo(data_dir)``) and the other ranks then find it.
     """
     from hw1 import distributed as dist  # torch.distributed, for the training scripts only
+    from hw1.models import get_spec
 
     args = parse_args(parser, argv, demo_defaults)
-    args.command = command_line(script, argv)
-    dist.setup(args.device)
-    if args.demo:
+    config = config_cls.from_dict(vars(args)).replace(command=command_line(script, argv))
+    config = config.with_recipe(get_spec(config.model).recipe).validate()
+    dist.setup(config.device)
+    if config.demo:
         with dist.main_first():
-            make_demo(args.data_dir)
-    return args
+            make_demo(config.data_dir)
+    return config
 
 
 def require_layout(data_dir, subdirs, archive):

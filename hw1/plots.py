@@ -248,7 +248,7 @@ def curves_figure(runs):
     # segmentation runs record mIoU on validation but pixel accuracy on training
     ax_metric.set_title(" / ".join(sorted(metric_names)) or "accuracy")
     ax_metric.set_ylabel(" / ".join(sorted(metric_names)) or "accuracy")
-    ax_lr.set_title("learning rate (end of epoch)")
+    ax_lr.set_title("learning rate (first step of the epoch)")
     ax_lr.set_ylabel("lr")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in (ax_loss, ax_metric, ax_lr):
@@ -329,82 +329,27 @@ def _count(modules):
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-def model_stages(model):
+def model_stages(model, spec=None):
     """``[(name, description, [modules]), ...]``: the model's top-level stages, in forward order.
 
-    The output shape of a stage is the output of its last module; its parameters are those of
-    all its modules. Every parameter of the model belongs to exactly one stage.
+    The model's spec (:class:`hw1.models.spec.ModelSpec`) lists them; a spec without ``stages``
+    (or no spec) falls back to the model's top-level children. The output shape of a stage is the
+    output of its last module; its parameters are those of all its modules. Every parameter of the
+    model belongs to exactly one stage.
     """
-    from torchvision.models.convnext import CNBlock
+    from hw1.models.spec import generic_stages
 
-    from hw1.models.convnext import ConvNeXtClassifier
-    from hw1.models.densenet import DenseNet, _DenseBlock, _Transition
-    from hw1.models.fcn import ResNet101FCN, VGG16FCN32s
-
-    if isinstance(model, DenseNet):
-        stages = []
-        for name, m in model.trunk.named_children():
-            if isinstance(m, _DenseBlock):
-                desc = f"{len(m)} x BN-ReLU-conv1x1-BN-ReLU-conv3x3, concat"
-            elif isinstance(m, _Transition):
-                desc = "BN-ReLU-conv1x1, avgpool 2x2"
-            elif isinstance(m, torch.nn.Conv2d):
-                desc = f"conv {m.kernel_size[0]}x{m.kernel_size[0]}"
-            else:
-                desc = type(m).__name__
-            stages.append((name, desc, [m]))
-        return stages + [("classifier", "ReLU, global avgpool, linear", [model.classifier])]
-    if isinstance(model, ConvNeXtClassifier):
-        stages, net = [], model.net
-        for i, m in enumerate(net.features):
-            if any(isinstance(b, CNBlock) for b in m):
-                stages.append((f"stage{(i + 1) // 2}", f"{len(m)} x ConvNeXt block (dw7x7, LN, MLP)", [m]))
-            elif i == 0:
-                stages.append(("stem", f"bilinear resize to {model.img_size}, conv 4x4/4, LN", [m]))
-            else:
-                stages.append((f"downsample{i // 2}", "LN, conv 2x2/2", [m]))
-        return stages + [("avgpool", "global average pool", [net.avgpool]),
-                         # features() calls the head's parts one by one, so hook its last part
-                         ("classifier", "LN, flatten, linear", list(net.classifier))]
-    if isinstance(model, VGG16FCN32s):
-        stages, block, convs = [], [], 0
-        for m in model.features:
-            block.append(m)
-            convs += isinstance(m, torch.nn.Conv2d)
-            if isinstance(m, torch.nn.MaxPool2d):
-                bn = "-BN" if any(isinstance(b, torch.nn.BatchNorm2d) for b in block) else ""
-                stages.append((f"conv{len(stages) + 1}", f"{convs} x conv3x3{bn}-ReLU, maxpool 2x2", block))
-                block, convs = [], 0
-        return stages + [
-            ("fc6", "conv 7x7, ReLU, dropout", [model.fc6]),
-            ("fc7", "conv 1x1, ReLU, dropout", [model.fc7]),
-            ("score", "conv 1x1 to classes", [model.score]),
-            ("upscore", "bilinear transposed conv x32 (fixed), crop", [model.upscore]),
-        ]
-    if isinstance(model, ResNet101FCN):
-        bb = model.fcn.backbone
-        stages = [("stem", "conv 7x7/2, BN, ReLU, maxpool 3x3/2", [bb.conv1, bb.bn1, bb.relu, bb.maxpool])]
-        for name in ("layer1", "layer2", "layer3", "layer4"):
-            layer = getattr(bb, name)
-            dilated = " (dilated)" if name in ("layer3", "layer4") else ""
-            stages.append((name, f"{len(layer)} x bottleneck block{dilated}", [layer]))
-        stages.append(("fcn head", "conv3x3-BN-ReLU, dropout, conv1x1 to 21", [model.fcn.classifier]))
-        if model.fcn.aux_classifier is not None:
-            stages.append(("aux head", "FCN head on layer3 (training only)", [model.fcn.aux_classifier]))
-        stages.append(("head", "bilinear upsample x8 (torchvision), conv 1x1 21 to classes", [model.head]
-                       + ([model.aux_head] if model.aux_head is not None else [])))
-        return stages
-    raise ValueError(f"no stage list for {type(model).__name__}")
+    return (spec.stages if spec is not None and spec.stages else generic_stages)(model)
 
 
-def model_summary(model, input_size):
+def model_summary(model, input_size, spec=None):
     """Rows ``(name, description, output shape (C, H, W) or (D,), params)`` for a (1, 3, S, S) input.
 
     The forward pass runs on the meta device (shapes only, no arithmetic), so even the 512x512
     FCN-ResNet101 costs nothing; parameters are counted before the move. The last row is the
     model's output.
     """
-    stages = model_stages(model)
+    stages = model_stages(model, spec)
     counted = sum(_count(mods) for _, _, mods in stages)
     total = _count([model])
     if counted != total:

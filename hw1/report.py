@@ -14,7 +14,6 @@ The first part of this module holds the checkpoint-and-data steps that viz.py's 
 ``masks`` and ``confusion`` subcommands share with the report.
 """
 import functools
-import json
 import math
 import os
 import shlex
@@ -33,13 +32,15 @@ from PIL import Image as PILImage
 
 from hw1 import metrics, plots
 from hw1.checkpoint import load_checkpoint
+from hw1.config import config_of
 from hw1.data.masks import CLASS_NAMES, UNKNOWN
 from hw1.errors import UserError
 from hw1.io import atomic_path, atomic_write_text
-from hw1.models import TASK_OF, build_model
+from hw1.models import REGISTRY, build_model, get_spec
 from hw1.predict import inference_model
+from hw1.run_dir import RunDir
 from hw1.scoring import model_confusion
-from hw1.summary import read_metrics, summarize_run
+from hw1.summary import summarize_run
 
 plt = plots.plt  # pyplot with the headless backend plots.py selects
 
@@ -128,10 +129,7 @@ METRIC = {"cls": "acc", "seg": "miou"}
 # The course's plan for each slot, used to say which run to make when one is missing.
 COURSE_MODEL = {("cls", "A"): "densenet", ("cls", "B"): "convnext",
                 ("seg", "A"): "vgg16_fcn32s", ("seg", "B"): "resnet101_fcn"}
-INPUT_SIZE = {"cls": 32, "seg": 512}
 DATA = {"cls": ("p1_data", "val_50", "p1_data.tar.gz"), "seg": ("p2_data", "validation", "p2_data.tar.gz")}
-# args.json keys that are records of the run, not flags of the training script
-NOT_FLAGS = {"command", "device_name", "torch_version", "demo", "debug", "resume"}
 
 
 @dataclass
@@ -140,7 +138,7 @@ class Run:
     task: str
     slot: str
     path: Path | None = None
-    args: dict = field(default_factory=dict)
+    config: object = None  # the run's hw1.config.TrainConfig (args.json, else the checkpoint's), or None
     records: list = field(default_factory=list)
     problem: str | None = None  # why there are no records
     epochs: dict = field(default_factory=dict)  # {epoch: epoch_NNN.pth}
@@ -184,30 +182,27 @@ def open_run(spec, task, slot):
     if not path.is_dir():
         raise UserError(f"{spec}: not a folder ({flag} takes run folders written by {SCRIPT[task]})")
     run.path = path
-    for p in sorted(path.glob("epoch_*.pth")):
-        if p.stem[len("epoch_"):].isdigit():
-            run.epochs[int(p.stem[len("epoch_"):])] = p
-    if not ((path / "args.json").is_file() or (path / "metrics.jsonl").is_file() or run.newest_checkpoint()):
+    folder = RunDir(path)
+    run.epochs = folder.epoch_files()
+    if not (folder.args.is_file() or folder.metrics.is_file() or run.newest_checkpoint()):
         raise UserError(f"{spec}: not a run folder (no args.json, metrics.jsonl or checkpoint; "
                         f"{SCRIPT[task]} writes them)")
+    args = folder.read_args()
     try:
-        run.args = json.loads((path / "args.json").read_text())
-    except (OSError, ValueError):
-        pass
-    try:
-        run.records = read_metrics(path)
+        run.records = folder.read_metrics()
     except UserError as e:
         run.problem = str(e)
     ckpt_path = run.newest_checkpoint()
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
         run.model_name, run.model_config = ckpt["model_name"], ckpt["model_config"]
-        run.args = run.args or ckpt.get("args") or {}
+        args = args or ckpt.get("args")
     else:
-        run.model_name = run.args.get("model")
-    if run.model_name in TASK_OF and TASK_OF[run.model_name] != task:
-        other = TASK_OF[run.model_name]
+        run.model_name = (args or {}).get("model")
+    if run.model_name in REGISTRY and get_spec(run.model_name).task != task:
+        other = get_spec(run.model_name).task
         raise UserError(f"{spec}: a {other} run ({run.model_name}); pass it to --{other}-runs, not {flag}")
+    run.config = config_of(task, args)
     return run
 
 
@@ -217,15 +212,9 @@ def train_command(run, data_dir="hw1_data"):
         model = COURSE_MODEL[run.task, run.slot]
         data = [] if Path(data_dir) == Path("hw1_data") else ["--data-dir", str(Path(data_dir) / DATA[run.task][0])]
         return shlex.join(["python", SCRIPT[run.task], "--model", model, *data, "--out-dir", f"runs/{model}"])
-    if run.args.get("command"):
-        return run.args["command"]
-    tokens = ["python", SCRIPT[run.task]]
-    for key, value in run.args.items():
-        if key in NOT_FLAGS or value is None or value is False:
-            continue
-        flag = "--" + key.replace("_", "-")
-        tokens += [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
-    return shlex.join(tokens)
+    if run.config is not None and run.config.command:
+        return run.config.command
+    return shlex.join(["python", SCRIPT[run.task], *(run.config.flags() if run.config is not None else [])])
 
 
 def with_flag(command, flag, values):
@@ -243,7 +232,7 @@ def with_flag(command, flag, values):
 
 
 def planned_epochs(run):
-    return run.args.get("epochs") or (run.records[-1]["epoch"] if run.records else None)
+    return (run.config and run.config.epochs) or (run.records[-1]["epoch"] if run.records else None)
 
 
 def stage_checkpoints(run):
@@ -336,50 +325,50 @@ def minutes(seconds):
 
 
 def details(run, summary):
-    """``[(setting, value)]`` of a run, every value read from its args / checkpoint / metrics."""
-    a = run.args
-    rows = [("model", run.model_name or a.get("model", "-")), ("model config", config_text(run.model_config))]
+    """``[(setting, value)]`` of a run, every value read from its config / checkpoint / metrics."""
+    c = run.config
+    rows = [("model", run.model_name or (c.model if c else None) or "-"),
+            ("model config", config_text(run.model_config))]
     if run.model_name and run.model_config is not None:
         with torch.device("meta"):  # shapes and counts only: nothing is allocated or initialised
             model = build_model(run.model_name, **run.model_config, weights="none")
         total = sum(p.numel() for p in model.parameters())
         rows.append(("parameters", f"{plots.format_params(total)} ({total:,})"))
-    rows.append(("initial weights", a.get("weights", "-")))
-    if a.get("opt") == "sgd":
-        opt = f"SGD, momentum {a.get('momentum')}" + (", Nesterov" if a.get("nesterov") else "")
+    if c is None:
+        return rows + [("settings", "not recorded by the run (no args.json)")]
+    rows.append(("initial weights", c.weights))
+    if c.opt == "sgd":
+        opt = f"SGD, momentum {c.momentum}" + (", Nesterov" if c.nesterov else "")
     else:
-        opt = {"adamw": "AdamW"}.get(a.get("opt"), a.get("opt", "-"))
-    opt += f", weight decay {a.get('weight_decay', '-')}" + (" (not on norms and biases)" if a.get("no_wd_norm") else "")
+        opt = {"adamw": "AdamW"}.get(c.opt, c.opt or "-")
+    opt += f", weight decay {c.weight_decay}" + (" (not on norms and biases)" if c.no_wd_norm else "")
     rows.append(("optimizer", opt))
-    warm = a.get("warmup_epochs") or 0
-    rows.append(("learning rate", f"{a.get('lr', '-')} peak, cosine stepped every iteration down to "
-                                  f"{a.get('min_lr', 0)}; " + (f"linear warm-up of {warm} epochs" if warm
-                                                               else "no warm-up")))
+    warm = c.warmup_epochs or 0
+    rows.append(("learning rate", f"{c.lr} peak, cosine stepped every iteration down to "
+                                  f"{c.min_lr}; " + (f"linear warm-up of {warm} epochs" if warm else "no warm-up")))
     done = run.records[-1]["epoch"] if run.records else 0
-    rows.append(("epochs, batch", f"{done} of {a.get('epochs', '?')} epochs, batch {a.get('batch_size', '-')}"))
+    rows.append(("epochs, batch", f"{done} of {c.epochs} epochs, batch {c.batch_size}"))
     if run.task == "cls":
         from hw1.data.cls import AUGMENTATIONS, cls_train_transform
 
-        aug = a.get("aug")
-        steps = transform_names(cls_train_transform(aug)) if aug in AUGMENTATIONS else []
-        rows.append(("augmentation", f"{aug}: {', '.join(steps)}" if steps else f"{aug or '-'}"))
-        rows.append(("loss", f"cross-entropy, label smoothing {a.get('label_smoothing', 0)}"))
+        steps = transform_names(cls_train_transform(c.aug)) if c.aug in AUGMENTATIONS else []
+        rows.append(("augmentation", f"{c.aug}: {', '.join(steps)}" if steps else f"{c.aug or '-'}"))
+        rows.append(("loss", f"cross-entropy, label smoothing {c.label_smoothing}"))
     else:
         from hw1.data.seg import seg_train_transform
 
-        if a.get("crop_size"):
-            steps = transform_names(seg_train_transform(a["crop_size"], scale=(a.get("min_scale", 0.25), 1.0)))
-            rows.append(("augmentation", f"{', '.join(steps)}; crop {a['crop_size']}, "
-                                         f"area {a.get('min_scale')}-1 of the image"))
-        rows.append(("image size", f"resized to {a['size']}x{a['size']} on load" if a.get("size")
-                     else "as stored (512x512)"))
-        aux = a.get("aux_weight") or 0
+        if c.crop_size:
+            steps = transform_names(seg_train_transform(c.crop_size, scale=(c.min_scale, 1.0)))
+            rows.append(("augmentation", f"{', '.join(steps)}; crop {c.crop_size}, "
+                                         f"area {c.min_scale}-1 of the image"))
+        rows.append(("image size", f"resized to {c.size}x{c.size} on load" if c.size else "as stored (512x512)"))
+        aux = c.aux_weight or 0
         rows.append(("loss", f"pixel-wise cross-entropy, class {UNKNOWN} ({CLASS_NAMES[UNKNOWN]}) ignored"
                      + (f", + {aux} x the auxiliary head's loss" if aux else "")))
-    rows.append(("runtime", f"autocast {a.get('amp', '-')}, channels_last {a.get('channels_last', '-')}, "
-                            f"torch.compile {a.get('compile', '-')}, gradient clipping {a.get('grad_clip') or 'none'}, "
-                            f"seed {a.get('seed', '-')}"))
-    device = [f"torch {a['torch_version']}" if a.get("torch_version") else "", a.get("device_name") or ""]
+    rows.append(("runtime", f"autocast {c.amp}, channels_last {c.channels_last}, "
+                            f"torch.compile {c.compile}, gradient clipping {c.grad_clip or 'none'}, "
+                            f"seed {c.seed}"))
+    device = [f"torch {c.torch_version}" if c.torch_version else "", c.device_name or ""]
     rows.append(("device", ", ".join(d for d in device[::-1] if d) or "not recorded by the run"))
     if summary:
         rows.append(("training time", f"{minutes(summary['train_seconds'])} for {summary['epochs']} epochs, "
@@ -437,7 +426,7 @@ class ReportBuilder:
                        with_flag(command, "--resume", [last]) if last else command)
 
     def unfinished(self, run):
-        planned = run.args.get("epochs")
+        planned = run.config.epochs if run.config else None
         if run.records and planned and run.records[-1]["epoch"] < planned and run.file("last.pth"):
             return Missing(f"{run.name} ({run.path}) stopped after epoch {run.records[-1]['epoch']} of {planned}. "
                            f"Continue it:", with_flag(train_command(run), "--resume",
@@ -470,10 +459,11 @@ class ReportBuilder:
             source = f"drawn with the builder's defaults of {name} (no run gives its configuration)"
         else:
             source = f"drawn from the model_name and model_config of {run.newest_checkpoint()}"
+        spec = get_spec(name)
         with torch.device("meta"):  # a forward pass of shapes only, no arithmetic (plots.model_summary)
-            model = build_model(name, **config, weights="none")
-        size = INPUT_SIZE[task]
-        rows, total = plots.model_summary(model, size)
+            model = spec.build(**config, weights="none")
+        size = spec.input_size
+        rows, total = plots.model_summary(model, size, spec)
         shown = config_text(config)
         fig = plots.arch_figure(rows, total, title=name + (f" ({shown})" if config else ""), input_size=size)
         arch = shlex.join(["python", "viz.py", "arch", "--model", name]
@@ -496,7 +486,7 @@ class ReportBuilder:
             key = f"val_{METRIC[task]}"
             best = max(run.records, key=lambda r: -math.inf if r.get(key) is None else r[key])
             last = run.records[-1]
-            size = f", images resized to {run.args['size']}" if seg and run.args.get("size") else ""
+            size = f", images resized to {run.config.size}" if seg and run.config and run.config.size else ""
             for r, which in [(best, "best")] + ([(last, "last")] if last is not best else []):
                 per_class = [fmt(v) for v in (r.get("val_iou") or [])[:6]] if seg else []
                 rows.append([run.label, f"metrics.jsonl, epoch {r['epoch']} of {last['epoch']} ({which}{size})",
@@ -526,7 +516,7 @@ class ReportBuilder:
 
     def implementation(self, task, runs, title, *, only_differences=False):
         s = self.section(task, title)
-        have = [r for r in runs if r.path is not None and (r.args or r.model_name)]
+        have = [r for r in runs if r.path is not None and (r.config or r.model_name)]
         notes = [self.no_run(r) if r.path is None else self.no_records(r) for r in runs if r not in have]
         if not have or (only_differences and len(have) < 2):
             s.blocks += notes
@@ -542,7 +532,7 @@ class ReportBuilder:
                                       f"(the same in both: {', '.join(same) or 'none'})."))
         s.blocks.append(Table(["setting", *(r.label for r in have)], rows))
         for r in have[1:] if only_differences else have:
-            how = "" if r.args.get("command") else ", rebuilt from its args.json (the run did not record its command)"
+            how = "" if r.config and r.config.command else ", rebuilt from its args.json (the run did not record its command)"
             s.blocks.append(Paragraph(f"{r.label} was trained with ({r.path}{how}):"))
             s.blocks.append(Code(self.command(r)))
         s.blocks += notes
@@ -588,7 +578,7 @@ class ReportBuilder:
         ids = [i for i in self.mask_ids if (folder / f"{i}_sat.jpg").is_file() and (folder / f"{i}_mask.png").is_file()]
         absent = [i for i in self.mask_ids if i not in ids]
         if stages and ids:
-            size = run.args.get("size")
+            size = run.config.size if run.config else None
             pairs = [read_pair(folder, i, size) for i in ids]
             fig = masks_figure([p for _, _, p in stages], [p[0] for p in pairs], [p[1] for p in pairs], ids=ids,
                                device=self.device)
@@ -644,9 +634,10 @@ def title_section(title, notes, command, runs, sections):
     s.blocks.append(Code(command))
     rows = []
     for run in runs:
-        done = f"{run.records[-1]['epoch']} of {run.args.get('epochs', '?')}" if run.records else "-"
+        c = run.config
+        done = f"{run.records[-1]['epoch']} of {c.epochs if c else '?'}" if run.records else "-"
         rows.append([run.name, str(run.path) if run.path else "none given", run.model_name or "-", done,
-                     run.args.get("device_name") or ("not recorded" if run.path else "-")])
+                     (c and c.device_name) or ("not recorded" if run.path else "-")])
     s.blocks.append(Table(["run", "folder", "model", "epochs", "device"], rows))
     s.blocks.append(Table(["section", "status"],
                           [[x.title, f"{len(x.missing())} note(s) on what is missing" if x.missing() else "complete"]

@@ -17,8 +17,12 @@ def get_device(name="auto"):
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"--device {name}: not a device name (try cpu, cuda or cuda:1)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: hw1 runs on cpu or cuda (cuda:N), not {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 
 from hw1.cli import run
+from hw1.config import config_of
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
+from hw1.run_dir import RunDir
 
 
 def device_name(device):
@@ -33,47 +35,26 @@ def git_commit(repo=Path(__file__).resolve().parents[1]):
     return out.stdout.strip() or None
 
 
-def read_metrics(run_dir):
-    """The records of ``run_dir/metrics.jsonl`` (one dict per epoch), in order."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise UserError(f"{path}: not found (a run folder written by train_cls.py / train_seg.py has one)")
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}: line {n} is not JSON") from None
-        if not isinstance(record, dict) or "epoch" not in record:
-            raise UserError(f"{path}: line {n} has no 'epoch'")
-        records.append(record)
-    if not records:
-        raise UserError(f"{path}: no epochs recorded yet")
-    return records
-
-
 def summarize_run(run_dir):
-    run_dir = Path(run_dir)
-    try:
-        args = json.loads((run_dir / "args.json").read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{run_dir}: not a run folder with args.json and metrics.jsonl ({e})".splitlines()[0]) from None
-    records = read_metrics(run_dir)
+    folder = RunDir(run_dir)
+    args = folder.read_args()
+    if args is None:
+        raise UserError(f"{run_dir}: not a run folder with args.json and metrics.jsonl (no readable {folder.args.name})")
+    records = folder.read_metrics()
     metric = "val_miou" if "val_miou" in records[-1] else "val_acc"
+    config = config_of("seg" if metric == "val_miou" else "cls", args)
     best = max(records, key=lambda r: r[metric])
     per_class = "val_iou" if metric == "val_miou" else "val_per_class_acc"
     return json_safe({
-        "model": args.get("model"),
+        "model": config.model,
         "metric": metric.removeprefix("val_"),
         "best": best[metric], "best_epoch": best["epoch"], "last": records[-1][metric],
         "per_class_at_best": best.get(per_class),
-        "epochs": records[-1]["epoch"], "planned_epochs": args.get("epochs"),
+        "epochs": records[-1]["epoch"], "planned_epochs": config.epochs,
         "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
         "train_img_s": round(sum(r["train_img_s"] for r in records) / len(records), 1),
-        "device": args.get("device_name"), "torch": args.get("torch_version"),
-        "command": args.get("command"), "commit": git_commit(),
+        "device": config.device_name, "torch": config.torch_version,
+        "command": config.command, "commit": git_commit(),
     })
 
 

@@ -2,23 +2,25 @@
 
 Both training scripts build a model, datasets and a loss, then call :func:`fit`.
 """
-import json
+import contextlib
 import logging
-from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from hw1 import distributed as dist
 from hw1 import engine
-from hw1.checkpoint import load_checkpoint, plain, rng_state, save_checkpoint, set_rng_state
+from hw1.checkpoint import load_checkpoint, plain, rng_state, set_rng_state
 from hw1.errors import UserError
-from hw1.io import append_text, atomic_copy, atomic_write_text, json_safe
-from hw1.runtime import amp_dtype, channels_last_default, micro_batch_default, seed_everything
+from hw1.io import json_safe
+from hw1.models import get_spec
+from hw1.run_dir import RunDir
+from hw1.runtime import amp_dtype, channels_last_default, micro_batch_default, seed_everything, setup_logging
 from hw1.schedule import CosineSchedule
 from hw1.summary import device_name
 
 log = logging.getLogger(__name__)
+METRIC = {"cls": "acc", "seg": "miou"}  # what picks best.pth
 
 
 def param_groups(model, weight_decay, no_wd_norm):
@@ -85,28 +87,20 @@ def restore_rng(ckpt, seed):
         seed_everything(seed + dist.rank() + 1000 * ckpt["epoch"])
 
 
-def read_records(path, upto_epoch):
-    """Lines of ``metrics.jsonl`` up to ``upto_epoch``: a resumed run rewrites the ones after it."""
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["epoch"] <= upto_epoch]
-
-
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "epoch", "best", "rng")
 RESUME_FLAGS = ("opt", "no_wd_norm")  # what shapes the optimizer state
 
 
-def load_resume(args, *, task, model_name, model_config):
+def load_resume(config, *, model_name, model_config):
     """The ``--resume`` checkpoint, checked to fit this run, or None without ``--resume``.
 
-    The scripts call this before decoding any data, so a wrong path fails in a second, not after
-    the minute it takes to decode P2.
+    Called before any data is decoded, so a wrong path fails in a second, not after the minute it
+    takes to decode P2.
     """
-    if not args.resume:
+    if not config.resume:
         return None
-    path = args.resume
-    ckpt = load_checkpoint(path, task=task)
+    path = config.resume
+    ckpt = load_checkpoint(path, task=config.task)
     missing = [k for k in RESUME_KEYS if k not in ckpt]
     if missing:
         raise UserError(f"{path}: cannot resume from it: it has no {', '.join(missing)} (weights only?); "
@@ -116,15 +110,26 @@ def load_resume(args, *, task, model_name, model_config):
                         f"not {model_name} {model_config}")
     saved = ckpt.get("args") or {}
     for flag in RESUME_FLAGS:
-        if flag in saved and saved[flag] != getattr(args, flag):
+        if flag in saved and saved[flag] != getattr(config, flag):
             raise UserError(f"{path}: written with --{flag.replace('_', '-')} {saved[flag]}, this run has "
-                            f"{getattr(args, flag)}: resume with the same optimizer flags")
+                            f"{getattr(config, flag)}: resume with the same optimizer flags")
+    if not isinstance(ckpt["epoch"], int) or ckpt["epoch"] > config.epochs:
+        raise UserError(f"{path}: checkpoint of epoch {ckpt['epoch']}, past --epochs {config.epochs}; "
+                        f"resume with --epochs {ckpt['epoch']} or more")
     return ckpt
 
 
-def restore(ckpt, path, *, model, optimizer, scheduler, scaler, seed):
-    """Load a checked ``--resume`` checkpoint into the run's objects; return (next epoch, best)."""
+def restore(ckpt, path, *, model, optimizer, scheduler, scaler, seed, steps_per_epoch):
+    """Load a checked ``--resume`` checkpoint into the run's objects; return (next epoch, best).
+
+    Weights, optimizer moments, scaler, RNG streams and the step count come from the checkpoint;
+    the hyperparameters (lr schedule, weight decay, momentum) stay this run's: the cosine is
+    this run's ``--lr`` / ``--epochs`` / ``--warmup-epochs`` / ``--min-lr`` one, continued at the
+    first step after the checkpoint's epoch.
+    """
     model.load_state_dict(ckpt["model"])
+    flags = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    schedule = scheduler.state_dict()
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -138,105 +143,122 @@ def restore(ckpt, path, *, model, optimizer, scheduler, scaler, seed):
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise UserError(f"{path}: its optimizer, schedule or scaler state does not fit this run "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
+    for group, values in zip(optimizer.param_groups, flags):
+        group.update(values)  # load_state_dict brought the checkpoint's hyperparameters back
+    scheduler.load_state_dict({**schedule, "last_step": ckpt["epoch"] * steps_per_epoch})
     restore_rng(ckpt, seed)
     return ckpt["epoch"] + 1, ckpt["best"]
 
 
-def save_epoch(out_dir, record, state, *, is_best, keep):
-    """Append the epoch's record, then write ``last.pth`` and its copies ``best.pth`` and ``epoch_NNN.pth``.
+def train(config, load_splits):
+    """A training script's run once its config is checked: the resumed checkpoint, the run folder,
+    the model, the data (``load_splits(config)`` -> train and validation sets), then :func:`fit`.
 
-    metrics.jsonl is written before the checkpoint, and a resume drops lines past the
-    checkpoint's epoch, so a crash in between never leaves a line without its checkpoint. A full
-    disk is a one-line error, and last.pth stays the previous epoch's.
+    Everything that can refuse the run (the checkpoint, a folder holding another run or held by a
+    running one) is checked before the data is decoded.
     """
-    append_text(json.dumps(record) + "\n", out_dir / "metrics.jsonl")
-    save_checkpoint(state, out_dir / "last.pth")
-    if is_best:
-        atomic_copy(out_dir / "last.pth", out_dir / "best.pth")
-    if keep:
-        atomic_copy(out_dir / "last.pth", out_dir / f"epoch_{state['epoch']:03d}.pth")
+    spec = get_spec(config.model)
+    setup_logging()
+    seed_everything(config.seed)
+    model_config = spec.model_config(config)
+    resume = load_resume(config, model_name=spec.name, model_config=model_config)
+    run_dir = RunDir(config.out_dir)
+    replace = dist.is_main() and run_dir.check_new_run(overwrite=config.overwrite, resume=config.resume)
+    with run_dir.lock() if dist.is_main() else contextlib.nullcontext():
+        # a resumed run takes every weight from its checkpoint: no pretrained download
+        model = spec.build(**model_config, weights=config.weights if resume is None else "none")
+        train_set, val_set = load_splits(config)
+        return fit(model=model, spec=spec, model_config=model_config, train_set=train_set, val_set=val_set,
+                   config=config, run_dir=run_dir, resume=resume, replace=replace)
 
 
-def fit(*, model, model_name, model_config, task, num_classes, train_set, val_set, criterion, args,
-        metric="acc", resume=None):
-    """Train ``model`` for ``args.epochs`` and return the last epoch's record.
+def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resume=None, replace=False):
+    """Train ``model`` for ``config.epochs`` into ``run_dir`` and return the last epoch's record.
 
-    ``metric`` (``acc`` or ``miou``) picks ``best.pth``; it is measured on the validation set only.
-    ``resume`` is the checkpoint :func:`load_resume` returned for ``args.resume``.
+    ``best.pth`` is the best validation accuracy (P1) or mIoU (P2). ``resume`` is the checkpoint
+    :func:`load_resume` returned for ``config.resume``; ``replace`` clears the run the folder held.
     """
-    device = dist.setup(args.device)
+    task, metric = spec.task, METRIC[spec.task]
+    device = dist.setup(config.device)
     distributed, main = dist.world_size() > 1, dist.is_main()
-    amp = amp_dtype(args.amp, device)
+    amp = amp_dtype(config.amp, device)
     # recorded as resolved, so args.json says how the run ran
-    args.channels_last = channels_last_default(args.channels_last, model_name, device)
-    args.micro_batch = micro_batch_default(args.micro_batch, model_name, device)
-    out_dir = Path(args.out_dir)
+    config = config.replace(channels_last=channels_last_default(config.channels_last, spec.name, device),
+                            micro_batch=micro_batch_default(config.micro_batch, spec.name, device),
+                            device_name=device_name(device), torch_version=str(torch.__version__),
+                            world_size=dist.world_size())
     if distributed:
         # The model was built with the same seed on every rank (and DDP broadcasts rank 0's weights
         # anyway); from here each rank draws its own augmentations.
-        seed_everything(args.seed + dist.rank())
-    save_epochs = set(args.save_epochs if args.save_epochs is not None else default_save_epochs(args.epochs))
+        seed_everything(config.seed + dist.rank())
+    save_epochs = set(config.save_epochs if config.save_epochs is not None else default_save_epochs(config.epochs))
 
     model.to(device)
-    if args.channels_last:
+    if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    train_loader, val_loader = make_loaders(train_set, val_set, args, device)
-    optimizer = build_optimizer(model, args)
+    train_loader, val_loader = make_loaders(train_set, val_set, config, device)
+    optimizer = build_optimizer(model, config)
     steps = len(train_loader)
-    scheduler = CosineSchedule(optimizer, base_lr=args.lr, total_steps=args.epochs * steps,
-                               warmup_steps=round(args.warmup_epochs * steps), min_lr=args.min_lr)
+    scheduler = CosineSchedule(optimizer, base_lr=config.lr, total_steps=config.epochs * steps,
+                               warmup_steps=round(config.warmup_epochs * steps), min_lr=config.min_lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
     start_epoch, best = 1, float("-inf")
     records = []
     if resume is not None:
-        start_epoch, best = restore(resume, args.resume, model=model, optimizer=optimizer, scheduler=scheduler,
-                                    scaler=scaler, seed=args.seed)
-        records = read_records(out_dir / "metrics.jsonl", resume["epoch"])
-        log.info("resumed from %s at epoch %d", args.resume, start_epoch)
-    args.device_name, args.torch_version, args.world_size = device_name(device), torch.__version__, dist.world_size()
-    if main:  # only now, so that a run refused above leaves no empty folder behind
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text("".join(json.dumps(r) + "\n" for r in records), out_dir / "metrics.jsonl")
-        atomic_write_text(json.dumps(plain(vars(args)), indent=2) + "\n", out_dir / "args.json")
+        start_epoch, best = restore(resume, config.resume, model=model, optimizer=optimizer, scheduler=scheduler,
+                                    scaler=scaler, seed=config.seed, steps_per_epoch=steps)
+        records = run_dir.read_metrics(upto_epoch=resume["epoch"], required=False)
+        log.info("resumed from %s at epoch %d (lr %.4g)", config.resume, start_epoch, optimizer.param_groups[0]["lr"])
+    args = plain(config.to_dict())
+    if main:  # only now, so that a run refused above leaves the folder as it was
+        if replace:
+            run_dir.clear()
+        run_dir.start(records, args)
 
     # DDP and compiling wrap the module; checkpoints always save the plain module's state_dict.
     # Evaluation runs the plain module: ranks hold unequal validation shards, and DDP's forward
     # would expect every rank to take part in each step.
     step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if distributed else model
-    if args.compile:
+    if config.compile:
         step_model = torch.compile(step_model)
-    eval_model = model if distributed or not args.compile else step_model
+    eval_model = model if distributed or not config.compile else step_model
     log.info("training %s on %s x %d (amp=%s, channels_last=%s, micro_batch=%s): %d train / %d val samples, "
-             "%d steps per epoch", model_name, device, dist.world_size(), amp, args.channels_last, args.micro_batch,
-             len(train_set), len(val_set), steps)
+             "%d steps per epoch", spec.name, device, dist.world_size(), amp, config.channels_last,
+             config.micro_batch, len(train_set), len(val_set), steps)
+    criterion = config.criterion()
     record = records[-1] if records else None
-    for epoch in range(start_epoch, args.epochs + 1):
+    for epoch in range(start_epoch, config.epochs + 1):
         if distributed:
             train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+        lr = optimizer.param_groups[0]["lr"]  # the epoch's first step's
         train = engine.train_one_epoch(
-            step_model, train_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-            device=device, amp_dtype=amp, channels_last=args.channels_last, grad_clip=args.grad_clip, epoch=epoch,
-            progress=main and not args.no_progress, distributed=distributed, micro_batch=args.micro_batch)
+            step_model, train_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+            scaler=scaler, device=device, amp_dtype=amp, channels_last=config.channels_last,
+            grad_clip=config.grad_clip, epoch=epoch, progress=main and not config.no_progress,
+            distributed=distributed, micro_batch=config.micro_batch)
         dist.broadcast_buffers(model)
-        val = engine.evaluate(eval_model, val_loader, num_classes=num_classes, task=task, criterion=criterion,
-                              device=device, amp_dtype=amp, channels_last=args.channels_last, distributed=distributed)
+        val = engine.evaluate(eval_model, val_loader, num_classes=spec.num_classes, task=task,
+                              criterion=criterion, device=device, amp_dtype=amp,
+                              channels_last=config.channels_last, distributed=distributed)
         val.pop("cm")
-        record = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+        record = {"epoch": epoch, "lr": lr,
                   **{f"train_{k}": v for k, v in train.items()},
                   **{f"val_{k}": json_safe(v) for k, v in val.items()}}
         is_best = record[f"val_{metric}"] > best
         best = max(best, record[f"val_{metric}"])
         rng_ranks = dist.gather(rng_state())  # a collective: every rank takes part, rank 0 writes
         if main:
-            save_epoch(out_dir, record, {
+            run_dir.save_epoch(record, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "best": best,
                 "rng": rng_ranks[0], **({"rng_ranks": rng_ranks} if distributed else {}),
-                "model_name": model_name, "model_config": model_config, "task": task, "args": plain(vars(args)),
+                "model_name": spec.name, "model_config": model_config, "task": task, "args": args,
                 "metrics": record,
             }, is_best=is_best, keep=epoch in save_epochs)
-        log.info("epoch %d/%d  loss %.4f  train_acc %.4f  val_%s %.4f%s  (%.0f img/s, %.1f s)", epoch, args.epochs,
-                 train["loss"], train["acc"], metric, record[f"val_{metric}"], "  *best*" if is_best else "",
-                 train["img_s"], train["seconds"])
+        log.info("epoch %d/%d  loss %.4f  train_acc %.4f  val_%s %.4f%s  (%.0f img/s, %.1f s)", epoch,
+                 config.epochs, train["loss"], train["acc"], metric, record[f"val_{metric}"],
+                 "  *best*" if is_best else "", train["img_s"], train["seconds"])
+    if start_epoch > config.epochs:
+        log.info("%s is at epoch %d of %d: nothing left to train", config.resume, start_epoch - 1, config.epochs)
     return record

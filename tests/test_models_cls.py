@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.models import ConvNeXt_Tiny_Weights
 
 from hw1.errors import UserError
-from hw1.models import CLS_MODELS, TASK_OF, build_model
+from hw1.models import build_model, get_spec, model_names
 from hw1.models.convnext import HEAD, ConvNeXtClassifier, convnext
 from hw1.models.densenet import DenseNet, densenet
 from hw1.models.weights import hub_file, load_matching, resolve_state_dict
@@ -130,8 +130,8 @@ def test_densenet_eval_is_deterministic_and_batch_independent():
 
 
 def test_build_model_registry():
-    assert set(CLS_MODELS) == {"densenet", "convnext"}
-    assert TASK_OF["densenet"] == TASK_OF["convnext"] == "cls"
+    assert set(model_names("cls")) == {"densenet", "convnext"}
+    assert get_spec("densenet").task == get_spec("convnext").task == "cls"
     model = build_model("densenet", **TINY, num_classes=9)
     assert isinstance(model, DenseNet) and model.classifier.out_features == 9
     assert len(model.trunk.denseblock1) == 1

@@ -624,7 +624,7 @@ def test_non_finite_loss_after_resume_keeps_the_checkpoint(cls_one_epoch_run, cl
         def forward(self, input, target):
             return super().forward(input, target) * float("nan")
 
-    monkeypatch.setattr(train_cls.nn, "CrossEntropyLoss", AlwaysNaN)
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", AlwaysNaN)
     err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume",
                                                                 str(run_dir / "last.pth"), epochs=2))
     assert err.startswith("error: loss became nan at epoch 2, step ")

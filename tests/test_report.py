@@ -221,7 +221,7 @@ def test_commands_for_missing_pieces(cls_tiny_run):
     run = report.open_run(str(cls_tiny_run[0]), "cls", "A")
     assert sorted(run.epochs) == [1, 2, 4]
     # without a recorded command, args.json gives every flag back
-    run.args.pop("command", None)
+    run.config = run.config.replace(command=None)
     command = report.train_command(run)
     assert command.startswith("python train_cls.py --model densenet ") and "--depth 10" in command
     assert "--device-name" not in command and "--debug" not in command

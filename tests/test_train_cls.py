@@ -59,10 +59,10 @@ def test_metrics_jsonl(cls_tiny_run, cls_tiny_data):
         assert sum(per_class[:3]) / 3 == pytest.approx(r["val_acc"])  # equal support per class
     # The training loss falls on this easy problem.
     assert records[-1]["train_loss"] < records[0]["train_loss"] - 0.3
-    # lr after each epoch's last step: cosine over 4 epochs x (36 // 8) steps, no warm-up.
+    # lr of each epoch's first step: cosine over 4 epochs x (36 // 8) steps, no warm-up.
     steps = len(list((cls_tiny_data / "train_50").glob("*.png"))) // 8
     for r in records:
-        progress = r["epoch"] * steps / (4 * steps)
+        progress = (r["epoch"] - 1) * steps / (4 * steps)
         assert r["lr"] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * progress)), abs=1e-12)
 
 
@@ -201,7 +201,7 @@ def test_non_finite_loss_stops_the_run(cls_tiny_data, cls_tiny_train_argv, tmp_p
     assert (out / "last.pth").exists() == (failed_epoch > 1)
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        run(train_cls.main, argv)
+        run(train_cls.main, [*argv, "--overwrite"])  # the same run again, in place of the first
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: loss became") and err.count("\n") == 1 and "Traceback" not in err
@@ -218,7 +218,7 @@ def test_non_finite_loss_from_the_criterion(cls_tiny_data, cls_tiny_train_argv, 
             calls.append(self.training)
             return loss * float("nan") if len(calls) == 7 else loss
 
-    monkeypatch.setattr(train_cls.nn, "CrossEntropyLoss", NaNAfterSixSteps)
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", NaNAfterSixSteps)
     out = tmp_path / "nan"
     # 4 train steps per epoch + 2 val batches: call 7 is the first step of epoch 2.
     with pytest.raises(engine.NonFiniteLoss, match="epoch 2"):

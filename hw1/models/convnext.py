@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
+from hw1.data.cls import IMG_SIZE, NUM_CLASSES
+from hw1.models.spec import SEED_RECIPE, ModelSpec
 from hw1.models.weights import load_matching, resolve_state_dict
 
 VARIANTS = {
@@ -57,3 +59,27 @@ def convnext(*, variant="convnext_tiny", num_classes=50, img_size=224, weights="
     nn.init.trunc_normal_(net.classifier[2].weight, std=0.02)
     nn.init.zeros_(net.classifier[2].bias)
     return ConvNeXtClassifier(net, img_size)
+
+
+def stages(model):
+    """The stem (with the resize), each stage and downsampling layer, pooling, the head."""
+    from torchvision.models.convnext import CNBlock
+
+    rows, net = [], model.net
+    for i, m in enumerate(net.features):
+        if any(isinstance(b, CNBlock) for b in m):
+            rows.append((f"stage{(i + 1) // 2}", f"{len(m)} x ConvNeXt block (dw7x7, LN, MLP)", [m]))
+        elif i == 0:
+            rows.append(("stem", f"bilinear resize to {model.img_size}, conv 4x4/4, LN", [m]))
+        else:
+            rows.append((f"downsample{i // 2}", "LN, conv 2x2/2", [m]))
+    return rows + [("avgpool", "global average pool", [net.avgpool]),
+                   # features() calls the head's parts one by one, so hook its last part
+                   ("classifier", "LN, flatten, linear", list(net.classifier))]
+
+
+SPEC = ModelSpec(
+    name="convnext", task="cls", builder=convnext, num_classes=NUM_CLASSES, input_size=IMG_SIZE,
+    recipe={**SEED_RECIPE, "epochs": 20, "weights": "imagenet"},
+    builder_args=lambda c: {"variant": c.variant, "img_size": c.img_size},
+    bench_batch={"cuda": 128, "cpu": 8}, stages=stages)

@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hw1.data.cls import IMG_SIZE, NUM_CLASSES
+from hw1.models.spec import SEED_RECIPE, ModelSpec
+
 
 class _DenseLayer(nn.Module):
     """BN-ReLU-Conv1x1 (bottleneck to ``bn_size * growth_rate``) then BN-ReLU-Conv3x3 (``growth_rate``)."""
@@ -118,3 +121,27 @@ def densenet(*, depth=100, growth_rate=12, compression=0.5, bn_size=4, drop_rate
 
         load_matching(model, local_state_dict(weights), source=str(weights))
     return model
+
+
+def stages(model):
+    """The architecture figure's stages: the stem, each dense block and transition, the head."""
+    rows = []
+    for name, m in model.trunk.named_children():
+        if isinstance(m, _DenseBlock):
+            desc = f"{len(m)} x BN-ReLU-conv1x1-BN-ReLU-conv3x3, concat"
+        elif isinstance(m, _Transition):
+            desc = "BN-ReLU-conv1x1, avgpool 2x2"
+        elif isinstance(m, nn.Conv2d):
+            desc = f"conv {m.kernel_size[0]}x{m.kernel_size[0]}"
+        else:
+            desc = type(m).__name__
+        rows.append((name, desc, [m]))
+    return rows + [("classifier", "ReLU, global avgpool, linear", [model.classifier])]
+
+
+SPEC = ModelSpec(
+    name="densenet", task="cls", builder=densenet, num_classes=NUM_CLASSES, input_size=IMG_SIZE,
+    recipe={**SEED_RECIPE, "epochs": 50, "weights": "none"},
+    builder_args=lambda c: {"depth": c.depth, "growth_rate": c.growth_rate, "compression": c.compression,
+                            "drop_rate": c.drop_rate},
+    bench_batch={"cuda": 128, "cpu": 128}, stages=stages)

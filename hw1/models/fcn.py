@@ -9,6 +9,8 @@ from torch import nn
 from torchvision.models import ResNet101_Weights, VGG16_BN_Weights, VGG16_Weights
 from torchvision.models.segmentation import FCN_ResNet101_Weights, fcn_resnet101
 
+from hw1.data.masks import NUM_CLASSES
+from hw1.models.spec import ModelSpec
 from hw1.models.weights import hub_file, load_matching, resolve_state_dict
 
 # torchvision's vgg16 "D" configuration; the resulting nn.Sequential has torchvision's indices,
@@ -206,3 +208,53 @@ def resnet101_fcn(*, num_classes=7, weights="none", aux_loss=False):
         skip = () if aux_loss else ("aux_classifier.",)
         load_matching(model.fcn, state_dict, skip_prefixes=skip, source=source)
     return model
+
+
+# --- specs ---------------------------------------------------------------------------------------
+
+def vgg16_fcn32s_stages(model):
+    """The five conv blocks (each ending in its pool), fc6, fc7, the scorer, the upsampling."""
+    rows, block, convs = [], [], 0
+    for m in model.features:
+        block.append(m)
+        convs += isinstance(m, nn.Conv2d)
+        if isinstance(m, nn.MaxPool2d):
+            bn = "-BN" if any(isinstance(b, nn.BatchNorm2d) for b in block) else ""
+            rows.append((f"conv{len(rows) + 1}", f"{convs} x conv3x3{bn}-ReLU, maxpool 2x2", block))
+            block, convs = [], 0
+    return rows + [
+        ("fc6", "conv 7x7, ReLU, dropout", [model.fc6]),
+        ("fc7", "conv 1x1, ReLU, dropout", [model.fc7]),
+        ("score", "conv 1x1 to classes", [model.score]),
+        ("upscore", "bilinear transposed conv x32 (fixed), crop", [model.upscore]),
+    ]
+
+
+def resnet101_fcn_stages(model):
+    """The ResNet stem and layers, torchvision's FCN head(s), our 1x1 head(s)."""
+    bb = model.fcn.backbone
+    rows = [("stem", "conv 7x7/2, BN, ReLU, maxpool 3x3/2", [bb.conv1, bb.bn1, bb.relu, bb.maxpool])]
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        layer = getattr(bb, name)
+        dilated = " (dilated)" if name in ("layer3", "layer4") else ""
+        rows.append((name, f"{len(layer)} x bottleneck block{dilated}", [layer]))
+    rows.append(("fcn head", "conv3x3-BN-ReLU, dropout, conv1x1 to 21", [model.fcn.classifier]))
+    if model.fcn.aux_classifier is not None:
+        rows.append(("aux head", "FCN head on layer3 (training only)", [model.fcn.aux_classifier]))
+    rows.append(("head", "bilinear upsample x8 (torchvision), conv 1x1 21 to classes", [model.head]
+                 + ([model.aux_head] if model.aux_head is not None else [])))
+    return rows
+
+
+# P2 images are 512x512. VGG without batch norm wants Adam's per-weight steps; the ResNet follows
+# torchvision's segmentation reference (SGD, lr 0.02 at batch 16 -> 0.01 at 8).
+VGG16_FCN32S = ModelSpec(
+    name="vgg16_fcn32s", task="seg", builder=vgg16_fcn32s, num_classes=NUM_CLASSES, input_size=512,
+    recipe={"opt": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "epochs": 30, "weights": "imagenet"},
+    builder_args=lambda c: {"fc_channels": c.fc_channels, "batch_norm": c.batch_norm},
+    bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages)
+RESNET101_FCN = ModelSpec(
+    name="resnet101_fcn", task="seg", builder=resnet101_fcn, num_classes=NUM_CLASSES, input_size=512,
+    recipe={"opt": "sgd", "lr": 0.01, "weight_decay": 1e-4, "epochs": 30, "weights": "coco"},
+    builder_args=lambda c: {"aux_loss": c.aux_weight > 0},
+    bench_batch={"cuda": 8, "cpu": 2}, stages=resnet101_fcn_stages)

@@ -1,0 +1,181 @@
+"""A training run's folder: the names of its files, its one ``metrics.jsonl`` reader, its lock.
+
+    runs/densenet/
+      args.json        the run's config (hw1.config), as it ran
+      metrics.jsonl    one JSON line per epoch
+      last.pth         the newest checkpoint; best.pth the best on validation; epoch_NNN.pth kept ones
+      .lock            while a run writes here (removed when it ends)
+
+One folder holds one run: a new run into a folder that holds one is refused unless it is told to
+replace it (``--overwrite``), and a second process cannot write into a folder a running one holds.
+"""
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+from hw1.errors import UserError
+from hw1.io import append_text, atomic_copy, atomic_torch_save, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+ARGS, METRICS, LAST, BEST, LOCK = "args.json", "metrics.jsonl", "last.pth", "best.pth", ".lock"
+EPOCH = re.compile(r"epoch_(\d+)\.pth")
+
+
+def epoch_name(epoch):
+    return f"epoch_{epoch:03d}.pth"
+
+
+class RunDir:
+    """The run folder at ``path`` (which need not exist yet)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.args = self.path / ARGS
+        self.metrics = self.path / METRICS
+        self.last = self.path / LAST
+        self.best = self.path / BEST
+
+    def epoch_file(self, epoch):
+        return self.path / epoch_name(epoch)
+
+    def epoch_files(self):
+        """``{epoch: path}`` of the kept ``epoch_NNN.pth`` checkpoints."""
+        if not self.path.is_dir():
+            return {}
+        found = {}
+        for p in sorted(self.path.glob("epoch_*.pth")):
+            m = EPOCH.fullmatch(p.name)
+            if m:
+                found[int(m.group(1))] = p
+        return found
+
+    def run_files(self):
+        """The files of a run in this folder (what ``--overwrite`` removes)."""
+        return [p for p in (self.args, self.metrics, self.last, self.best) if p.is_file()] + \
+            list(self.epoch_files().values())
+
+    def holds_run(self):
+        """Whether a run recorded an epoch here (a run that failed before its first epoch did not)."""
+        return any(p.suffix == ".pth" for p in self.run_files()) or (
+            self.metrics.is_file() and self.metrics.stat().st_size > 0)
+
+    def read_args(self):
+        """The saved config as a dict, or None when args.json is missing or unreadable."""
+        try:
+            args = json.loads(self.args.read_text())
+        except (OSError, ValueError):
+            return None
+        return args if isinstance(args, dict) else None
+
+    def read_metrics(self, *, upto_epoch=None, required=True):
+        """The records of metrics.jsonl (one dict per epoch), in order; with ``upto_epoch``, those up to it.
+
+        A last line cut short (a run killed while appending it) is dropped with a warning; any other
+        line that is not a JSON record with an ``epoch`` is a :class:`UserError`. With ``required``, a
+        missing file or one with no records is a :class:`UserError`; without, it reads as no records.
+        """
+        path = self.metrics
+        if not path.is_file():
+            if not required:
+                return []
+            raise UserError(f"{path}: not found (a run folder written by train_cls.py / train_seg.py has one)")
+        text = path.read_text()
+        lines = text.splitlines()
+        records = []
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if n == len(lines) and not text.endswith("\n"):
+                    log.warning("%s: line %d is cut short (a run stopped while writing it); ignoring it", path, n)
+                    continue
+                raise UserError(f"{path}: line {n} is not JSON") from None
+            if not isinstance(record, dict) or "epoch" not in record:
+                raise UserError(f"{path}: line {n} has no 'epoch'")
+            records.append(record)
+        if required and not records:
+            raise UserError(f"{path}: no epochs recorded yet")
+        return [r for r in records if upto_epoch is None or r["epoch"] <= upto_epoch]
+
+    def check_new_run(self, *, overwrite, resume=None):
+        """Refuse to start a new run here if the folder holds another run (unless ``overwrite``).
+
+        Returns whether the run here must be cleared first (:meth:`clear`). A resumed run continues
+        the run of its checkpoint: in the checkpoint's folder, or in another folder whose
+        ``metrics.jsonl`` it keeps up to the checkpoint's epoch.
+        """
+        if resume is not None:
+            return False
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path}: not a folder (--out-dir takes a run folder)")
+        if self.holds_run() and not overwrite:
+            raise UserError(f"{self.path}: already holds a run ({', '.join(p.name for p in self.run_files()[:3])}); "
+                            "pass --overwrite to replace it, --resume to continue it, or another --out-dir")
+        return self.holds_run()
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder for one run: a second run into it meanwhile is a :class:`UserError`.
+
+        The lock is an ``flock`` on ``.lock``, which the kernel releases if the process dies, so a
+        killed run never leaves the folder locked. A folder this call had to create is removed again
+        if the run leaves nothing in it.
+        """
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / LOCK
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise UserError(f"{self.path}: another run is writing to this folder; wait for it or pass "
+                                "another --out-dir") from None
+            # The holder before us may have removed the file between our open and flock: then
+            # this lock is on a file nobody else sees, so take the one now at the path instead.
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
+            yield self
+        finally:
+            os.unlink(path)
+            os.close(fd)
+            if created:
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()  # only if empty
+
+    def clear(self):
+        """Remove the files of the run this folder holds (``--overwrite``)."""
+        for p in self.run_files():
+            p.unlink()
+
+    def start(self, records, args):
+        """Write the records a run continues from and its config, replacing what was there."""
+        atomic_write_text("".join(json.dumps(r) + "\n" for r in records), self.metrics)
+        atomic_write_text(json.dumps(args, indent=2) + "\n", self.args)
+
+    def save_epoch(self, record, state, *, is_best, keep):
+        """Append the epoch's record, then write ``last.pth`` and its copies ``best.pth`` and ``epoch_NNN.pth``.
+
+        metrics.jsonl is written before the checkpoint, and a resume drops lines past the
+        checkpoint's epoch, so a crash in between never leaves a line without its checkpoint. A full
+        disk is a one-line error, and last.pth stays the previous epoch's.
+        """
+        append_text(json.dumps(record) + "\n", self.metrics)
+        atomic_torch_save(state, self.last)
+        if is_best:
+            atomic_copy(self.last, self.best)
+        if keep:
+            atomic_copy(self.last, self.epoch_file(state["epoch"]))

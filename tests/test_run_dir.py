@@ -1,0 +1,212 @@
+"""The run folder (hw1.run_dir) and what --resume does with changed flags.
+
+Run folder: one metrics.jsonl reader (a torn last line is dropped with a warning), a new run is
+refused in a folder that holds one unless --overwrite (which clears it), two runs cannot write
+into one folder at once, --resume continues in the checkpoint's own folder.
+
+Resume semantics: weights, optimizer moments, step count and RNG come from the checkpoint; the
+hyperparameters are the command's. The cosine is rebuilt from this command's --lr / --epochs /
+--warmup-epochs / --min-lr and continued at the step after the checkpoint's epoch, and --lr,
+--weight-decay, --momentum apply from the first resumed step. --opt and --no-wd-norm must not
+change (tests/test_reliability.py::test_resume_into_a_run_it_does_not_fit); --epochs below the
+checkpoint's epoch is refused.
+"""
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train_cls
+from hw1.cli import run
+from hw1.errors import UserError
+from hw1.run_dir import RunDir
+
+pytestmark = pytest.mark.usefixtures("cls_one_thread")
+
+
+def cosine(base, step, total):
+    return base * 0.5 * (1 + math.cos(math.pi * step / total))
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def steps_per_epoch(data, batch_size=8):
+    return len(list((data / "train_50").glob("*.png"))) // batch_size
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(cls_tiny_data, cls_tiny_train_argv, tmp_path_factory):
+    """A finished 2-epoch tiny run (epochs 1 and 2 kept). Read-only: tests copy it."""
+    out = tmp_path_factory.mktemp("two_epochs") / "run"
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, out, "--save-epochs", "1", "2", epochs=2))
+    return out
+
+
+def copy_run(src, dst):
+    dst.mkdir(parents=True)
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
+def error_of(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        run(train_cls.main, argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    return err
+
+
+# --- metrics.jsonl -------------------------------------------------------------------------------
+
+def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path, caplog):
+    folder = RunDir(tmp_path)
+    lines = [json.dumps({"epoch": 1, "lr": 0.1}), json.dumps({"epoch": 2, "lr": 0.05})]
+    folder.metrics.write_text("\n".join(lines) + "\n" + '{"epoch": 3, "lr": 0.0')
+    with caplog.at_level(logging.WARNING):
+        assert [r["epoch"] for r in folder.read_metrics()] == [1, 2]
+    assert "line 3 is cut short" in caplog.text
+    assert [r["epoch"] for r in folder.read_metrics(upto_epoch=1)] == [1]
+    # a broken line that is not the last one (or a last line that was written whole) is an error
+    folder.metrics.write_text('{"epoch": 1\n' + lines[1] + "\n")
+    with pytest.raises(UserError, match="line 1 is not JSON"):
+        folder.read_metrics()
+    folder.metrics.write_text(lines[0] + "\n" + '{"epoch": 2\n')
+    with pytest.raises(UserError, match="line 2 is not JSON"):
+        folder.read_metrics()
+    folder.metrics.write_text(lines[0] + "\n" + '{"lr": 1}\n')
+    with pytest.raises(UserError, match="line 2 has no 'epoch'"):
+        folder.read_metrics()
+    assert RunDir(tmp_path / "none").read_metrics(required=False) == []
+    with pytest.raises(UserError, match="not found"):
+        RunDir(tmp_path / "none").read_metrics()
+
+
+def test_resume_after_a_crash_while_appending(two_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    run_dir = copy_run(two_epoch_run, tmp_path / "run")
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "lr": 0.0')  # killed half-way through epoch 3's line
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume", str(run_dir / "last.pth"), epochs=3))
+    assert [r["epoch"] for r in records(run_dir)] == [1, 2, 3]
+
+
+# --- one run per folder --------------------------------------------------------------------------
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_new_run_into_a_folder_holding_one_is_refused(two_epoch_run, cls_tiny_data, cls_tiny_train_argv,
+                                                         tmp_path, capsys):
+    run_dir = copy_run(two_epoch_run, tmp_path / "run")
+    before = snapshot(run_dir)
+    err = error_of(capsys, cls_tiny_train_argv(cls_tiny_data, run_dir, epochs=1))
+    assert err.startswith(f"error: {run_dir}: already holds a run (") and "--overwrite" in err
+    assert snapshot(run_dir) == before
+    # --overwrite replaces it: nothing of the old run is left
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, "--overwrite", "--save-epochs", "1", epochs=1))
+    assert sorted(p.name for p in run_dir.iterdir()) == ["args.json", "best.pth", "epoch_001.pth", "last.pth",
+                                                         "metrics.jsonl"]
+    assert [r["epoch"] for r in records(run_dir)] == [1]
+    assert json.loads((run_dir / "args.json").read_text())["epochs"] == 1
+
+
+def test_a_folder_without_a_recorded_epoch_is_no_run(cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "args.json").write_text("{}")  # a run that failed before its first epoch
+    (run_dir / "metrics.jsonl").write_text("")
+    (run_dir / "notes.txt").write_text("mine")
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, epochs=1))
+    assert [r["epoch"] for r in records(run_dir)] == [1] and (run_dir / "notes.txt").read_text() == "mine"
+
+
+def test_two_runs_cannot_write_into_one_folder(cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    with RunDir(run_dir).lock():
+        assert (run_dir / ".lock").is_file()
+        err = error_of(capsys, cls_tiny_train_argv(cls_tiny_data, run_dir, epochs=1))
+        assert err == f"error: {run_dir}: another run is writing to this folder; wait for it or pass another --out-dir\n"
+        assert [p.name for p in run_dir.iterdir()] == [".lock"]
+    assert not run_dir.exists()  # the lock made the folder; with nothing in it, it goes again
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, epochs=1))
+    assert not (run_dir / ".lock").exists()
+
+
+def test_a_killed_run_leaves_no_lock_behind(tmp_path):
+    code = ("import sys, time; from hw1.run_dir import RunDir\n"
+            "with RunDir(sys.argv[1]).lock():\n    print('locked', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match="another run is writing"):
+            with RunDir(tmp_path).lock():
+                pass
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert (tmp_path / ".lock").exists()  # left behind by the killed process, but no longer held
+    with RunDir(tmp_path).lock():
+        pass
+    assert not (tmp_path / ".lock").exists()
+
+
+# --- resume --------------------------------------------------------------------------------------
+
+def test_resume_with_more_epochs_extends_the_cosine(two_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    run_dir = copy_run(two_epoch_run, tmp_path / "run")
+    first = records(run_dir)
+    # --out-dir left out: the run continues in the checkpoint's own folder
+    argv = cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume", str(run_dir / "last.pth"), epochs=4)
+    argv = argv[:argv.index("--out-dir")] + argv[argv.index("--out-dir") + 2:]
+    train_cls.main(argv)
+    steps = steps_per_epoch(cls_tiny_data)
+    after = records(run_dir)
+    assert [r["epoch"] for r in after] == [1, 2, 3, 4] and after[:2] == first
+    # the 2-epoch run logged its own cosine; epochs 3 and 4 follow the 4-epoch cosine from step 2 * steps
+    assert [r["lr"] for r in first] == pytest.approx([cosine(0.05, 0, 2 * steps), cosine(0.05, steps, 2 * steps)])
+    assert [r["lr"] for r in after[2:]] == pytest.approx([cosine(0.05, 2 * steps, 4 * steps),
+                                                          cosine(0.05, 3 * steps, 4 * steps)])
+    assert after[2]["lr"] == pytest.approx(0.025)  # not 0: the schedule was extended, not run past its end
+    last = torch.load(run_dir / "last.pth", weights_only=True)
+    assert last["epoch"] == 4 and last["scheduler"]["total_steps"] == 4 * steps
+    assert last["scheduler"]["last_step"] == 4 * steps
+    assert json.loads((run_dir / "args.json").read_text())["epochs"] == 4
+
+
+def test_resume_applies_a_changed_lr_and_weight_decay(two_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    steps = steps_per_epoch(cls_tiny_data)
+    out = tmp_path / "changed"
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, out, "--resume", str(two_epoch_run / "epoch_001.pth"),
+                                       "--weight-decay", "0.003", epochs=2, lr=0.01))
+    (record,) = records(out)
+    assert record["epoch"] == 2 and record["lr"] == pytest.approx(cosine(0.01, steps, 2 * steps))
+    ckpt = torch.load(out / "last.pth", weights_only=True)
+    groups = ckpt["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.003] and groups[0]["lr"] == pytest.approx(0.0)
+    assert ckpt["args"]["lr"] == 0.01 and ckpt["args"]["weight_decay"] == 0.003  # what args.json says, ran
+    # the same flags as the run: the same lr as the run's epoch 2
+    same = tmp_path / "same"
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, same, "--resume", str(two_epoch_run / "epoch_001.pth"),
+                                       epochs=2))
+    assert records(same)[0]["lr"] == records(two_epoch_run)[1]["lr"]
+    assert torch.load(same / "last.pth", weights_only=True)["optimizer"]["param_groups"][0]["weight_decay"] == 2e-5
+
+
+def test_resume_with_fewer_epochs_than_done_is_refused(two_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path,
+                                                       capsys):
+    ckpt = two_epoch_run / "last.pth"
+    err = error_of(capsys, cls_tiny_train_argv(cls_tiny_data, tmp_path / "x", "--resume", str(ckpt), epochs=1))
+    assert err == f"error: {ckpt}: checkpoint of epoch 2, past --epochs 1; resume with --epochs 2 or more\n"
+    assert not (tmp_path / "x").exists()
