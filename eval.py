@@ -20,7 +20,6 @@ from hw1.predict import load_model
 from hw1.runtime import get_device
 from hw1.scoring import cls_confusion_from_csv, model_confusion, seg_confusion_from_dirs
 
-NUM_CLASSES = {"cls": 50, "seg": 7}
 
 
 def get_args_parser():
@@ -68,7 +67,7 @@ def main(argv=None):
         cm = checkpoint_confusion(args)
     elif args.pred and args.gt:
         if args.task == "cls":
-            cm = cls_confusion_from_csv(args.pred, args.gt, NUM_CLASSES["cls"])
+            cm = cls_confusion_from_csv(args.pred, args.gt)
         else:
             cm = seg_confusion_from_dirs(args.pred, args.gt)
     else:

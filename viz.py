@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hw1 import plots
 from hw1.cli import command_line, run
+from hw1.data.cls import NUM_CLASSES
 from hw1.errors import UserError
 from hw1.models import get_spec, model_names
 from hw1.report import MASK_IDS, TITLE, checkpoint_model, cls_images, feature_figures, masks_figure, read_pair, \
@@ -111,7 +112,7 @@ def get_args_parser():
     s.add_argument("--labels", help="filename,label CSV (default: labels from the file names)")
     s.add_argument("--per-class", type=int, default=None, help="use only the first N images of each class")
     s.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default: %(default)s)")
-    s.add_argument("--num-classes", type=int, default=50, help="(default: %(default)s)")
+    s.add_argument("--num-classes", type=int, default=NUM_CLASSES, help="(default: %(default)s)")
 
     s = add("masks", "P2: image, ground truth and each checkpoint's prediction", "masks")
     s.add_argument("--checkpoints", nargs="+", required=True)

@@ -55,7 +55,7 @@ from hw1.data.demo import make_cls_demo
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
 from hw1.models import build_model, get_spec, model_names
-from hw1.runtime import (amp_dtype, channels_last_default, cpu_has_fast_bf16, cpu_kind, get_device,
+from hw1.runtime import (amp_dtype, autocast, channels_last_default, cpu_has_fast_bf16, cpu_kind, get_device,
                          micro_batch_default, setup_logging)
 from hw1.schedule import CosineSchedule
 from hw1.summary import device_name, git_commit
@@ -142,10 +142,16 @@ def count_flops(model, example):
     """Forward FLOPs of ``model(example)`` for the whole batch (a multiply-add counts 2).
 
     Runs on meta tensors of the model's shapes, so it costs no compute and leaves the model as it was.
+    It runs in eval mode: a batch norm in training mode refuses one image whose map is down to 1x1.
     """
     meta = {k: torch.empty_like(v, device="meta") for k, v in [*model.named_parameters(), *model.named_buffers()]}
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        torch.func.functional_call(model, meta, (example.to("meta"),))
+    training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            torch.func.functional_call(model, meta, (example.to("meta"),))
+    finally:
+        model.train(training)
     return counter.get_total_flops()
 
 
@@ -222,8 +228,7 @@ def train_epoch(setup, loader, *, criterion, device):
 
 
 def infer(setup, images, device):
-    with torch.inference_mode(), torch.autocast(device.type, dtype=setup.amp or torch.float32,
-                                                enabled=setup.amp is not None):
+    with torch.inference_mode(), autocast(device, setup.amp):
         return setup.model(images)
 
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from hw1 import distributed as dist
 from hw1 import metrics
 from hw1.errors import UserError
+from hw1.runtime import autocast
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
             # DDP all-reduces gradients in the last chunk's backward only.
             last = i + 1 == len(chunks)
             with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                with autocast(device, amp_dtype):
                     output = model(x)
                     loss = criterion(output, y)
                 scaler.scale(loss * (len(x) / len(images))).backward()
@@ -135,7 +136,7 @@ def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dt
     start = time.perf_counter()
     for images, targets in progress_bar(loader, desc="eval", progress=progress):
         images, targets = to_device(images, targets, device, channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        with autocast(device, amp_dtype):
             output = model(images)
             if criterion is not None:
                 loss_sum += criterion(output, targets).double() * images.shape[0]

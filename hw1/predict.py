@@ -24,7 +24,7 @@ from hw1.data.cls import IMG_SIZE, decode_images
 from hw1.data.images import MEAN, STD, list_images, read_rgb
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, staged_folder
-from hw1.runtime import amp_dtype, channels_last_default, get_device
+from hw1.runtime import amp_dtype, autocast, channels_last_default, get_device
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
@@ -56,7 +56,7 @@ def inference_settings(model, device):
 
 def autocast_for(model, device):
     amp, _ = inference_settings(model, device)
-    return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
+    return autocast(device, amp)
 
 
 def prepare(model, images, device):

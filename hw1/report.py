@@ -554,7 +554,8 @@ class ReportBuilder:
         images, labels = cls_images(folder, labels_csv=csv, per_class=self.per_class)
         subset = f"the first {self.per_class} images of each class" if self.per_class else "all images"
         pca_fig, tsne_fig = feature_figures([p for _, _, p in stages], images, labels, data_name=folder.name,
-                                            num_classes=50, perplexity=self.perplexity, device=self.device)
+                                            num_classes=get_spec(run.model_name).num_classes,
+                                            perplexity=self.perplexity, device=self.device)
         stage_text = ", ".join(f"{stage} = epoch {e}" for stage, e, _ in stages)
         pca.blocks.append(self.figure(pca, pca_fig, f"{run.label} ({run.path}), {stages[-1][2].name}: the two "
                                                f"principal components of the penultimate features of {subset} of "

@@ -1,4 +1,5 @@
 """Device, mixed precision, seeding and logging: the few choices every entry point makes the same way."""
+import contextlib
 import logging
 import os
 import random
@@ -118,6 +119,18 @@ def micro_batch_default(flag, model_name, device):
     if flag is not None:
         return flag or None
     return fastest(model_name, device).micro_batch
+
+
+def autocast(device, dtype):
+    """Autocast to ``dtype`` on ``device`` (a device or its type); None runs in full precision.
+
+    A no-op on the meta device (the shape-only passes of the architecture figure), which has no
+    autocast state to set.
+    """
+    device_type = getattr(device, "type", device)
+    if device_type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def seed_everything(seed):

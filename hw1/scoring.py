@@ -6,6 +6,7 @@ import torch
 
 from hw1 import metrics
 from hw1.data.cls import read_labels_csv
+from hw1.data.cls import NUM_CLASSES as CLS_CLASSES
 from hw1.data.images import folder_files
 from hw1.data.masks import NUM_CLASSES, read_mask
 from hw1.errors import UserError
@@ -22,7 +23,7 @@ def require_same_keys(pred, gt, message):
         raise UserError(f"{message}: {detail}")
 
 
-def cls_confusion_from_csv(pred_csv, gt_csv, num_classes):
+def cls_confusion_from_csv(pred_csv, gt_csv, num_classes=CLS_CLASSES):
     """Confusion matrix of a ``filename,label`` prediction CSV against a ground-truth CSV.
 
     Both must list the same file names: a missing or extra file is an error, not silently skipped.
@@ -101,7 +102,7 @@ def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None
         from hw1.data.seg import load_seg_split, seg_eval_transform
 
         dataset = load_seg_split(data_dir, size=size, transform=seg_eval_transform())
-    num_classes = 50 if task == "cls" else NUM_CLASSES
+    num_classes = CLS_CLASSES if task == "cls" else NUM_CLASSES
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or (500 if task == "cls" else 4))
     amp, channels_last = inference_settings(model, device)
     return evaluate(model, loader, num_classes=num_classes, task=task, device=device,

@@ -11,6 +11,7 @@ from torchvision.models.segmentation import FCN_ResNet101_Weights, fcn_resnet101
 
 from hw1.data.masks import NUM_CLASSES
 from hw1.models.spec import ModelSpec
+from hw1.runtime import autocast
 from hw1.models.weights import hub_file, load_matching, resolve_state_dict
 
 # torchvision's vgg16 "D" configuration; the resulting nn.Sequential has torchvision's indices,
@@ -106,9 +107,8 @@ class VGG16FCN32s(nn.Module):
         # bias, < 16 output and > 2048 input channels: this scorer (fc_channels -> num_classes).
         # fp32 costs nothing here (the scorer is 1x1 with a handful of outputs) and bf16's
         # ConvTranspose2d(7, 7, 64, stride 32) was the slower of the two on those CPUs anyway.
-        # (Meta tensors, which trace the architecture figure's shapes, have no autocast to turn off.)
-        with torch.autocast(x.device.type if torch.amp.is_autocast_available(x.device.type) else "cpu",
-                            enabled=False):
+        # (runtime.autocast is a no-op on the meta tensors that trace the architecture figure's shapes)
+        with autocast(x.device, None):
             return {"out": self.upsample(self.score(x.float()), (h, w))}
 
     def upsample(self, score, size):
