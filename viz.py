@@ -16,8 +16,8 @@ from hw1.cli import command_line, run
 from hw1.data.cls import NUM_CLASSES
 from hw1.errors import UserError
 from hw1.models import get_spec, model_names
-from hw1.report import MASK_IDS, TITLE, checkpoint_model, cls_images, feature_figures, masks_figure, read_pair, \
-    write_report
+from hw1.report import MASK_IDS, TITLE, write_report
+from hw1.report.inputs import checkpoint_model, cls_images, feature_figures, masks_figure, read_pair
 from hw1.runtime import get_device
 from hw1.scoring import model_confusion
 from hw1.run_dir import RunDir

@@ -172,6 +172,28 @@ def train(config, load_splits):
                    config=config, run_dir=run_dir, resume=resume, replace=replace)
 
 
+def wrapped(model, config, device, distributed):
+    """(the module that trains, the module that evaluates) of ``model``.
+
+    DDP and compiling wrap the module; checkpoints always save the plain module's state_dict.
+    Evaluation runs the plain module under DDP: ranks hold unequal validation shards, and DDP's
+    forward would expect every rank to take part in each step.
+    """
+    step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if distributed else model
+    if config.compile:
+        step_model = torch.compile(step_model)
+    return step_model, model if distributed or not config.compile else step_model
+
+
+def resolved(config, spec, device):
+    """``config`` with what the run chooses at run time filled in, so that args.json says how it ran."""
+    return config.replace(channels_last=channels_last_default(config.channels_last, spec.name, device),
+                          micro_batch=micro_batch_default(config.micro_batch, spec.name, device),
+                          device_name=device_name(device), torch_version=str(torch.__version__),
+                          world_size=dist.world_size())
+
+
 def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resume=None, replace=False):
     """Train ``model`` for ``config.epochs`` into ``run_dir`` and return the last epoch's record.
 
@@ -182,11 +204,7 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     device = dist.setup(config.device)
     distributed, main = dist.world_size() > 1, dist.is_main()
     amp = amp_dtype(config.amp, device)
-    # recorded as resolved, so args.json says how the run ran
-    config = config.replace(channels_last=channels_last_default(config.channels_last, spec.name, device),
-                            micro_batch=micro_batch_default(config.micro_batch, spec.name, device),
-                            device_name=device_name(device), torch_version=str(torch.__version__),
-                            world_size=dist.world_size())
+    config = resolved(config, spec, device)
     if distributed:
         # The model was built with the same seed on every rank (and DDP broadcasts rank 0's weights
         # anyway); from here each rank draws its own augmentations.
@@ -215,14 +233,7 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
             run_dir.clear()
         run_dir.start(records, args)
 
-    # DDP and compiling wrap the module; checkpoints always save the plain module's state_dict.
-    # Evaluation runs the plain module: ranks hold unequal validation shards, and DDP's forward
-    # would expect every rank to take part in each step.
-    step_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if distributed else model
-    if config.compile:
-        step_model = torch.compile(step_model)
-    eval_model = model if distributed or not config.compile else step_model
+    step_model, eval_model = wrapped(model, config, device, distributed)
     log.info("training %s on %s x %d (amp=%s, channels_last=%s, micro_batch=%s): %d train / %d val samples, "
              "%d steps per epoch", spec.name, device, dist.world_size(), amp, config.channels_last,
              config.micro_batch, len(train_set), len(val_set), steps)

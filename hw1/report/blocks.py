@@ -1,0 +1,62 @@
+"""What a report page holds: paragraphs, tables, code, notes on what is missing, figures, in sections."""
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Paragraph:
+    text: str
+
+
+@dataclass
+class Table:
+    header: list
+    rows: list
+
+
+@dataclass
+class Code:
+    text: str
+
+
+@dataclass
+class Missing:
+    what: str
+    command: str | None = None
+
+
+@dataclass
+class Figure:
+    path: Path  # the PNG, written when the section is made
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list = field(default_factory=list)
+    heading_size: float = 15
+    key: str | None = None  # names the section's figure: key.png
+
+    def missing(self):
+        return [b for b in self.blocks if isinstance(b, Missing)]
+
+
+def fmt(value, digits=4):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def config_text(config):
+    return ", ".join(f"{k}={v}" for k, v in config.items() if k != "num_classes") if config else "-"
+
+
+def transform_names(compose):
+    """Names of a v2.Compose's augmentation steps (dtype conversion and normalisation left out)."""
+    return [type(t).__name__ for t in compose.transforms if type(t).__name__ not in ("ToDtype", "Normalize")]
+
+
+def minutes(seconds):
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
