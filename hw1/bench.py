@@ -27,7 +27,6 @@ import argparse
 import copy
 import json
 import logging
-import os
 import platform
 import shlex
 import statistics
@@ -55,10 +54,10 @@ from hw1.data.demo import make_cls_demo
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
 from hw1.models import build_model, get_spec, model_names
-from hw1.runtime import (amp_dtype, autocast, channels_last_default, cpu_has_fast_bf16, cpu_kind, get_device,
-                         micro_batch_default, setup_logging)
+from hw1.runtime import (amp_dtype, autocast, channels_last_default, cpu_cores, cpu_has_fast_bf16, cpu_kind,
+                         device_name, get_device, micro_batch_default, setup_logging)
 from hw1.schedule import CosineSchedule
-from hw1.summary import device_name, git_commit
+from hw1.summary import git_commit
 from hw1.trainer import make_loader
 
 log = logging.getLogger(__name__)
@@ -504,9 +503,8 @@ def cpu_flags():
 
 
 def machine_info(device, argv):
-    return {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "cpu_flags": cpu_flags(),
-            "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu_fast_bf16": cpu_has_fast_bf16(),
+    return {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "cpu_flags": cpu_flags(), "cores": cpu_cores(),
+            "torch_threads": torch.get_num_threads(), "cpu_fast_bf16": cpu_has_fast_bf16(),
             "device": device_name(device), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": shlex.join(["python", "-m", "hw1.bench", *argv]), "commit": git_commit()}

@@ -5,7 +5,6 @@ selected before pyplot is imported) at a fixed size, so a figure of ``figsize`` 
 ``dpi`` is exactly ``figsize * dpi`` pixels (no ``bbox_inches="tight"``); :func:`save_figure`
 writes them atomically.
 """
-import json
 import math
 from pathlib import Path
 
@@ -19,9 +18,8 @@ from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, Patch, Rectangle  # noqa: E402
 
 from hw1.data.masks import CLASS_NAMES, PALETTE  # noqa: E402
-from hw1.errors import UserError  # noqa: E402
 from hw1.io import atomic_path  # noqa: E402
-from hw1.predict import normalize  # noqa: E402
+from hw1.data.images import normalize  # noqa: E402
 
 MASK_COLORS = PALETTE / 255.0
 # Mask panels show white (barren) and black (unknown) classes: a thin grey frame separates them

@@ -21,7 +21,7 @@ import torch
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.cli import run
 from hw1.data.cls import IMG_SIZE, decode_images
-from hw1.data.images import MEAN, STD, list_images, read_rgb
+from hw1.data.images import list_images, normalize, read_rgb
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, staged_folder
 from hw1.runtime import amp_dtype, autocast, channels_last_default, get_device
@@ -71,13 +71,6 @@ def load_model(checkpoint, task, device):
         raise UserError(f"no {task} checkpoint is shipped with hw1: pass one (e.g. runs/vgg16_fcn32s/best.pth)")
     path = checkpoint or DEFAULT_CHECKPOINTS[task]
     return inference_model(load_checkpoint(path, task=task), path, device)
-
-
-def normalize(images):
-    """uint8 (N, 3, H, W) -> float, scaled and normalised as in training, on the images' device."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
 
 
 @torch.inference_mode()

@@ -2,6 +2,7 @@
 import contextlib
 import logging
 import os
+import platform
 import random
 from typing import NamedTuple
 
@@ -143,3 +144,15 @@ def setup_logging(level=logging.INFO):
     if int(os.environ.get("RANK", "0")) != 0:
         level = max(level, logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def cpu_cores():
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def device_name(device):
+    """The GPU's name, or the CPU's with its cores and torch's threads, for a run's records."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {cpu_cores()} cores, {torch.get_num_threads()} threads)"

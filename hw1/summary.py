@@ -7,24 +7,14 @@ checkout (the code that produced a committed result is the code of that commit o
 """
 import argparse
 import json
-import platform
 import subprocess
 from pathlib import Path
-
-import torch
 
 from hw1.cli import run
 from hw1.config import config_of
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
 from hw1.run_dir import RunDir
-
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cores = len(__import__("os").sched_getaffinity(0))
-    return f"CPU ({platform.processor() or platform.machine()}, {cores} cores, {torch.get_num_threads()} threads)"
 
 
 def git_commit(repo=Path(__file__).resolve().parents[1]):

@@ -15,9 +15,9 @@ from hw1.errors import UserError
 from hw1.io import json_safe
 from hw1.models import get_spec
 from hw1.run_dir import RunDir
-from hw1.runtime import amp_dtype, channels_last_default, micro_batch_default, seed_everything, setup_logging
+from hw1.runtime import (amp_dtype, channels_last_default, device_name, micro_batch_default, seed_everything,
+                         setup_logging)
 from hw1.schedule import CosineSchedule
-from hw1.summary import device_name
 
 log = logging.getLogger(__name__)
 METRIC = {"cls": "acc", "seg": "miou"}  # what picks best.pth

@@ -3,6 +3,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from hw1.errors import UserError
@@ -72,16 +73,41 @@ def to_rgb(im, path):
     return im.convert("RGB")
 
 
-def read_rgb(path, size=None):
-    """HxWx3 uint8 array of an image file, converted to RGB, optionally resized to ``size`` x ``size``.
+def read_rgb(path, size=None, *, draft=False, with_size=False):
+    """HxWx3 uint8 array of an image file, converted to RGB, optionally resized (bilinear) to ``size``.
 
-    Grayscale, palette, RGBA and 16-bit images are converted rather than rejected (:func:`to_rgb`).
+    ``size`` is a side (a square) or (H, W). Grayscale, palette, RGBA and 16-bit images are
+    converted rather than rejected (:func:`to_rgb`). With ``draft``, a JPEG resized down decodes at
+    1/2, 1/4 or 1/8 scale first, for a fraction of the cost (a no-op for other formats). With
+    ``with_size``, returns (array, the file's own (H, W)).
     """
+    hw = (size, size) if isinstance(size, int) else size
     try:
         with Image.open(path) as im:
+            own = (im.height, im.width)
+            if hw is not None and draft:
+                # draft keeps the decoded image at least as large as asked
+                im.draft(None, (hw[1], hw[0]))
             im = to_rgb(im, path)
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.array(im, dtype=np.uint8)
+            if hw is not None and im.size != (hw[1], hw[0]):
+                im = im.resize((hw[1], hw[0]), Image.BILINEAR)
+            image = np.array(im, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: cannot read image ({e})".splitlines()[0]) from None
+    return (image, own) if with_size else image
+
+
+def image_size(path):
+    """(H, W) of an image file, read from its header."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: cannot read image ({e})".splitlines()[0]) from None
+
+
+def normalize(images):
+    """uint8 (N, 3, H, W) -> float, scaled and normalised as in training, on the images' device."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float() / 255 - mean) / std

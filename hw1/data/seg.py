@@ -6,7 +6,6 @@ are torchvision v2 ones applied to a ``tv_tensors.Image`` and a ``tv_tensors.Mas
 which draws one set of random parameters for both and resizes masks with nearest neighbours.
 """
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from hw1.data.images import MEAN, STD, folder_files, to_rgb
+from hw1.data.images import MEAN, STD, folder_files, image_size, read_rgb
 from hw1.data.masks import read_mask
 from hw1.errors import UserError
 
@@ -66,29 +65,10 @@ def _hw(size):
     return int(h), int(w)
 
 
-def _read_rgb(path, size):
-    """(H, W, 3) uint8 image converted to RGB (:func:`hw1.data.images.to_rgb`), resized bilinearly to ``size``.
-
-    Returns the array and the file's own (H, W), so the caller can check it against the mask.
-    """
-    try:
-        with Image.open(path) as im:
-            w0, h0 = im.size
-            if size is not None:
-                # JPEG can decode at 1/2, 1/4 or 1/8 scale for a fraction of the cost; draft
-                # keeps the result at least as large as asked and is a no-op for other formats.
-                im.draft(None, (size[1], size[0]))
-            im = to_rgb(im, path)
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im), (h0, w0)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: cannot read image ({e})".splitlines()[0]) from None
-
-
 def _default_workers():
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(16, cpus)
+    from hw1.runtime import cpu_cores
+
+    return min(16, cpu_cores())
 
 
 class SegDataset(torch.utils.data.Dataset):
@@ -135,11 +115,7 @@ def load_seg_split(folder, *, size=None, workers=None, transform=None):
     workers = workers or _default_workers()
     if size is None:
         first = pairs[0][1]
-        try:
-            with Image.open(first) as im:
-                size = (im.height, im.width)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise UserError(f"{first}: cannot read image ({e})".splitlines()[0]) from None
+        size = image_size(first)
         resize = False
     else:
         resize = True
@@ -153,7 +129,7 @@ def load_seg_split(folder, *, size=None, workers=None, transform=None):
 
     def load(i):
         _, sat_path, mask_path = pairs[i]
-        rgb, (h0, w0) = _read_rgb(sat_path, size if resize else None)
+        rgb, (h0, w0) = read_rgb(sat_path, size if resize else None, draft=True, with_size=True)
         mask = read_mask(mask_path)
         if mask.shape != (h0, w0):
             raise UserError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but "
