@@ -14,6 +14,7 @@ from hw1.config import ClsConfig
 from hw1.data.cls import AUGMENTATIONS, cls_eval_transform, cls_train_transform, load_cls_split
 from hw1.data.demo import make_cls_demo
 from hw1.models import model_names
+from hw1.run_dir import RunDir
 from hw1.trainer import train
 
 log = logging.getLogger("train_cls")
@@ -66,10 +67,10 @@ def main(argv=None):
         from hw1.predict import predict_cls
         from hw1.scoring import cls_confusion_from_csv
 
-        root, out = Path(config.data_dir), Path(config.out_dir)
-        rows = predict_cls(root / "val_50", out / "val_pred.csv", checkpoint=out / "best.pth", device=config.device)
-        acc = accuracy(cls_confusion_from_csv(out / "val_pred.csv", root / "val_gt.csv"))
-        print(f"demo: wrote {out}/best.pth and {out}/val_pred.csv; "
+        root, out = Path(config.data_dir), RunDir(config.out_dir)
+        rows = predict_cls(root / "val_50", out.path / "val_pred.csv", checkpoint=out.best, device=config.device)
+        acc = accuracy(cls_confusion_from_csv(out.path / "val_pred.csv", root / "val_gt.csv"))
+        print(f"demo: wrote {out.best} and {out.path / 'val_pred.csv'}; "
               f"val accuracy of the predictions {acc:.4f} on {len(rows)} images")
     return record
 

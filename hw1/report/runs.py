@@ -8,7 +8,7 @@ from hw1.config import config_of
 from hw1.errors import UserError
 from hw1.models import REGISTRY, get_spec
 from hw1.report.blocks import Missing
-from hw1.run_dir import RunDir
+from hw1.run_dir import BEST, LAST, RunDir
 
 SCRIPT = {"cls": "train_cls.py", "seg": "train_seg.py"}
 PART = {"cls": "P1", "seg": "P2"}
@@ -51,10 +51,10 @@ class Run:
         return None
 
     def newest_checkpoint(self):
-        return self.file("last.pth", max(self.epochs, default=-1), "best.pth")
+        return self.file(LAST, max(self.epochs, default=-1), BEST)
 
     def best_checkpoint(self):
-        return self.file("best.pth", "last.pth", max(self.epochs, default=-1))
+        return self.file(BEST, LAST, max(self.epochs, default=-1))
 
 
 def open_run(spec, task, slot):

@@ -14,6 +14,7 @@ from hw1.report.blocks import Code, Figure, Missing, Paragraph, Section, Table, 
     transform_names
 from hw1.report.inputs import checkpoint_model, cls_images, feature_figures, masks_figure, read_pair
 from hw1.report.runs import COURSE_MODEL, DATA, METRIC, PART, stage_checkpoints, train_command, with_flag
+from hw1.run_dir import LAST
 from hw1.scoring import model_confusion
 from hw1.summary import summarize_run
 
@@ -118,17 +119,17 @@ class ReportBuilder:
     def no_records(self, run):
         if run.path is None:
             return self.no_run(run)
-        last = run.file("last.pth")
+        last = run.file(LAST)
         command = self.command(run)
         return Missing(f"{run.name}: {run.problem}. " + ("Continue the run:" if last else "Start (or restart) it:"),
                        with_flag(command, "--resume", [last]) if last else command)
 
     def unfinished(self, run):
         planned = run.config.epochs if run.config else None
-        if run.records and planned and run.records[-1]["epoch"] < planned and run.file("last.pth"):
+        if run.records and planned and run.records[-1]["epoch"] < planned and run.file(LAST):
             return Missing(f"{run.name} ({run.path}) stopped after epoch {run.records[-1]['epoch']} of {planned}. "
                            f"Continue it:", with_flag(train_command(run), "--resume",
-                                                      [run.file("last.pth")]))
+                                                      [run.file(LAST)]))
         return None
 
     def data(self, task):
