@@ -203,7 +203,7 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     task, metric = spec.task, METRIC[spec.task]
     device = dist.setup(config.device)
     distributed, main = dist.world_size() > 1, dist.is_main()
-    amp = amp_dtype(config.amp, device)
+    amp = amp_dtype(config.amp, device, spec.name)
     config = resolved(config, spec, device)
     if distributed:
         # The model was built with the same seed on every rank (and DDP broadcasts rank 0's weights

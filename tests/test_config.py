@@ -13,6 +13,7 @@ import train_seg
 from hw1.cli import run, start_run
 from hw1.config import ClsConfig, SegConfig, config_of
 from hw1.data.demo import make_cls_demo
+from hw1.runtime import channels_last_default, micro_batch_default
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 
@@ -103,7 +104,9 @@ def test_config_is_saved_as_it_is(cls_tiny_run):
     config = config_of("cls", saved)
     assert isinstance(config, ClsConfig) and config.to_dict() == saved
     assert config.depth == 10 and config.epochs == 4 and config.device_name.startswith("CPU")
-    assert config.channels_last is False and config.micro_batch == 64  # resolved as the run ran
+    cpu = torch.device("cpu")  # resolved as the run ran: this CPU's defaults for DenseNet
+    assert config.channels_last == channels_last_default(None, "densenet", cpu) is not None
+    assert config.micro_batch == micro_batch_default(None, "densenet", cpu)
     ckpt = torch.load(run_dir / "last.pth", map_location="cpu", weights_only=True)
     assert ckpt["args"] == saved
     # an args.json of another version still reads: unknown keys are ignored, missing ones default
