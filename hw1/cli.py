@@ -50,8 +50,8 @@ def add_training_args(parser, config_cls):
                    help="NHWC memory format (default: on, except DenseNet on the CPU, which trains faster in NCHW)")
     g.add_argument("--micro-batch", type=int,
                    help="run each batch's forward/backward in chunks of this many images, one optimizer step per "
-                        "batch (batch-norm statistics per chunk); the batch size runs whole batches (default: 64 "
-                        "for DenseNet on the CPU, faster per image there; else whole batches)")
+                        "batch (batch-norm statistics per chunk); 0 = whole batches (default: 64 for DenseNet on "
+                        "the CPU, faster per image there; else whole batches)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--seed", type=int, help="(default: %(default)s)")
     g.add_argument("--resume", help="continue from this checkpoint (e.g. runs/densenet/last.pth) under this "

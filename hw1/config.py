@@ -102,8 +102,8 @@ class TrainConfig:
             p.append(("--min-lr", self.min_lr, "in [0, --lr]"))
         if self.grad_clip is not None and not self.grad_clip > 0:
             p.append(("--grad-clip", self.grad_clip, "above 0"))
-        if self.micro_batch is not None and self.micro_batch < 1:
-            p.append(("--micro-batch", self.micro_batch, "at least 1 (give the batch size for whole batches)"))
+        if self.micro_batch is not None and self.micro_batch < 0:
+            p.append(("--micro-batch", self.micro_batch, "0 (whole batches) or more"))
         if self.save_epochs and self.epochs and self.epochs >= 1:
             outside = [e for e in self.save_epochs if not 1 <= e <= self.epochs]
             if outside:

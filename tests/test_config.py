@@ -29,7 +29,7 @@ CLS_INVALID = [
     (["--drop-rate", "1"], "--drop-rate 1.0: must be in [0, 1)"),
     (["--depth", "40", "--depth", "11"], "--depth 11: must be 6n+4 with n >= 1 (10, 16, 22, ..., 100)"),
     (["--depth", "4"], "--depth 4: must be 6n+4 with n >= 1 (10, 16, 22, ..., 100)"),
-    (["--micro-batch", "0"], "--micro-batch 0: must be at least 1 (give the batch size for whole batches)"),
+    (["--micro-batch", "-1"], "--micro-batch -1: must be 0 (whole batches) or more"),
     (["--epochs", "0"], "--epochs 0: must be at least 1"),
     (["--epochs", "-3"], "--epochs -3: must be at least 1"),
     (["--epochs", "4", "--save-epochs", "0", "2"], "--save-epochs 0: must be an epoch in 1..4"),
