@@ -111,9 +111,9 @@ def test_defaults_follow_the_training_script():
     assert bench.LABEL_SMOOTHING == train.label_smoothing and bench.DATA_BATCH == train.batch_size
     assert args.e2e_workers == train.workers
     cpu = torch.device("cpu")
-    assert bench.CONFIGS[bench.default_config_name(cpu)].channels_last == channels_last_default(
-        train.channels_last, "densenet", cpu)
-    assert bench.CONFIGS[bench.default_config_name(cpu, "convnext")].channels_last
+    for name in ("densenet", "convnext"):
+        assert bench.CONFIGS[bench.default_config_name(cpu, name)].channels_last == channels_last_default(
+            train.channels_last, name, cpu)
 
 
 def test_batch_sizes_per_model_and_for_all():
