@@ -54,15 +54,10 @@ def inference_settings(model, device):
     return amp, getattr(model, "infer_channels_last", True)
 
 
-def autocast_for(model, device):
-    amp, _ = inference_settings(model, device)
-    return autocast(device, amp)
-
-
-def prepare(model, images, device):
-    """uint8 (N, 3, H, W) -> normalised floats on ``device`` in the memory format ``model`` runs in."""
+def prepare(images, device, channels_last):
+    """uint8 (N, 3, H, W) -> normalised floats on ``device``, NHWC if ``channels_last``."""
     x = normalize(images.to(device))
-    return x.contiguous(memory_format=torch.channels_last) if inference_settings(model, device)[1] else x
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def load_model(checkpoint, task, device):
@@ -80,10 +75,11 @@ def classify(model, images, *, device, batch_size=128):
     Batches of 128 keep a DenseNet's concatenated 32x32 feature maps in the CPU's caches: on 2
     cores they classified 766 img/s against 490 in batches of 500.
     """
+    amp, channels_last = inference_settings(model, device)
     preds = []
     for batch in images.split(batch_size):
-        with autocast_for(model, device):
-            preds.append(model(prepare(model, batch, device)).argmax(1).cpu())
+        with autocast(device, amp):
+            preds.append(model(prepare(batch, device, channels_last)).argmax(1).cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
 
 
@@ -135,8 +131,9 @@ def mask_name(image_path):
 @torch.inference_mode()
 def segment(model, image, *, device, tta=False):
     """(H, W) int64 classes of one uint8 (3, H, W) image; ``tta`` averages with the flipped image."""
-    x = prepare(model, image[None], device)
-    with autocast_for(model, device):
+    amp, channels_last = inference_settings(model, device)
+    x = prepare(image[None], device, channels_last)
+    with autocast(device, amp):
         prob = model(x)["out"].float().softmax(1)
         if tta:
             prob += model(x.flip(-1))["out"].float().softmax(1).flip(-1)
