@@ -31,6 +31,8 @@ def add_training_args(parser, config_cls):
     g.add_argument("--save-epochs", type=int, nargs="*",
                    help="epochs whose checkpoint is kept as epoch_NNN.pth (default: first, middle, last)")
     g = parser.add_argument_group("optimisation")
+    g.add_argument("--recipe", help="a named set of defaults of the model (its spec's presets, e.g. densenet's cpu); "
+                                    "explicit flags still win")
     g.add_argument("--epochs", type=int, help=f"(default: {default('epochs')})")
     g.add_argument("--batch-size", type=int, help="(default: %(default)s)")
     g.add_argument("--opt", choices=["sgd", "adamw"], help=f"(default: {default('opt')})")
@@ -42,6 +44,8 @@ def add_training_args(parser, config_cls):
     g.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default: %(default)s)")
     g.add_argument("--min-lr", type=float, help="lr at the end of the cosine (default: %(default)s)")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    g.add_argument("--ema", type=float, metavar="DECAY",
+                   help="evaluate and ship an exponential moving average of the weights (decay per step, e.g. 0.999)")
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"],
@@ -72,10 +76,22 @@ def command_line(script, argv):
 
 
 def parse_args(parser, argv, demo_defaults):
-    """Parse ``argv``; with ``--demo``, parse again over ``demo_defaults`` so explicit flags still win."""
+    """Parse ``argv``; with ``--recipe`` or ``--demo``, parse again over the named preset or
+    ``demo_defaults`` (set as parser defaults, so that explicit flags still win)."""
     args = parser.parse_args(argv)
+    defaults = {}
+    if getattr(args, "recipe", None):
+        from hw1.models import get_spec
+
+        presets = get_spec(args.model).presets
+        if args.recipe not in presets:
+            raise UserError(f"--recipe {args.recipe}: {args.model} has " +
+                            (f"the recipes {', '.join(sorted(presets))}" if presets else "no named recipes"))
+        defaults.update(presets[args.recipe])
     if args.demo:
-        parser.set_defaults(**demo_defaults)
+        defaults.update(demo_defaults)
+    if defaults:
+        parser.set_defaults(**defaults)
         args = parser.parse_args(argv)
     return args
 

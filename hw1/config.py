@@ -26,6 +26,7 @@ class TrainConfig:
     overwrite: bool = False
     workers: int = 2
     save_epochs: list | None = None
+    recipe: str | None = None
     batch_size: int = 1
     opt: str | None = None
     lr: float | None = None
@@ -36,6 +37,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
     grad_clip: float | None = None
+    ema: float | None = None
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool | None = None
@@ -102,6 +104,8 @@ class TrainConfig:
             p.append(("--min-lr", self.min_lr, "in [0, --lr]"))
         if self.grad_clip is not None and not self.grad_clip > 0:
             p.append(("--grad-clip", self.grad_clip, "above 0"))
+        if self.ema is not None and not 0 < self.ema < 1:
+            p.append(("--ema", self.ema, "in (0, 1)"))
         if self.micro_batch is not None and self.micro_batch < 0:
             p.append(("--micro-batch", self.micro_batch, "0 (whole batches) or more"))
         if self.save_epochs and self.epochs and self.epochs >= 1:
@@ -145,6 +149,7 @@ class ClsConfig(TrainConfig):
     growth_rate: int = 24
     compression: float = 0.5
     drop_rate: float = 0.0
+    stem_pool: bool = False
     # convnext
     variant: str = "convnext_tiny"
     img_size: int = 224

@@ -28,6 +28,16 @@ def logits_of(output):
     return output["out"] if isinstance(output, dict) else output
 
 
+def probabilities(model, x, *, tta=False):
+    """Class probabilities of a batch, (N, C) or (N, C, H, W) in fp32; with ``tta`` averaged with
+    those of the horizontally mirrored batch (mirrored back for a segmenter's maps)."""
+    prob = logits_of(model(x)).float().softmax(1)
+    if tta:
+        mirrored = logits_of(model(x.flip(-1))).float().softmax(1)
+        prob = (prob + (mirrored.flip(-1) if prob.dim() == 4 else mirrored)) / 2
+    return prob
+
+
 def to_device(images, targets, device, channels_last):
     # non_blocking pairs with pin_memory on CUDA; on the CPU it is a no-op.
     images = images.to(device, non_blocking=True)
@@ -47,7 +57,7 @@ def progress_bar(loader, *, desc, progress):
 
 def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, device, amp_dtype=None,
                     channels_last=False, grad_clip=None, epoch=0, log_every=20, progress=True, distributed=False,
-                    micro_batch=None, line_every=100):
+                    micro_batch=None, line_every=100, ema=None):
     """Train for one pass over ``loader``; return averaged ``loss``, ``acc``, ``img_s`` and ``seconds``.
 
     ``progress``: a bar on a terminal; elsewhere one log line every ``line_every`` steps (checked
@@ -59,7 +69,8 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
     takes one optimizer step: the batch's gradient, with batch-norm statistics per chunk.
 
     Step order: zero_grad -> forward under autocast -> scaled backward (per chunk) -> (unscale,
-    clip) -> optimizer step through the scaler -> scale update -> lr schedule step (per iteration).
+    clip) -> optimizer step through the scaler -> scale update -> lr schedule step (per iteration)
+    -> ``ema.update()`` (an :class:`hw1.ema.EMA` of the model, if given).
     """
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -88,6 +99,8 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update()
 
         seen += images.shape[0]
         counted += targets.numel()
@@ -122,8 +135,11 @@ def _totals(values, *, device, distributed):
 
 @torch.inference_mode()
 def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dtype=None, channels_last=False,
-             progress=False, distributed=False):
+             progress=False, distributed=False, tta=False):
     """Pooled confusion matrix over ``loader`` and its summary (:func:`hw1.metrics.summarize`).
+
+    With ``tta`` the predictions average the class probabilities of each image and its mirror image
+    (:func:`probabilities`); the loss stays the plain forward's.
 
     Returns ``{"loss"?, <task metrics>, "samples", "cm": (C, C) int64 tensor on the CPU, "img_s"}``.
     With ``distributed`` each rank holds a disjoint shard (:class:`hw1.distributed.ShardSampler`) and
@@ -140,7 +156,8 @@ def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dt
             output = model(images)
             if criterion is not None:
                 loss_sum += criterion(output, targets).double() * images.shape[0]
-        cm += metrics.confusion_matrix(targets, logits_of(output).argmax(1), num_classes)
+            pred = (probabilities(model, images, tta=True) if tta else logits_of(output)).argmax(1)
+        cm += metrics.confusion_matrix(targets, pred, num_classes)
         seen += images.shape[0]
     seconds = time.perf_counter() - start
     if distributed:

@@ -42,6 +42,7 @@ def summarize_run(run_dir):
         "per_class_at_best": best.get(per_class),
         "epochs": records[-1]["epoch"], "planned_epochs": config.epochs,
         "train_seconds": round(sum(r["train_seconds"] for r in records), 1),
+        "wall_seconds": records[-1].get("wall_seconds"),
         "train_img_s": round(sum(r["train_img_s"] for r in records) / len(records), 1),
         "device": config.device_name, "torch": config.torch_version,
         "command": config.command, "commit": git_commit(),

@@ -4,6 +4,7 @@ Both training scripts build a model, datasets and a loss, then call :func:`fit`.
 """
 import contextlib
 import logging
+import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -11,6 +12,7 @@ from torch.nn.parallel import DistributedDataParallel
 from hw1 import distributed as dist
 from hw1 import engine
 from hw1.checkpoint import load_checkpoint, plain, rng_state, set_rng_state
+from hw1.ema import EMA
 from hw1.errors import UserError
 from hw1.io import json_safe
 from hw1.models import get_spec
@@ -127,7 +129,8 @@ def restore(ckpt, path, *, model, optimizer, scheduler, scaler, seed, steps_per_
     this run's ``--lr`` / ``--epochs`` / ``--warmup-epochs`` / ``--min-lr`` one, continued at the
     first step after the checkpoint's epoch.
     """
-    model.load_state_dict(ckpt["model"])
+    # with --ema, "model" is the average (what is shipped) and "train_model" the weights that train
+    model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
     flags = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     schedule = scheduler.state_dict()
     try:
@@ -233,12 +236,17 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
             run_dir.clear()
         run_dir.start(records, args)
 
+    ema = EMA(model, config.ema) if config.ema else None
+    if ema is not None and resume is not None and "train_model" in resume:
+        ema.load_state_dict(resume["model"], resume["ema_updates"])
     step_model, eval_model = wrapped(model, config, device, distributed)
     log.info("training %s on %s x %d (amp=%s, channels_last=%s, micro_batch=%s): %d train / %d val samples, "
              "%d steps per epoch", spec.name, device, dist.world_size(), amp, config.channels_last,
              config.micro_batch, len(train_set), len(val_set), steps)
     criterion = config.criterion()
     record = records[-1] if records else None
+    # the run's wall time so far, training and evaluation, carried over a resume (data decoding aside)
+    started, wall_before = time.perf_counter(), (record or {}).get("wall_seconds", 0.0)
     for epoch in range(start_epoch, config.epochs + 1):
         if distributed:
             train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
@@ -247,21 +255,25 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
             step_model, train_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
             scaler=scaler, device=device, amp_dtype=amp, channels_last=config.channels_last,
             grad_clip=config.grad_clip, epoch=epoch, progress=main and not config.no_progress,
-            distributed=distributed, micro_batch=config.micro_batch)
+            distributed=distributed, micro_batch=config.micro_batch, ema=ema)
         dist.broadcast_buffers(model)
-        val = engine.evaluate(eval_model, val_loader, num_classes=spec.num_classes, task=task,
-                              criterion=criterion, device=device, amp_dtype=amp,
-                              channels_last=config.channels_last, distributed=distributed)
-        val.pop("cm")
-        record = {"epoch": epoch, "lr": lr,
-                  **{f"train_{k}": v for k, v in train.items()},
-                  **{f"val_{k}": json_safe(v) for k, v in val.items()}}
+        evaluated = {"": ema.module if ema else eval_model, **({"raw_": eval_model} if ema else {})}
+        record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()}}
+        for prefix, m in evaluated.items():  # with --ema, val_* are the average's and val_raw_* the weights'
+            val = engine.evaluate(m, val_loader, num_classes=spec.num_classes, task=task,
+                                  criterion=criterion, device=device, amp_dtype=amp,
+                                  channels_last=config.channels_last, distributed=distributed)
+            val.pop("cm")
+            record.update({f"val_{prefix}{k}": json_safe(v) for k, v in val.items()})
+        record["wall_seconds"] = round(wall_before + time.perf_counter() - started, 1)
         is_best = record[f"val_{metric}"] > best
         best = max(best, record[f"val_{metric}"])
         rng_ranks = dist.gather(rng_state())  # a collective: every rank takes part, rank 0 writes
         if main:
+            weights = {"model": ema.state_dict(), "train_model": model.state_dict(), "ema_updates": ema.updates} \
+                if ema else {"model": model.state_dict()}
             run_dir.save_epoch(record, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                **weights, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "best": best,
                 "rng": rng_ranks[0], **({"rng_ranks": rng_ranks} if distributed else {}),
                 "model_name": spec.name, "model_config": model_config, "task": task, "args": args,

@@ -23,7 +23,7 @@ from hw1.runtime import get_device
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 
-TIMING_KEYS = {"train_img_s", "train_seconds", "val_img_s"}
+TIMING_KEYS = {"train_img_s", "train_seconds", "val_img_s", "wall_seconds"}
 RUNTIME = ["--device", "cpu", "--amp", "none", "--workers", "0", "--no-progress"]
 
 

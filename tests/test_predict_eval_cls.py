@@ -157,6 +157,33 @@ def test_eval_checkpoint_and_csv_agree(cls_tiny_checkpoint, cls_tiny_data, tmp_p
     assert "class  3" not in out  # absent classes are not printed
 
 
+def test_tta_predictions_are_the_mirror_averaged_argmax_in_predict_and_eval(cls_tiny_checkpoint, cls_tiny_data,
+                                                                             tmp_path, monkeypatch):
+    import hw1.predict
+    from hw1 import engine
+
+    # the tiny model's argmax rarely changes under mirroring, so the flag's path is also checked
+    asked, real = [], engine.probabilities
+    monkeypatch.setattr(hw1.predict, "probabilities", lambda m, x, tta=False: asked.append(tta) or real(m, x, tta=tta))
+    monkeypatch.setattr(engine, "probabilities", hw1.predict.probabilities)
+    val_dir, gt = cls_tiny_data / "val_50", cls_tiny_data / "val_gt.csv"
+    rows = predict_main(["cls", str(val_dir), str(tmp_path / "pred.csv"), "--checkpoint", str(cls_tiny_checkpoint),
+                         "--device", "cpu", "--tta"])
+    model = model_from_checkpoint(load_checkpoint(cls_tiny_checkpoint)).eval()
+    val = load_cls_split(val_dir, labels_csv=gt, transform=cls_eval_transform())
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    with torch.no_grad():
+        expected = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)).argmax(1).tolist()
+    by_name = dict(zip(val.files, expected))
+    assert len(rows) == len(by_name) and all(label == by_name[name] for name, label in rows)
+    truth = {name: int(label) for name, label in _read_csv(gt)[1:]}
+    acc = sum(truth[name] == label for name, label in rows) / len(truth)
+    scored = eval_py.main(["--task", "cls", "--checkpoint", str(cls_tiny_checkpoint), "--data-dir", str(val_dir),
+                           "--device", "cpu", "--tta"])
+    assert scored["acc"] == pytest.approx(acc)
+    assert asked and all(asked)
+
+
 def label_csvs(tmp_path, gt_text, pred_text):
     """(gt.csv, pred.csv) in ``tmp_path`` holding the two texts."""
     gt, pred = tmp_path / "gt.csv", tmp_path / "pred.csv"

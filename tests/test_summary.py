@@ -19,6 +19,9 @@ def test_summary_of_a_training_run(cls_tiny_run, tmp_path):
     assert summary["metric"] == "acc" and summary["best"] == best["val_acc"] and summary["best_epoch"] == best["epoch"]
     assert summary["epochs"] == len(records) == args["epochs"]
     assert summary["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in records), abs=0.1)
+    # wall time grows each epoch and covers training and evaluation
+    walls = [r["wall_seconds"] for r in records]
+    assert walls == sorted(walls) and summary["wall_seconds"] == walls[-1] >= summary["train_seconds"] - 0.1
     assert summary["command"].startswith("python train_cls.py ") and "--epochs" in summary["command"]
     assert summary["device"].startswith("CPU") and summary["torch"] == args["torch_version"]
 

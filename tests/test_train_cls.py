@@ -18,7 +18,7 @@ from hw1.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 
-TIMING_KEYS = {"train_img_s", "train_seconds", "val_img_s"}
+TIMING_KEYS = {"train_img_s", "train_seconds", "val_img_s", "wall_seconds"}
 
 
 def _records(run_dir):
@@ -49,7 +49,7 @@ def test_metrics_jsonl(cls_tiny_run, cls_tiny_data):
     assert records[-1] == last  # main returns the last epoch's record
     for r in records:
         assert set(r) == {"epoch", "lr", "train_loss", "train_acc", "train_img_s", "train_seconds",
-                          "val_loss", "val_acc", "val_per_class_acc", "val_samples", "val_img_s"}
+                          "val_loss", "val_acc", "val_per_class_acc", "val_samples", "val_img_s", "wall_seconds"}
         assert 0 <= r["train_acc"] <= 1 and 0 <= r["val_acc"] <= 1
         assert r["train_img_s"] > 0 and r["train_seconds"] > 0 and r["val_img_s"] > 0
         assert math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"])

@@ -71,9 +71,11 @@ class DenseNet(nn.Module):
         bn_size: bottleneck width as a multiple of ``growth_rate`` (4 in the paper).
         drop_rate: dropout after each 3x3 convolution.
         num_classes: outputs of the final linear layer.
+        stem_pool: BN-ReLU-maxpool 2x2 after the stem convolution (blocks at 16x16 and below).
     """
 
-    def __init__(self, *, depth=100, growth_rate=12, compression=0.5, bn_size=4, drop_rate=0.0, num_classes=50):
+    def __init__(self, *, depth=100, growth_rate=12, compression=0.5, bn_size=4, drop_rate=0.0, num_classes=50,
+                 stem_pool=False):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"DenseNet-BC depth must be 6n+4 with n >= 1, got {depth}")
@@ -83,6 +85,12 @@ class DenseNet(nn.Module):
         channels = 2 * growth_rate
         self.trunk = nn.Sequential()
         self.trunk.add_module("conv0", nn.Conv2d(3, channels, 3, padding=1, bias=False))
+        if stem_pool:
+            # As ImageNet DenseNets do (there by 4): the blocks run at 16, 8 and 4 pixels, a quarter of
+            # the FLOPs and activation memory, which on a CPU buys a wider or deeper net per second.
+            self.trunk.add_module("norm0", nn.BatchNorm2d(channels))
+            self.trunk.add_module("relu0", nn.ReLU(inplace=True))
+            self.trunk.add_module("pool0", nn.MaxPool2d(2))
         for b in range(3):
             self.trunk.add_module(f"denseblock{b + 1}", _DenseBlock(layers, channels, growth_rate, bn_size, drop_rate))
             channels += layers * growth_rate
@@ -112,10 +120,11 @@ class DenseNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-def densenet(*, depth=100, growth_rate=12, compression=0.5, bn_size=4, drop_rate=0.0, num_classes=50, weights="none"):
+def densenet(*, depth=100, growth_rate=12, compression=0.5, bn_size=4, drop_rate=0.0, num_classes=50,
+             stem_pool=False, weights="none"):
     """DenseNet-BC trained from scratch (``weights`` accepts only ``none`` or a local state dict)."""
     model = DenseNet(depth=depth, growth_rate=growth_rate, compression=compression, bn_size=bn_size,
-                     drop_rate=drop_rate, num_classes=num_classes)
+                     drop_rate=drop_rate, num_classes=num_classes, stem_pool=stem_pool)
     if weights not in (None, "none"):
         from hw1.models.weights import load_matching, local_state_dict
 
@@ -139,9 +148,16 @@ def stages(model):
     return rows + [("classifier", "ReLU, global avgpool, linear", [model.classifier])]
 
 
+# ``--recipe cpu``: model A within about 2.5 hours on 2 CPU cores, chosen by the pilot runs in
+# results/p1_densenet_cpu_pilots.json (README, "Model A on a CPU budget").
+CPU_RECIPE = {"depth": 52, "growth_rate": 24, "stem_pool": True, "aug": "light", "epochs": 30, "ema": 0.999}
+
 SPEC = ModelSpec(
     name="densenet", task="cls", builder=densenet, num_classes=NUM_CLASSES, input_size=IMG_SIZE,
     recipe={**SEED_RECIPE, "epochs": 50, "weights": "none"},
     builder_args=lambda c: {"depth": c.depth, "growth_rate": c.growth_rate, "compression": c.compression,
-                            "drop_rate": c.drop_rate},
+                            "drop_rate": c.drop_rate,
+                            # only when set, so that the checkpoints written before it existed still resume
+                            **({"stem_pool": True} if c.stem_pool else {})},
+    presets={"cpu": CPU_RECIPE},
     bench_batch={"cuda": 128, "cpu": 128}, stages=stages)

@@ -23,6 +23,7 @@ class ModelSpec:
         num_classes: outputs of the model (50 for P1, 7 for P2).
         input_size: side of a training input, the default of the architecture figure and the bench.
         recipe: training-config fields this model fills when no flag sets them (e.g. ``epochs``).
+        presets: named sets of flag defaults (``--recipe NAME``), e.g. a recipe tuned for a CPU budget.
         builder_args: ``builder_args(config)`` -> the builder's arguments from a training config,
             without ``num_classes`` and ``weights``.
         bench_batch: the bench's default batch per device type (``cuda``, ``cpu``).
@@ -35,6 +36,7 @@ class ModelSpec:
     num_classes: int
     input_size: int
     recipe: dict = field(default_factory=dict)
+    presets: dict = field(default_factory=dict)
     builder_args: Callable = no_builder_args
     bench_batch: dict = field(default_factory=lambda: {"cuda": 8, "cpu": 2})
     stages: Callable | None = None

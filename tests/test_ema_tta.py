@@ -1,0 +1,138 @@
+"""EMA of the weights (``--ema``), flip test-time augmentation and named recipes (``--recipe``)."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import train_cls
+from hw1 import engine
+from hw1.checkpoint import load_checkpoint, model_from_checkpoint
+from hw1.ema import EMA
+from hw1.errors import UserError
+from hw1.models.densenet import DenseNet
+
+pytestmark = pytest.mark.usefixtures("cls_one_thread")
+
+
+def test_ema_update_is_the_moving_average_with_its_early_ramp():
+    source = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = EMA(source, decay=0.9)
+    start = {k: v.clone() for k, v in ema.state_dict().items()}
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(1.0)
+    source[1].num_batches_tracked += 5
+    ema.update()
+    d = min(0.9, 2 / 11)  # the ramp (1 + n) / (10 + n) at n = 1 is below 0.9
+    for k, v in ema.state_dict().items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, d * start[k] + (1 - d) * source.state_dict()[k])
+    assert ema.state_dict()["1.num_batches_tracked"] == 5  # counters are copied, not averaged
+    for _ in range(200):
+        ema.update()
+    assert ema.current_decay() == 0.9
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_rejects_a_decay_outside_0_1():
+    with pytest.raises(ValueError):
+        EMA(nn.Linear(1, 1), decay=1.0)
+
+
+def test_ema_run_ships_the_average_and_resumes_exactly(cls_tiny_data, cls_tiny_train_argv, tmp_path, monkeypatch):
+    argv = cls_tiny_train_argv(cls_tiny_data, tmp_path / "ema", "--ema", "0.8", epochs=3)
+    reference = train_cls.main(argv)
+    ckpt = load_checkpoint(tmp_path / "ema" / "last.pth", task="cls")
+    assert set(ckpt["model"]) == set(ckpt["train_model"])
+    assert ckpt["ema_updates"] == 3 * (36 // 8)  # one update per step: 36 images, batches of 8, the last dropped
+    assert any(not torch.equal(ckpt["model"][k], ckpt["train_model"][k]) for k in ckpt["model"])
+    # val_acc is the average's (what predict loads), val_raw_acc the trained weights'
+    model = model_from_checkpoint(ckpt).eval()
+    torch.testing.assert_close(model.state_dict(), ckpt["model"])
+    assert {"val_acc", "val_raw_acc", "val_raw_loss"} <= set(reference)
+
+    # interrupted after epoch 2, resumed: the same weights and average as the uninterrupted run
+    real = engine.train_one_epoch
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    argv_b = cls_tiny_train_argv(cls_tiny_data, tmp_path / "b", "--ema", "0.8", epochs=3)
+    with monkeypatch.context() as m:
+        m.setattr(engine, "train_one_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_cls.main(argv_b)
+    resumed = train_cls.main([*argv_b, "--resume", str(tmp_path / "b" / "last.pth")])
+    again = load_checkpoint(tmp_path / "b" / "last.pth", task="cls")
+    for key in ("model", "train_model"):
+        for name, value in ckpt[key].items():
+            assert torch.equal(again[key][name], value), (key, name)
+    assert again["ema_updates"] == ckpt["ema_updates"]
+    assert resumed["val_acc"] == reference["val_acc"]
+
+
+def test_flip_tta_averages_the_mirrored_probabilities():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        plain = engine.probabilities(model, x)
+        both = engine.probabilities(model, x, tta=True)
+        mirrored = model(x.flip(-1)).softmax(1)
+    torch.testing.assert_close(plain, model(x).softmax(1))
+    torch.testing.assert_close(both, (plain + mirrored) / 2)
+    assert not torch.allclose(both, plain)
+
+
+class _PerPixel(nn.Module):
+    """A segmenter whose output at a pixel depends on that pixel only: mirroring commutes with it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 7, 1)
+
+    def forward(self, x):
+        return {"out": self.conv(x)}
+
+
+def test_flip_tta_mirrors_segmentation_maps_back():
+    torch.manual_seed(0)
+    model, x = _PerPixel().eval(), torch.randn(1, 3, 6, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(engine.probabilities(model, x, tta=True), engine.probabilities(model, x))
+
+
+def test_stem_pool_runs_the_blocks_at_half_the_side():
+    plain, pooled = DenseNet(depth=10, growth_rate=4), DenseNet(depth=10, growth_rate=4, stem_pool=True)
+    x = torch.randn(2, 3, 32, 32)
+    assert plain.trunk.denseblock1(plain.trunk.conv0(x)).shape[-1] == 32
+    stem = nn.Sequential(*list(pooled.trunk.children())[:4])  # conv0, norm0, relu0, pool0
+    assert stem(x).shape[-1] == 16
+    assert pooled(x).shape == plain(x).shape == (2, 50)
+
+
+def test_recipe_fills_defaults_and_explicit_flags_win(monkeypatch):
+    from hw1.cli import parse_args
+    from hw1.models import densenet
+
+    preset = densenet.SPEC.presets["cpu"]
+    args = parse_args(train_cls.get_args_parser(), ["--recipe", "cpu"], train_cls.DEMO_DEFAULTS)
+    for key, value in preset.items():
+        assert getattr(args, key) == value, key
+    args = parse_args(train_cls.get_args_parser(), ["--recipe", "cpu", "--epochs", "3"], train_cls.DEMO_DEFAULTS)
+    assert args.epochs == 3
+    with pytest.raises(UserError, match="--recipe gpu: densenet has the recipes cpu"):
+        parse_args(train_cls.get_args_parser(), ["--recipe", "gpu"], train_cls.DEMO_DEFAULTS)
+
+
+def test_recipe_is_recorded_in_args_json(cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    # the tiny model's flags override the preset's architecture; the rest of the preset applies
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, tmp_path / "r", "--recipe", "cpu", "--stem-pool",
+                                       "--ema", "0.5", epochs=1))
+    args = json.loads((tmp_path / "r" / "args.json").read_text())
+    assert args["recipe"] == "cpu" and args["depth"] == 10 and args["epochs"] == 1
