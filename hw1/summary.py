@@ -1,6 +1,7 @@
 """One JSON summary of a training run, read from what the run wrote (metrics.jsonl, args.json).
 
     python -m hw1.summary runs/densenet --out results/p1_densenet.json
+    python -m hw1.summary runs/pilots/* --out results/pilots.json      # several runs: a list
 
 Every number comes from the run folder; the commit is the repository's HEAD when it is a git
 checkout (the code that produced a committed result is the code of that commit or earlier).
@@ -52,7 +53,7 @@ def summarize_run(run_dir):
 def get_args_parser():
     p = argparse.ArgumentParser(prog="python -m hw1.summary", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", nargs="+", help="a run folder; several give a list of summaries")
     p.add_argument("--out", help="write the summary here (default: print it)")
     p.add_argument("--debug", action="store_true")
     return p
@@ -60,7 +61,8 @@ def get_args_parser():
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    text = json.dumps(summarize_run(args.run_dir), indent=2) + "\n"
+    summaries = [summarize_run(d) for d in args.run_dir]
+    text = json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2) + "\n"
     if args.out:
         atomic_write_text(text, args.out)
     print(text, end="")

@@ -26,6 +26,11 @@ def test_summary_of_a_training_run(cls_tiny_run, tmp_path):
     assert summary["device"].startswith("CPU") and summary["torch"] == args["torch_version"]
 
 
+def test_summary_of_several_runs_is_a_list(cls_tiny_run, tmp_path, capsys):
+    main([str(cls_tiny_run[0]), str(cls_tiny_run[0]), "--out", str(tmp_path / "s.json")])
+    assert json.loads((tmp_path / "s.json").read_text()) == [summarize_run(cls_tiny_run[0])] * 2
+
+
 def test_summary_of_a_folder_without_a_run(tmp_path):
     with pytest.raises(UserError, match="not a run folder"):
         summarize_run(tmp_path)
