@@ -27,7 +27,6 @@ import argparse
 import copy
 import json
 import logging
-import platform
 import shlex
 import statistics
 import sys
@@ -54,8 +53,8 @@ from hw1.data.demo import make_cls_demo
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
 from hw1.models import build_model, get_spec, model_names
-from hw1.runtime import (amp_dtype, autocast, channels_last_default, cpu_cores, cpu_has_fast_bf16, cpu_kind,
-                         device_name, get_device, micro_batch_default, setup_logging)
+from hw1.runtime import (amp_dtype, autocast, channels_last_default, cpu_cores, cpu_flags, cpu_has_fast_bf16,
+                         cpu_kind, cpu_model, device_name, get_device, micro_batch_default, setup_logging)
 from hw1.schedule import CosineSchedule
 from hw1.summary import git_commit
 from hw1.trainer import make_loader
@@ -480,27 +479,6 @@ def densenet_step_img_s(results, device):
 
 
 # --- the run -------------------------------------------------------------------------------------
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags():
-    """The CPU's vector and matrix extensions that decide its fastest configuration, from /proc/cpuinfo."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
-    except OSError:
-        pass
-    return []
-
 
 def machine_info(device, argv):
     return {"cpu": cpu_model(), "cpu_kind": cpu_kind(), "cpu_flags": cpu_flags(), "cores": cpu_cores(),

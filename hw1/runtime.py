@@ -3,6 +3,7 @@ import contextlib
 import logging
 import os
 import platform
+from pathlib import Path
 import random
 from typing import NamedTuple
 
@@ -153,8 +154,34 @@ def cpu_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (the processor type where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags():
+    """The CPU's vector and matrix extensions that decide its fastest configuration, from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
+    except OSError:
+        pass
+    return []
+
+
 def device_name(device):
-    """The GPU's name, or the CPU's with its cores and torch's threads, for a run's records."""
+    """The GPU's name, or the CPU's model, kind, cores and torch's threads, for a run's records.
+
+    The kind (amx, avx512_bf16, fp32) is in it because one model name ("Intel(R) Xeon(R) Processor")
+    covers virtual CPUs with and without AMX, whose speeds differ several-fold.
+    """
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {cpu_cores()} cores, {torch.get_num_threads()} threads)"
+    return f"CPU ({cpu_model()}, {cpu_kind()}, {cpu_cores()} cores, {torch.get_num_threads()} threads)"

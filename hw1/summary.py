@@ -36,10 +36,12 @@ def summarize_run(run_dir):
     config = config_of("seg" if metric == "val_miou" else "cls", args)
     best = max(records, key=lambda r: r[metric])
     per_class = "val_iou" if metric == "val_miou" else "val_per_class_acc"
+    raw = metric.replace("val_", "val_raw_")  # with --ema: the trained weights' own score beside the average's
+    raw_best = {"best_raw": max(r[raw] for r in records), "last_raw": records[-1][raw]} if raw in records[-1] else {}
     return json_safe({
         "model": config.model,
         "metric": metric.removeprefix("val_"),
-        "best": best[metric], "best_epoch": best["epoch"], "last": records[-1][metric],
+        "best": best[metric], "best_epoch": best["epoch"], "last": records[-1][metric], **raw_best,
         "per_class_at_best": best.get(per_class),
         "epochs": records[-1]["epoch"], "planned_epochs": config.epochs,
         "train_seconds": round(sum(r["train_seconds"] for r in records), 1),

@@ -11,6 +11,8 @@ from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.ema import EMA
 from hw1.errors import UserError
 from hw1.models.densenet import DenseNet
+from hw1.run_dir import RunDir
+from hw1.summary import summarize_run
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 
@@ -51,6 +53,11 @@ def test_ema_run_ships_the_average_and_resumes_exactly(cls_tiny_data, cls_tiny_t
     model = model_from_checkpoint(ckpt).eval()
     torch.testing.assert_close(model.state_dict(), ckpt["model"])
     assert {"val_acc", "val_raw_acc", "val_raw_loss"} <= set(reference)
+    # the summary reports both, so that a pilot table shows what the average bought
+    records = RunDir(tmp_path / "ema").read_metrics()
+    summary = summarize_run(tmp_path / "ema")
+    assert summary["best_raw"] == max(r["val_raw_acc"] for r in records)
+    assert summary["last_raw"] == records[-1]["val_raw_acc"] and summary["last"] == records[-1]["val_acc"]
 
     # interrupted after epoch 2, resumed: the same weights and average as the uninterrupted run
     real = engine.train_one_epoch
