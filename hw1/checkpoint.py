@@ -91,3 +91,43 @@ def model_from_checkpoint(ckpt, path="checkpoint"):
         raise UserError(f"{path}: weights do not fit {ckpt['model_name']} {ckpt['model_config']} "
                         f"({detail[:200]})") from None
     return model
+
+
+# What inference needs, and what a reader of a shipped file wants to know about it. Training state
+# (the optimizer's momentum, the raw weights beside an EMA, RNG states) is left out: for model A
+# it is two thirds of the file, and nothing that loads a shipped model uses it.
+EXPORT_KEYS = ("model", "model_name", "model_config", "task", "args", "metrics", "epoch", "best")
+
+
+def export_checkpoint(src, dst):
+    """Write the inference part of checkpoint ``src`` to ``dst`` (atomically); returns the exported dict.
+
+    The result is still an hw1 checkpoint: predict, eval and viz load it as they load ``src``
+    (``model`` is what they load, the EMA where the run kept one); only ``--resume`` needs the original.
+    """
+    ckpt = load_checkpoint(src)
+    exported = {k: ckpt[k] for k in EXPORT_KEYS if k in ckpt}
+    exported["exported_from"] = str(src)
+    save_checkpoint(exported, dst)
+    return exported
+
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m hw1.checkpoint",
+                                description="Export a checkpoint for inference: weights, model, config and "
+                                            "the run's args and metrics, without the training state.")
+    p.add_argument("src", help="an hw1 checkpoint, e.g. runs/densenet/best.pth")
+    p.add_argument("dst", help="the file to write, e.g. checkpoints/p1_densenet.pth")
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args(argv)
+    exported = export_checkpoint(args.src, args.dst)
+    size = Path(args.dst).stat().st_size
+    print(f"wrote {args.dst}: {exported['model_name']} {exported['model_config']}, {size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    from hw1.cli import run
+
+    run(main)

@@ -342,3 +342,31 @@ def test_checkpoint_whose_weights_do_not_fit(cls_tiny_checkpoint, tmp_path):
     with pytest.raises(UserError, match="do not fit") as info:
         model_from_checkpoint(load_checkpoint(path), path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_exported_checkpoint_predicts_the_same_without_the_training_state(cls_tiny_checkpoint, cls_tiny_data,
+                                                                          tmp_path, capsys):
+    from hw1.checkpoint import main as checkpoint_main
+
+    out = tmp_path / "ship" / "p1.pth"
+    out.parent.mkdir()
+    checkpoint_main([str(cls_tiny_checkpoint), str(out)])
+    assert capsys.readouterr().out.startswith(f"wrote {out}: densenet ")
+    assert [p.name for p in out.parent.iterdir()] == ["p1.pth"]  # written in place of a temporary file
+    full, slim = load_checkpoint(cls_tiny_checkpoint), load_checkpoint(out, task="cls")
+    assert "optimizer" in full and "optimizer" not in slim and "rng" not in slim
+    assert slim["model_config"] == full["model_config"] and slim["args"] == full["args"]
+    assert slim["metrics"] == full["metrics"] and slim["exported_from"] == str(cls_tiny_checkpoint)
+    for name, value in full["model"].items():
+        assert torch.equal(slim["model"][name], value), name
+    assert out.stat().st_size < cls_tiny_checkpoint.stat().st_size
+    val = cls_tiny_data / "val_50"
+    assert predict_cls(val, tmp_path / "a.csv", checkpoint=out, device="cpu") == \
+        predict_cls(val, tmp_path / "b.csv", checkpoint=cls_tiny_checkpoint, device="cpu")
+
+
+def test_export_of_a_missing_checkpoint_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hw1.checkpoint", str(tmp_path / "no.pth"), str(tmp_path / "o.pth")],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and result.stderr == f"error: {tmp_path / 'no.pth'}: checkpoint not found\n"
+    assert not (tmp_path / "o.pth").exists()
