@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 LABEL_SMOOTHING = ClsConfig.label_smoothing  # train_cls.py's default
 DATA_BATCH = ClsConfig.batch_size  # train_cls.py's default batch
 # the flags of this bench that set a model's training config (the rest are train_cls/seg defaults)
-MODEL_FLAGS = ("depth", "growth_rate", "variant", "img_size", "crop_size")
+MODEL_FLAGS = ("depth", "growth_rate", "stem_pool", "variant", "img_size", "crop_size")
 
 
 class Config(NamedTuple):
@@ -382,15 +382,19 @@ def bench_data(dataset, *, workers, batches, device):
 
 # --- the reference: torchvision's DenseNet fed by per-access PNG decoding -----------------------
 
-def reference_densenet(*, depth, growth_rate, num_classes=CLS_CLASSES):
-    """torchvision's DenseNet with the blocks of our DenseNet-BC ``depth`` / ``growth_rate`` (see REFERENCE_NOTE)."""
+def reference_densenet(*, depth, growth_rate, stem_pool=False, num_classes=CLS_CLASSES):
+    """torchvision's DenseNet with the blocks of our DenseNet-BC ``depth`` / ``growth_rate`` (see REFERENCE_NOTE);
+    ``stem_pool`` keeps its BN-ReLU and puts our 2x2 max-pool in place of its 3x3 stride-2 one."""
     n = (depth - 4) // 6
     net = torchvision.models.DenseNet(growth_rate=growth_rate, block_config=(n, n, n),
                                       num_init_features=2 * growth_rate, bn_size=4, num_classes=num_classes)
     net.features.conv0 = nn.Conv2d(3, 2 * growth_rate, 3, padding=1, bias=False)
     nn.init.kaiming_normal_(net.features.conv0.weight)
-    for name in ("norm0", "relu0", "pool0"):
-        setattr(net.features, name, nn.Identity())
+    if stem_pool:
+        net.features.pool0 = nn.MaxPool2d(2)
+    else:
+        for name in ("norm0", "relu0", "pool0"):
+            setattr(net.features, name, nn.Identity())
     return net
 
 
@@ -434,7 +438,7 @@ def bench_reference(ours_dataset, folder, args, device, models):
     ours_cfg, ref_cfg = CONFIGS[ours_name], CONFIGS[BASELINE]
     config, shape, num_classes, criterion = model_setup("densenet", args)
     ours = build_model("densenet", **config)
-    ref = reference_densenet(depth=args.depth, growth_rate=args.growth_rate)
+    ref = reference_densenet(depth=args.depth, growth_rate=args.growth_rate, stem_pool=args.stem_pool)
     batch = batch_size_of("densenet", args, device)
     images, targets = synthetic_batch(shape, num_classes, batch, task="cls", device=device)
     timing = dict(criterion=criterion, images=images, targets=targets, device=device, steps=args.steps,
@@ -522,7 +526,7 @@ def run_parts(args, device, argv):
     step = densenet_step_img_s(results, device)
     if "data" in results and step:
         results["data"]["densenet_step_img_s"] = step
-        results["data"]["densenet"] = {"depth": args.depth, "growth_rate": args.growth_rate,
+        results["data"]["densenet"] = {"depth": args.depth, "growth_rate": args.growth_rate, "stem_pool": args.stem_pool,
                                        "config": default_config_name(device)}
         results["data"]["goal_ratio"] = 5
         for r in results["data"]["workers"].values():
@@ -603,6 +607,7 @@ def get_args_parser():
     g = p.add_argument_group("models (the training scripts' defaults)")
     g.add_argument("--depth", type=int, default=ClsConfig.depth, help="DenseNet-BC depth, 6n+4 (default: %(default)s)")
     g.add_argument("--growth-rate", type=int, default=ClsConfig.growth_rate, help="DenseNet growth rate (default: %(default)s)")
+    g.add_argument("--stem-pool", action="store_true", help="DenseNet with the pooled stem (train_cls.py --stem-pool)")
     g.add_argument("--variant", default=ClsConfig.variant, help="(default: %(default)s)")
     g.add_argument("--img-size", type=int, default=ClsConfig.img_size, help="ConvNeXt's internal resolution (default: %(default)s)")
     g.add_argument("--crop-size", type=int, default=SegConfig.crop_size, help="P2 training crop (default: %(default)s)")

@@ -95,13 +95,21 @@ def test_matmul_peak_is_positive():
     assert _positive(bench.matmul_peak(torch.float32, device=torch.device("cpu"), n=64, repeats=1))
 
 
-def test_reference_densenet_matches_ours_layer_for_layer():
-    ours = build_model("densenet", depth=16, growth_rate=6, num_classes=50)
-    ref = bench.reference_densenet(depth=16, growth_rate=6)
+@pytest.mark.parametrize("stem_pool", [False, True])
+def test_reference_densenet_matches_ours_layer_for_layer(stem_pool):
+    ours = build_model("densenet", depth=16, growth_rate=6, num_classes=50, stem_pool=stem_pool)
+    ref = bench.reference_densenet(depth=16, growth_rate=6, stem_pool=stem_pool)
     x = torch.zeros(1, 3, 32, 32)
     assert [p.shape for p in ours.parameters()] == [p.shape for p in ref.parameters()]
     assert bench.count_flops(ours, x) == bench.count_flops(ref, x)
     assert ref(x).shape == (1, 50)
+
+
+def test_stem_pool_reaches_the_benched_model():
+    args = bench.parse_args(["--depth", "16", "--growth-rate", "6", "--stem-pool"])
+    config, shape, classes, _ = bench.model_setup("densenet", args)
+    assert config["stem_pool"] is True and shape == (3, 32, 32) and classes == 50
+    assert "stem_pool" not in bench.model_setup("densenet", bench.parse_args([]))[0]
 
 
 def test_defaults_follow_the_training_script():
