@@ -30,8 +30,9 @@ def get_args_parser():
     p.add_argument("--checkpoint", help="evaluate this checkpoint directly instead of --pred")
     p.add_argument("--data-dir", help="with --checkpoint: the image folder (cls) or image+mask folder (seg)")
     p.add_argument("--labels", help="cls with --checkpoint: labels CSV (default: from the file names)")
-    p.add_argument("--tta", action="store_true", help="with --checkpoint: average with the mirror image, as "
-                                                       "hw1.predict --tta does")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --checkpoint: average with the mirror image, as hw1.predict --tta does (default: "
+                        "as the checkpoint says, as hw1.predict does)")
     p.add_argument("--batch-size", type=int, default=None, help="(default: 500 for cls, 4 for seg)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the metrics to this JSON file")

@@ -99,8 +99,11 @@ def model_from_checkpoint(ckpt, path="checkpoint"):
 EXPORT_KEYS = ("model", "model_name", "model_config", "task", "args", "metrics", "epoch", "best")
 
 
-def export_checkpoint(src, dst):
+def export_checkpoint(src, dst, *, tta=False):
     """Write the inference part of checkpoint ``src`` to ``dst`` (atomically); returns the exported dict.
+
+    ``tta`` records that the model is to be used with flip test-time augmentation: hw1.predict and
+    eval.py then use it unless told ``--no-tta`` (a choice made on pilot runs, not on the data scored).
 
     The result is still an hw1 checkpoint: predict, eval and viz load it as they load ``src``
     (``model`` is what they load, the EMA where the run kept one); only ``--resume`` needs the original.
@@ -108,6 +111,8 @@ def export_checkpoint(src, dst):
     ckpt = load_checkpoint(src)
     exported = {k: ckpt[k] for k in EXPORT_KEYS if k in ckpt}
     exported["exported_from"] = str(src)
+    if tta:
+        exported["inference"] = {"tta": True}
     save_checkpoint(exported, dst)
     return exported
 
@@ -120,11 +125,13 @@ def main(argv=None):
                                             "the run's args and metrics, without the training state.")
     p.add_argument("src", help="an hw1 checkpoint, e.g. runs/densenet/best.pth")
     p.add_argument("dst", help="the file to write, e.g. checkpoints/p1_densenet.pth")
+    p.add_argument("--tta", action="store_true", help="predict and eval use flip TTA with it by default")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
-    exported = export_checkpoint(args.src, args.dst)
+    exported = export_checkpoint(args.src, args.dst, tta=args.tta)
     size = Path(args.dst).stat().st_size
-    print(f"wrote {args.dst}: {exported['model_name']} {exported['model_config']}, {size / 1e6:.1f} MB")
+    print(f"wrote {args.dst}: {exported['model_name']} {exported['model_config']}, {size / 1e6:.1f} MB"
+          + (", flip TTA by default" if args.tta else ""))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The grading API: predictions for a folder of images, written where the grader asks.
 
-    python -m hw1.predict cls IMAGE_DIR OUTPUT_CSV [--checkpoint PATH] [--device cpu] [--tta]
-    python -m hw1.predict seg IMAGE_DIR OUTPUT_DIR --checkpoint PATH [--tta]
+    python -m hw1.predict cls IMAGE_DIR OUTPUT_CSV [--checkpoint PATH] [--device cpu] [--tta | --no-tta]
+    python -m hw1.predict seg IMAGE_DIR OUTPUT_DIR --checkpoint PATH [--tta | --no-tta]
 
 ``predict_cls`` writes a CSV with the header ``filename,label`` (bare file names, sorted) and
 returns its rows. Without a checkpoint it uses the shipped model A, ``checkpoints/p1_densenet.pth``.
@@ -37,10 +37,12 @@ def inference_model(ckpt, path, device):
     """The model of a loaded checkpoint in eval mode on ``device``, set up to infer the fastest way.
 
     Its memory format and ``model.infer_amp`` (the autocast dtype, None for fp32) are the
-    measured fastest inference configuration of that model on this device (``hw1.runtime``).
+    measured fastest inference configuration of that model on this device (``hw1.runtime``);
+    ``model.infer_tta`` is the checkpoint's own choice of flip TTA (``python -m hw1.checkpoint --tta``).
     """
     model = model_from_checkpoint(ckpt, path).to(device).eval()
     name = ckpt["model_name"]
+    model.infer_tta = bool(ckpt.get("inference", {}).get("tta", False))
     model.infer_amp = amp_dtype("auto", device, name, use="infer")
     model.infer_channels_last = channels_last_default(None, name, device, use="infer")
     return model.to(memory_format=torch.channels_last) if model.infer_channels_last else model
@@ -53,6 +55,11 @@ def inference_settings(model, device):
     """
     amp = model.infer_amp if hasattr(model, "infer_amp") else amp_dtype("auto", device)
     return amp, getattr(model, "infer_channels_last", True)
+
+
+def inference_tta(model, tta):
+    """``tta`` as asked, or (None) the checkpoint's choice that :func:`inference_model` recorded (off elsewhere)."""
+    return getattr(model, "infer_tta", False) if tta is None else tta
 
 
 def prepare(images, device, channels_last):
@@ -70,14 +77,15 @@ def load_model(checkpoint, task, device):
 
 
 @torch.inference_mode()
-def classify(model, images, *, device, batch_size=128, tta=False):
+def classify(model, images, *, device, batch_size=128, tta=None):
     """Class indices of uint8 images (N, 3, H, W), in batches, as :func:`inference_model` set ``model`` up;
-    ``tta`` averages each image's class probabilities with its mirror image's.
+    ``tta`` averages each image's class probabilities with its mirror image's (None: the checkpoint's choice).
 
     Batches of 128 keep a DenseNet's concatenated 32x32 feature maps in the CPU's caches: on 2
     cores they classified 766 img/s against 490 in batches of 500.
     """
     amp, channels_last = inference_settings(model, device)
+    tta = inference_tta(model, tta)
     preds = []
     for batch in images.split(batch_size):
         with autocast(device, amp):
@@ -107,8 +115,11 @@ def shown(path):
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=False):
+def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=None):
     """Classify every .png/.jpg of ``image_dir``; write ``output_csv``; return ``[(filename, label), ...]``.
+
+    ``tta``: average each image's class probabilities with its mirror image's; None (the default)
+    does what the checkpoint says, which for the shipped model A is on.
 
     Grayscale, RGBA, palette and non-32x32 images are converted to RGB and resized to 32x32. A
     file name that is not UTF-8 is an error before any image is decoded: the CSV could not hold it.
@@ -131,15 +142,17 @@ def mask_name(image_path):
 
 
 @torch.inference_mode()
-def segment(model, image, *, device, tta=False):
-    """(H, W) int64 classes of one uint8 (3, H, W) image; ``tta`` averages with the flipped image."""
+def segment(model, image, *, device, tta=None):
+    """(H, W) int64 classes of one uint8 (3, H, W) image; ``tta`` averages with the flipped image
+    (None: the checkpoint's choice)."""
     amp, channels_last = inference_settings(model, device)
+    tta = inference_tta(model, tta)
     x = prepare(image[None], device, channels_last)
     with autocast(device, amp):
         return probabilities(model, x, tta=tta)[0].argmax(0).cpu()
 
 
-def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=False):
+def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=None):
     """Segment every .jpg/.png of ``image_dir`` into ``output_dir``; return the written paths.
 
     Files named ``*_mask.png`` are ground truth (the course's validation folder holds both) and
@@ -179,7 +192,9 @@ def get_args_parser():
     g.add_argument("image_dir")
     g.add_argument("output_dir")
     for s in (c, g):
-        s.add_argument("--tta", action="store_true", help="average with the horizontally mirrored image")
+        s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                       help="average with the horizontally mirrored image (default: as the checkpoint says; "
+                            "the shipped model A does)")
         s.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
         s.add_argument("--device", default=None, help="auto, cpu, cuda (default: auto)")
         s.add_argument("--debug", action="store_true", help="show full tracebacks")

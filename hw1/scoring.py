@@ -85,15 +85,15 @@ def seg_confusion_from_dirs(pred_dir, gt_dir, num_classes=NUM_CLASSES):
     return cm
 
 
-def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None, batch_size=None, tta=False):
+def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None, batch_size=None, tta=None):
     """Pooled confusion matrix of an inference-ready ``model`` on a labelled folder of ``task``.
 
     cls: images named ``{label}_{id}`` (or labelled by ``labels_csv``); seg: image + mask pairs,
     optionally resized to ``size``. Autocast as in ``hw1.predict``, so both routes score alike;
-    ``tta`` as its ``--tta`` (class probabilities averaged with the mirror image's).
+    ``tta`` as its ``--tta`` (class probabilities averaged with the mirror image's; None: the checkpoint's choice).
     """
     from hw1.engine import evaluate
-    from hw1.predict import inference_settings
+    from hw1.predict import inference_settings, inference_tta
 
     if task == "cls":
         from hw1.data.cls import cls_eval_transform, load_cls_split
@@ -107,4 +107,4 @@ def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or (500 if task == "cls" else 4))
     amp, channels_last = inference_settings(model, device)
     return evaluate(model, loader, num_classes=num_classes, task=task, device=device,
-                    amp_dtype=amp, channels_last=channels_last, tta=tta)["cm"]
+                    amp_dtype=amp, channels_last=channels_last, tta=inference_tta(model, tta))["cm"]

@@ -370,3 +370,37 @@ def test_export_of_a_missing_checkpoint_is_one_line(tmp_path):
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 2 and result.stderr == f"error: {tmp_path / 'no.pth'}: checkpoint not found\n"
     assert not (tmp_path / "o.pth").exists()
+
+
+def test_a_checkpoint_exported_with_tta_is_used_with_it_unless_told_not_to(cls_tiny_checkpoint, cls_tiny_data,
+                                                                           tmp_path, monkeypatch):
+    import hw1.predict
+    from hw1 import engine
+    from hw1.checkpoint import export_checkpoint
+
+    shipped = tmp_path / "shipped.pth"
+    assert export_checkpoint(cls_tiny_checkpoint, shipped, tta=True)["inference"] == {"tta": True}
+    asked, real = [], engine.probabilities
+    monkeypatch.setattr(hw1.predict, "probabilities", lambda m, x, tta=False: asked.append(tta) or real(m, x, tta=tta))
+    monkeypatch.setattr(engine, "probabilities", hw1.predict.probabilities)
+    val_dir = cls_tiny_data / "val_50"
+
+    def predict(checkpoint, *flags):
+        asked.clear()
+        rows = predict_main(["cls", str(val_dir), str(tmp_path / "p.csv"), "--checkpoint", str(checkpoint),
+                             "--device", "cpu", *flags])
+        return rows, set(asked)
+
+    def score(checkpoint, *flags):
+        asked.clear()
+        acc = eval_py.main(["--task", "cls", "--checkpoint", str(checkpoint), "--data-dir", str(val_dir),
+                            "--device", "cpu", *flags])["acc"]
+        return acc, set(asked)
+
+    with_tta, plain = predict(cls_tiny_checkpoint, "--tta"), predict(cls_tiny_checkpoint)
+    assert with_tta[1] == {True} and plain[1] == {False}  # a checkpoint that says nothing: off
+    assert predict(shipped) == with_tta
+    assert predict(shipped, "--no-tta") == plain
+    assert score(shipped) == score(cls_tiny_checkpoint, "--tta") and score(shipped)[1] == {True}
+    # without TTA the evaluation takes the logits' argmax and never asks for probabilities
+    assert score(shipped, "--no-tta") == score(cls_tiny_checkpoint) and score(cls_tiny_checkpoint)[1] == set()
