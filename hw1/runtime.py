@@ -3,8 +3,8 @@ import contextlib
 import logging
 import os
 import platform
-from pathlib import Path
 import random
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -154,26 +154,25 @@ def cpu_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def cpu_model():
-    """The CPU's model name from /proc/cpuinfo (the processor type where there is none)."""
+def _cpuinfo(field):
+    """The value of the first ``field`` line of /proc/cpuinfo, or None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(field):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (the processor type where there is none)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags():
     """The CPU's vector and matrix extensions that decide its fastest configuration, from /proc/cpuinfo."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
-    except OSError:
-        pass
-    return []
+    return sorted(f for f in (_cpuinfo("flags") or "").split() if f.startswith(("avx", "amx", "fma")))
 
 
 def device_name(device):

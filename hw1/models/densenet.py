@@ -153,7 +153,9 @@ def stages(model):
 # of this recipe each (results/p1_densenet_cpu_pilots.json, README "Model A on a CPU budget"):
 # AutoAugment + RandomErasing 0.347 against 0.472 with crop + flip, weight decay 2e-5 below 5e-4,
 # lr 0.2 0.508 against 0.472 at 0.1. Depth and width were set by throughput: BC-52 k=24 with the
-# pooled stem (1.05 M parameters) trains as fast as BC-40 k=12 without it (0.18 M).
+# pooled stem (1.05 M parameters) trains at 124 img/s, three quarters of BC-40 k=12 without it (0.18 M,
+# 163 img/s), while BC-76 k=24 pooled (79 img/s) could not do 30 epochs in 2 hours
+# (results/bench_cpu_densenet_sizes.json).
 CPU_RECIPE = {"depth": 52, "growth_rate": 24, "stem_pool": True, "aug": "light", "epochs": 30, "ema": 0.998,
               "lr": 0.2, "weight_decay": 5e-4, "workers": 1}
 
