@@ -2,8 +2,8 @@
 # What hw1_1.sh and hw1_2.sh run:  bash hw1_predict.sh cls|seg <image_dir> <output>
 # python -m hw1.predict with the repository's venv if it has one (else the machine's python3) and
 # the task's checkpoint: $HW1_P1_CHECKPOINT / $HW1_P2_CHECKPOINT if set; else checkpoints/p1.pth /
-# checkpoints/p2.pth (what hw1_download.sh fetches); for P1 without one, the shipped model A,
-# checkpoints/p1_densenet.pth (no P2 model is shipped: they are too large).
+# checkpoints/p2.pth (what hw1_download.sh fetches); without one, the shipped model A,
+# checkpoints/p1_densenet.pth / checkpoints/p2_vgg16_fcn32s.pth.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 task="${1:-}"
@@ -14,7 +14,10 @@ case "$task" in
              checkpoint="$here/checkpoints/p1_densenet.pth"
          fi ;;
     seg) script=hw1_2.sh output=output_dir variable=HW1_P2_CHECKPOINT
-         checkpoint="${HW1_P2_CHECKPOINT:-$here/checkpoints/p2.pth}" ;;
+         checkpoint="${HW1_P2_CHECKPOINT:-$here/checkpoints/p2.pth}"
+         if [ -z "${HW1_P2_CHECKPOINT:-}" ] && [ ! -f "$checkpoint" ]; then
+             checkpoint="$here/checkpoints/p2_vgg16_fcn32s.pth"
+         fi ;;
     *) echo "usage: bash hw1_predict.sh cls|seg <image_dir> <output>" >&2; exit 2 ;;
 esac
 if [ "$#" -ne 3 ]; then

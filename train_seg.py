@@ -37,7 +37,19 @@ def get_args_parser():
                    help="vgg16_fcn32s: width of fc6/fc7; the ImageNet weights need 4096 (default: %(default)s)")
     p.add_argument("--batch-norm", action="store_true",
                    help="vgg16_fcn32s: VGG16-BN trunk (trains far better from scratch; imagenet = vgg16_bn weights)")
-    p.add_argument("--size", type=int, help="resize every image and mask to this on load (quick runs)")
+    p.add_argument("--width", type=float,
+                   help="vgg16_fcn32s: channel multiplier of the 13 trunk convolutions; the ImageNet weights "
+                        "need 1 (default: %(default)s)")
+    p.add_argument("--fc-batch-norm", action="store_true", help="vgg16_fcn32s: batch norm after fc6 and fc7")
+    p.add_argument("--skips", choices=["none", "16s", "8s"],
+                   help="vgg16_fcn32s: FCN-16s (pool4) or FCN-8s (pool4 + pool3) skip heads (default: %(default)s)")
+    p.add_argument("--dropout", type=float, help="vgg16_fcn32s: dropout after fc6 and fc7 (default: %(default)s)")
+    p.add_argument("--class-weights", choices=["none", "enet"],
+                   help="weight the loss per class: enet = 1/ln(1.02 + the class's share of the training "
+                        "pixels) (default: %(default)s)")
+    p.add_argument("--size", type=int,
+                   help="resize every image and mask to this on load; the checkpoint records it and "
+                        "prediction resizes to it, then upsamples the logits to each image's own size")
     p.add_argument("--demo", action="store_true", help="train a small run on generated scenes (no course data)")
     # lr, weight decay, the optimizer, epochs and weights default to the model's recipe
     p = add_training_args(p, SegConfig)

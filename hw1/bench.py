@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 LABEL_SMOOTHING = ClsConfig.label_smoothing  # train_cls.py's default
 DATA_BATCH = ClsConfig.batch_size  # train_cls.py's default batch
 # the flags of this bench that set a model's training config (the rest are train_cls/seg defaults)
-MODEL_FLAGS = ("depth", "growth_rate", "stem_pool", "variant", "img_size", "crop_size")
+MODEL_FLAGS = ("depth", "growth_rate", "stem_pool", "variant", "img_size", "crop_size", "width", "fc_channels",
+               "batch_norm", "fc_batch_norm", "skips")
 
 
 class Config(NamedTuple):
@@ -611,6 +612,14 @@ def get_args_parser():
     g.add_argument("--variant", default=ClsConfig.variant, help="(default: %(default)s)")
     g.add_argument("--img-size", type=int, default=ClsConfig.img_size, help="ConvNeXt's internal resolution (default: %(default)s)")
     g.add_argument("--crop-size", type=int, default=SegConfig.crop_size, help="P2 training crop (default: %(default)s)")
+    g.add_argument("--width", type=float, default=SegConfig.width,
+                   help="VGG16-FCN's trunk channel multiplier (train_seg.py --width; default: %(default)s)")
+    g.add_argument("--fc-channels", type=int, default=SegConfig.fc_channels, help="VGG16-FCN's fc6/fc7 width "
+                   "(default: %(default)s)")
+    g.add_argument("--batch-norm", action="store_true", help="VGG16-FCN with VGG16-BN's trunk")
+    g.add_argument("--fc-batch-norm", action="store_true", help="VGG16-FCN with batch norm after fc6/fc7")
+    g.add_argument("--skips", choices=["none", "16s", "8s"], default=SegConfig.skips,
+                   help="VGG16-FCN's skip heads (default: %(default)s)")
     g = p.add_argument_group("P1 data pipeline and the reference")
     g.add_argument("--data-dir", default="hw1_data/p1_data",
                    help="P1 data; generated digits are used when it has no train_50/ (default: %(default)s)")

@@ -172,7 +172,7 @@ class ClsConfig(TrainConfig):
             p.append(("--img-size", self.img_size, "at least 1"))
         return p
 
-    def criterion(self):
+    def criterion(self, train_set=None):
         from torch import nn
 
         return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
@@ -188,6 +188,11 @@ class SegConfig(TrainConfig):
     aux_weight: float = 0.0
     fc_channels: int = 4096
     batch_norm: bool = False
+    width: float = 1.0
+    fc_batch_norm: bool = False
+    skips: str = "none"
+    dropout: float = 0.5
+    class_weights: str = "none"
     size: int | None = None
 
     task = "seg"
@@ -204,12 +209,27 @@ class SegConfig(TrainConfig):
             p.append(("--aux-weight", self.aux_weight, "0 or more"))
         if self.fc_channels < 1:
             p.append(("--fc-channels", self.fc_channels, "at least 1"))
+        if not 0 < self.width <= 4:
+            p.append(("--width", self.width, "in (0, 4]"))
+        if not 0 <= self.dropout < 1:
+            p.append(("--dropout", self.dropout, "in [0, 1)"))
+        if self.skips not in ("none", "16s", "8s"):
+            p.append(("--skips", self.skips, "none, 16s or 8s"))
+        if self.class_weights not in ("none", "enet"):
+            p.append(("--class-weights", self.class_weights, "none or enet"))
         return p
 
-    def criterion(self):
-        from hw1.losses import SegLoss
+    def criterion(self, train_set=None):
+        """The loss; with ``--class-weights`` its weights come from ``train_set``'s masks."""
+        from hw1.data.masks import NUM_CLASSES
+        from hw1.losses import SegLoss, class_weights
 
-        return SegLoss(aux_weight=self.aux_weight)
+        weight = None
+        if self.class_weights != "none":
+            if train_set is None:
+                raise ValueError("class weights need the training set")
+            weight = class_weights(train_set.masks, self.class_weights, num_classes=NUM_CLASSES)
+        return SegLoss(aux_weight=self.aux_weight, weight=weight)
 
 
 CONFIGS = {"cls": ClsConfig, "seg": SegConfig}

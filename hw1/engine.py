@@ -10,6 +10,7 @@ import math
 import time
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from hw1 import distributed as dist
@@ -28,12 +29,24 @@ def logits_of(output):
     return output["out"] if isinstance(output, dict) else output
 
 
-def probabilities(model, x, *, tta=False):
+def upsampled(logits, size):
+    """A segmenter's (N, C, h, w) logits bilinearly resized to ``size`` (fp32), unchanged when they have it.
+
+    A model trained at a smaller scale than the masks it is scored on predicts at that scale; its
+    logits, not its classes, are interpolated, so the boundaries fall between cells.
+    """
+    if size is None or tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def probabilities(model, x, *, tta=False, size=None):
     """Class probabilities of a batch, (N, C) or (N, C, H, W) in fp32; with ``tta`` averaged with
-    those of the horizontally mirrored batch (mirrored back for a segmenter's maps)."""
-    prob = logits_of(model(x)).float().softmax(1)
+    those of the horizontally mirrored batch (mirrored back for a segmenter's maps). ``size``: a
+    segmenter's logits are upsampled to it first (:func:`upsampled`)."""
+    prob = upsampled(logits_of(model(x)), size).float().softmax(1)
     if tta:
-        mirrored = logits_of(model(x.flip(-1))).float().softmax(1)
+        mirrored = upsampled(logits_of(model(x.flip(-1))), size).float().softmax(1)
         prob = (prob + (mirrored.flip(-1) if prob.dim() == 4 else mirrored)) / 2
     return prob
 
@@ -156,7 +169,10 @@ def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dt
             output = model(images)
             if criterion is not None:
                 loss_sum += criterion(output, targets).double() * images.shape[0]
-            pred = (probabilities(model, images, tta=True) if tta else logits_of(output)).argmax(1)
+            # masks larger than the model's input (a model trained at a smaller scale): logits upsampled
+            size = targets.shape[-2:] if targets.dim() == 3 else None
+            pred = (probabilities(model, images, tta=True, size=size) if tta
+                    else upsampled(logits_of(output), size)).argmax(1)
         cm += metrics.confusion_matrix(targets, pred, num_classes)
         seen += images.shape[0]
     seconds = time.perf_counter() - start

@@ -1,10 +1,11 @@
 """The grading API: predictions for a folder of images, written where the grader asks.
 
     python -m hw1.predict cls IMAGE_DIR OUTPUT_CSV [--checkpoint PATH] [--device cpu] [--tta | --no-tta]
-    python -m hw1.predict seg IMAGE_DIR OUTPUT_DIR --checkpoint PATH [--tta | --no-tta]
+    python -m hw1.predict seg IMAGE_DIR OUTPUT_DIR [--checkpoint PATH] [--device cpu] [--tta | --no-tta]
 
 ``predict_cls`` writes a CSV with the header ``filename,label`` (bare file names, sorted) and
-returns its rows. Without a checkpoint it uses the shipped model A, ``checkpoints/p1_densenet.pth``.
+returns its rows. Without a checkpoint each task uses its shipped model A, ``checkpoints/p1_densenet.pth``
+and ``checkpoints/p2_vgg16_fcn32s.pth``.
 ``predict_seg`` writes one RGB mask in the course's 7 colours per input image, at the input's
 size: ``xxxx_sat.jpg`` becomes ``xxxx_mask.png`` (the course's naming, which its evaluator
 pairs with the ground truth); any other ``name.jpg`` / ``name.png`` becomes ``name.png``.
@@ -21,7 +22,7 @@ import torch
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.cli import run
 from hw1.data.cls import IMG_SIZE, decode_images
-from hw1.data.images import list_images, normalize, read_rgb
+from hw1.data.images import list_images, normalize, read_rgb, resize_rgb
 from hw1.engine import probabilities
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, staged_folder
@@ -29,8 +30,9 @@ from hw1.runtime import amp_dtype, autocast, channels_last_default, get_device
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-# P2 models are hundreds of MB, too large to ship: predict_seg needs a checkpoint.
-DEFAULT_CHECKPOINTS = {"cls": CHECKPOINTS / "p1_densenet.pth"}
+# The shipped model A of each problem (P2's: VGG16-FCN at a quarter of VGG16's width, trained on a
+# CPU budget; the full-width models are hundreds of MB and come through hw1_download.sh).
+DEFAULT_CHECKPOINTS = {"cls": CHECKPOINTS / "p1_densenet.pth", "seg": CHECKPOINTS / "p2_vgg16_fcn32s.pth"}
 
 
 def inference_model(ckpt, path, device):
@@ -38,14 +40,23 @@ def inference_model(ckpt, path, device):
 
     Its memory format and ``model.infer_amp`` (the autocast dtype, None for fp32) are the
     measured fastest inference configuration of that model on this device (``hw1.runtime``);
-    ``model.infer_tta`` is the checkpoint's own choice of flip TTA (``python -m hw1.checkpoint --tta``).
+    ``model.infer_tta`` is the checkpoint's own choice of flip TTA (``python -m hw1.checkpoint --tta``);
+    ``model.infer_size`` the side a segmenter was trained at (its run's ``--size``; None: the images' own).
     """
     model = model_from_checkpoint(ckpt, path).to(device).eval()
     name = ckpt["model_name"]
     model.infer_tta = bool(ckpt.get("inference", {}).get("tta", False))
+    model.infer_size = trained_size(ckpt)
     model.infer_amp = amp_dtype("auto", device, name, use="infer")
     model.infer_channels_last = channels_last_default(None, name, device, use="infer")
     return model.to(memory_format=torch.channels_last) if model.infer_channels_last else model
+
+
+def trained_size(ckpt):
+    """The side a segmentation checkpoint's images were resized to in training (``--size``), or None."""
+    args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    size = args.get("size")
+    return int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) and size >= 1 else None
 
 
 def inference_settings(model, device):
@@ -144,12 +155,20 @@ def mask_name(image_path):
 @torch.inference_mode()
 def segment(model, image, *, device, tta=None):
     """(H, W) int64 classes of one uint8 (3, H, W) image; ``tta`` averages with the flipped image
-    (None: the checkpoint's choice)."""
+    (None: the checkpoint's choice).
+
+    A model trained at a smaller scale (``model.infer_size``) sees the image resized to it as its
+    training images were (:func:`hw1.data.images.resize_rgb`); its logits are upsampled back to (H, W).
+    """
     amp, channels_last = inference_settings(model, device)
     tta = inference_tta(model, tta)
+    size = tuple(image.shape[-2:])
+    scale = getattr(model, "infer_size", None)
+    if scale is not None:
+        image = torch.from_numpy(resize_rgb(image.permute(1, 2, 0).numpy(), scale)).permute(2, 0, 1)
     x = prepare(image[None], device, channels_last)
     with autocast(device, amp):
-        return probabilities(model, x, tta=tta)[0].argmax(0).cpu()
+        return probabilities(model, x, tta=tta, size=size)[0].argmax(0).cpu()
 
 
 def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=None):

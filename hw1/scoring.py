@@ -89,7 +89,9 @@ def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None
     """Pooled confusion matrix of an inference-ready ``model`` on a labelled folder of ``task``.
 
     cls: images named ``{label}_{id}`` (or labelled by ``labels_csv``); seg: image + mask pairs,
-    optionally resized to ``size``. Autocast as in ``hw1.predict``, so both routes score alike;
+    optionally resized to ``size``; a model trained at a smaller scale (``model.infer_size``) gets the
+    images at that scale and its logits are upsampled to the masks, as ``hw1.predict`` does.
+    Autocast as in ``hw1.predict``, so both routes score alike;
     ``tta`` as its ``--tta`` (class probabilities averaged with the mirror image's; None: the checkpoint's choice).
     """
     from hw1.engine import evaluate
@@ -102,7 +104,14 @@ def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None
     else:
         from hw1.data.seg import load_seg_split, seg_eval_transform
 
-        dataset = load_seg_split(data_dir, size=size, transform=seg_eval_transform())
+        scale = getattr(model, "infer_size", None)
+        if scale is None or scale == size:
+            dataset = load_seg_split(data_dir, size=size, transform=seg_eval_transform())
+        else:
+            dataset = load_seg_split(data_dir, size=scale, transform=seg_eval_transform(), resize_masks=False)
+            if size is not None:  # the masks at the asked size
+                dataset.masks = torch.nn.functional.interpolate(dataset.masks[:, None], size=(size, size),
+                                                                mode="nearest-exact")[:, 0]
     num_classes = CLS_CLASSES if task == "cls" else NUM_CLASSES
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or (500 if task == "cls" else 4))
     amp, channels_last = inference_settings(model, device)

@@ -243,7 +243,9 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     log.info("training %s on %s x %d (amp=%s, channels_last=%s, micro_batch=%s): %d train / %d val samples, "
              "%d steps per epoch", spec.name, device, dist.world_size(), amp, config.channels_last,
              config.micro_batch, len(train_set), len(val_set), steps)
-    criterion = config.criterion()
+    criterion = config.criterion(train_set)
+    if getattr(criterion, "weight", None) is not None:
+        log.info("class weights %s", [round(w, 3) for w in criterion.weight.tolist()])
     record = records[-1] if records else None
     # the run's wall time so far, training and evaluation, carried over a resume (data decoding aside)
     started, wall_before = time.perf_counter(), (record or {}).get("wall_seconds", 0.0)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from hw1.data.masks import NUM_CLASSES, UNKNOWN
-from hw1.losses import SegLoss
+from hw1.losses import SegLoss, class_weights
 from hw1.metrics import confusion_matrix, iou_per_class, mean_iou, summarize
 
 SCORED = range(6)  # the course averages classes 0-5; 6 (unknown) is not scored
@@ -239,3 +239,41 @@ def test_seg_loss_is_zero_not_nan_without_labelled_pixels():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.count_nonzero(logits.grad) == 0
+
+
+# --- class-weighted loss (--class-weights enet) ---------------------------------------------------
+
+def test_enet_class_weights_follow_the_formula_from_pixel_shares():
+    # 60 % class 1, 30 % class 0, 10 % class 4, a few unknown pixels (ignored), other classes absent
+    masks = torch.tensor([1] * 60 + [0] * 30 + [4] * 10 + [UNKNOWN] * 7, dtype=torch.uint8).reshape(1, 107)
+    w = class_weights(masks, "enet", num_classes=NUM_CLASSES)
+    share = {0: 0.3, 1: 0.6, 2: 0.0, 3: 0.0, 4: 0.1, 5: 0.0}
+    for c, p in share.items():
+        assert w[c].item() == pytest.approx(1 / math.log(1.02 + p), rel=1e-6)
+    assert w[UNKNOWN] == 0
+    assert class_weights(masks, "none", num_classes=NUM_CLASSES) is None
+    with pytest.raises(ValueError, match="class weights"):
+        class_weights(masks, "median", num_classes=NUM_CLASSES)
+
+
+def test_weighted_seg_loss_is_the_weighted_mean_over_labelled_pixels():
+    torch.manual_seed(2)
+    logits = torch.randn(2, NUM_CLASSES, 4, 5, dtype=torch.float64)
+    target = torch.randint(0, NUM_CLASSES, (2, 4, 5))
+    target[0, 0, 0] = UNKNOWN
+    weight = torch.tensor([2.0, 0.5, 3.0, 1.0, 4.0, 1.5, 0.0])
+    loss = SegLoss(weight=weight)({"out": logits}, target).item()
+    # by hand: sum of w[t] * -log p_t over labelled pixels / sum of w[t]
+    logp = logits.log_softmax(1)
+    num = den = 0.0
+    for b, y, x in np.ndindex(*target.shape):
+        t = int(target[b, y, x])
+        if t != UNKNOWN:
+            num -= float(weight[t]) * float(logp[b, t, y, x])
+            den += float(weight[t])
+    assert loss == pytest.approx(num / den, rel=1e-6)
+    # and it is what cross_entropy's own weighted mean gives
+    expected = F.cross_entropy(logits, target, weight=weight.double(), ignore_index=UNKNOWN)
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+    # a batch of unknown pixels only still costs 0, not NaN
+    assert SegLoss(weight=weight)({"out": logits}, torch.full_like(target, UNKNOWN)).item() == 0

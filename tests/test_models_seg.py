@@ -277,3 +277,79 @@ def test_resnet_backward_reaches_every_trainable_parameter():
         nn.init.normal_(model.head.weight, std=0.01)
         nn.init.normal_(model.aux_head.weight, std=0.01)
     _assert_grads_reach_all(model, model(torch.randn(1, 3, 64, 64)))
+
+
+# --- the CPU-budget variants: width, fc batch norm, FCN-16s/8s skips ------------------------------
+
+def _small(**kw):
+    torch.manual_seed(0)
+    return vgg16_fcn32s(batch_norm=True, fc_batch_norm=True, width=0.25, fc_channels=32, **kw)
+
+
+@pytest.mark.parametrize("skips", ["none", "16s", "8s"])
+@pytest.mark.parametrize("size", [(64, 64), (45, 77)])
+def test_small_vgg_output_size_equals_input_size(skips, size):
+    model = _small(skips=skips).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, *size))["out"]
+    assert out.shape == (2, 7, *size)
+
+
+def test_width_scales_every_trunk_convolution():
+    convs = [m for m in _small().features if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 16, 32, 32, 64, 64, 64, 128, 128, 128, 128, 128, 128]
+    model = _small()
+    assert model.fc6.in_channels == 128 and isinstance(model.bn6, nn.BatchNorm2d)
+    assert isinstance(vgg16_fcn32s().bn6, nn.Identity)  # the ImageNet layout has no fc batch norm
+
+
+def test_skip_heads_start_at_zero_so_8s_starts_from_its_stride_32_scores():
+    """Zero-initialised skip scorers (as in the paper): a fresh 8s model's output is its stride-32
+    scores carried up by the x2, x2 and final bilinear steps, the pool3/pool4 heads adding nothing."""
+    model = _small(skips="8s").eval()
+    assert model.score_pool4.weight.abs().sum() == 0 and model.score_pool3.weight.abs().sum() == 0
+    with torch.no_grad():
+        model.score.weight.normal_(generator=torch.Generator().manual_seed(1))  # non-zero scores to follow
+        seen = {}
+        model.score.register_forward_hook(lambda m, i, o: seen.setdefault("score", o))
+        x = torch.randn(1, 3, 96, 64)
+        out = model(x)["out"]
+    up = lambda t, hw: F.interpolate(t, size=hw, mode="bilinear", align_corners=False)
+    expected = up(up(up(seen["score"], (6, 4)), (12, 8)), (96, 64))
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("skips", ["16s", "8s"])
+def test_skip_heads_get_gradients(skips):
+    model = _small(skips=skips).train()
+    F.cross_entropy(model(torch.randn(2, 3, 64, 64))["out"], torch.randint(7, (2, 64, 64))).backward()
+    # the scorers start at zero, so the trunk below them gets a gradient from the second step on;
+    # the skip scorers themselves get one at once
+    for head in ("score", "score_pool4") + (("score_pool3",) if skips == "8s" else ()):
+        assert getattr(model, head).weight.grad.abs().sum() > 0, head
+
+
+def test_unknown_skips_is_an_error():
+    with pytest.raises(ValueError, match="skips"):
+        vgg16_fcn32s(skips="4s")
+
+
+def test_small_vgg_checkpoint_round_trip(tmp_path):
+    model = _small(skips="8s").eval()
+    _randomise_batchnorm(model)
+    torch.save({"m": model.state_dict()}, tmp_path / "w.pth")
+    again = _small(skips="8s").eval()
+    again.load_state_dict(torch.load(tmp_path / "w.pth", weights_only=True)["m"])
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)["out"], model(x)["out"])
+
+
+def test_vgg_bn_imagenet_file_loads_into_the_fc_batch_norm_layout(tmp_path):
+    """A torchvision vgg16_bn file has no fc batch norm and no skip scorers: those stay fresh."""
+    torch.manual_seed(0)
+    tv = torchvision.models.vgg16_bn(weights=None)
+    torch.save(tv.state_dict(), tmp_path / "vgg16_bn.pth")
+    model = vgg16_fcn32s(weights=str(tmp_path / "vgg16_bn.pth"), batch_norm=True, fc_batch_norm=True, skips="8s")
+    torch.testing.assert_close(model.features[0].weight, tv.features[0].weight)
+    torch.testing.assert_close(model.fc7.weight, tv.classifier[3].weight.reshape(4096, 4096, 1, 1))

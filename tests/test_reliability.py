@@ -1066,12 +1066,16 @@ def test_course_scripts_find_python_and_their_default_checkpoints(tmp_path):
     assert result.stderr == f"hw1_1.sh: checkpoint {clone / 'checkpoints' / 'p1_densenet.pth'}\n"
     (clone / "checkpoints" / "p1.pth").write_bytes(b"")
     assert call("hw1_1.sh")[1][-1] == str(clone / "checkpoints" / "p1.pth")  # the downloaded one comes first
-    result, _ = call("hw1_2.sh")  # no P2 checkpoint is shipped
+    shipped = clone / "checkpoints" / "p2_vgg16_fcn32s.pth"
+    result, _ = call("hw1_2.sh")  # neither a downloaded nor the shipped P2 checkpoint
     assert result.returncode == 2 and result.stderr == (
-        f"error: {clone / 'checkpoints' / 'p2.pth'}: checkpoint not found; run 'bash hw1_download.sh' first or set "
-        "HW1_P2_CHECKPOINT\n")
+        f"error: {shipped}: checkpoint not found; run 'bash hw1_download.sh' first or set HW1_P2_CHECKPOINT\n")
+    shipped.write_bytes(b"")
+    result, called = call("hw1_2.sh")
+    assert called == [str(clone), "-m", "hw1.predict", "seg", "in", "out", "--checkpoint", str(shipped)]
+    assert result.stderr == f"hw1_2.sh: checkpoint {shipped}\n"
     (clone / "checkpoints" / "p2.pth").write_bytes(b"")
-    assert call("hw1_2.sh")[1][:7] == [str(clone), "-m", "hw1.predict", "seg", "in", "out", "--checkpoint"]
+    assert call("hw1_2.sh")[1][-1] == str(clone / "checkpoints" / "p2.pth")  # the downloaded one comes first
 
 
 def test_download_template_writes_only_verified_files(tmp_path):

@@ -228,7 +228,12 @@ def varied_checkpoint(seg_run, seg_data, tmp_path_factory):
     comparison of predictions trivially equal. The scorer's weights are made orthogonal to the
     mean fc7 feature, so the classes depend on how a location differs from the average one.
     """
-    ckpt = torch.load(seg_run[0] / "last.pth", map_location="cpu", weights_only=True)
+    return vary(seg_run[0] / "last.pth", seg_data, tmp_path_factory.mktemp("seg_varied") / "varied.pth")
+
+
+def vary(src, seg_data, path):
+    """Write ``src`` with the class scorer that :func:`varied_checkpoint` describes to ``path``."""
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
     model = model_from_checkpoint(ckpt).eval()
     val = load_seg_split(seg_data / "validation", transform=seg_eval_transform())
     with torch.inference_mode():
@@ -239,7 +244,6 @@ def varied_checkpoint(seg_run, seg_data, tmp_path_factory):
     w -= (w @ mu)[:, None] * mu / (mu @ mu)
     ckpt["model"]["score.weight"] = (w / f.std())[:, :, None, None]
     ckpt["model"]["score.bias"] = torch.zeros(NUM_CLASSES)
-    path = tmp_path_factory.mktemp("seg_varied") / "varied.pth"
     torch.save(ckpt, path)
     return path
 
@@ -459,10 +463,19 @@ def test_predict_seg_cli(predict_inputs, varied_checkpoint, tmp_path):
         assert (im.height, im.width) == sizes["foo.png"]
 
 
-def test_predict_seg_needs_a_checkpoint(predict_inputs, tmp_path):
-    with pytest.raises(UserError, match="no seg checkpoint"):
+def test_predict_seg_without_a_checkpoint_uses_the_shipped_one(predict_inputs, varied_checkpoint, tmp_path,
+                                                                 monkeypatch):
+    import hw1.predict
+
+    monkeypatch.setitem(hw1.predict.DEFAULT_CHECKPOINTS, "seg", tmp_path / "missing.pth")
+    with pytest.raises(UserError, match="missing.pth: checkpoint not found"):
         predict_seg(predict_inputs[0], tmp_path / "out", device="cpu")
     assert not (tmp_path / "out").exists()
+    monkeypatch.setitem(hw1.predict.DEFAULT_CHECKPOINTS, "seg", varied_checkpoint)
+    by_default = predict_seg(predict_inputs[0], tmp_path / "out", device="cpu")
+    named = predict_seg(predict_inputs[0], tmp_path / "named", checkpoint=varied_checkpoint, device="cpu")
+    for a, b in zip(by_default, named):
+        assert a.read_bytes() == b.read_bytes()
 
 
 def test_predict_seg_refuses_a_cls_checkpoint(predict_inputs, tmp_path):
@@ -518,3 +531,58 @@ def test_seg_confusion_reads_uppercase_png(tmp_path):
     save_classes(classes, gt_dir / "0000_mask.png")
     cm = seg_confusion_from_dirs(pred_dir, gt_dir)
     assert cm.trace().item() == cm.sum().item() == 4
+
+
+# --- a model trained at a smaller scale (--size) predicts at it, at each image's own size ----------
+
+@pytest.fixture(scope="module")
+def scaled_checkpoint(seg_data, tmp_path_factory):
+    """A tiny run on the 64x64 scenes resized to 32x32 (``--size 32``), with a varied scorer."""
+    out_dir = tmp_path_factory.mktemp("seg_scaled_run")
+    args = [a if a != "64" else "32" for a in TINY_RUNTIME_ARGS]  # --crop-size 32
+    train_seg.main([*TINY_VGG_ARGS, *args, "--data-dir", str(seg_data), "--out-dir", str(out_dir),
+                    "--epochs", "1", "--lr", "1e-3", "--size", "32", "--skips", "8s", "--save-epochs"])
+    path = vary(out_dir / "last.pth", seg_data, tmp_path_factory.mktemp("seg_scaled") / "varied.pth")
+    # at 32x32 the stride-32 scores are one cell: a random pool3 scorer (stride 8, 4x4 cells) varies the classes
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["score_pool3.weight"] = torch.randn(NUM_CLASSES, 256, 1, 1, generator=torch.Generator().manual_seed(3))
+    torch.save(ckpt, path)
+    return path
+
+
+def expected_scaled_classes(model, path, scale):
+    """By hand: PIL's bilinear resize to ``scale``, the model in fp32, logits bilinearly upsampled back."""
+    with Image.open(path) as im:
+        own = (im.height, im.width)
+        small = np.asarray(im.convert("RGB").resize((scale, scale), Image.BILINEAR), dtype=np.float32) / 255
+    x = torch.from_numpy((small - np.array(MEAN, np.float32)) / np.array(STD, np.float32)).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        logits = model(x)["out"]
+    assert logits.shape[-2:] == (scale, scale)
+    return torch.nn.functional.interpolate(logits, size=own, mode="bilinear", align_corners=False)[0].argmax(0).numpy()
+
+
+def test_scaled_checkpoint_predicts_at_its_scale_and_writes_each_images_size(
+        scaled_checkpoint, predict_inputs, tmp_path, fp32_inference):
+    folder, sizes = predict_inputs
+    ckpt = torch.load(scaled_checkpoint, weights_only=True)
+    assert ckpt["args"]["size"] == 32 and ckpt["model_config"]["skips"] == "8s"
+    written = predict_seg(folder, tmp_path / "masks", checkpoint=scaled_checkpoint, device="cpu", tta=False)
+    model = model_from_checkpoint(ckpt).eval()
+    classes = set()
+    for path in written:
+        src = next(n for n in sizes if mask_name(n) == path.name)
+        got = decode_palette(path)
+        assert got.shape == sizes[src]
+        np.testing.assert_array_equal(got, expected_scaled_classes(model, folder / src, 32))
+        classes |= set(np.unique(got).tolist())
+    assert len(classes) >= 2  # the comparison is not between two constant maps
+
+
+def test_eval_checkpoint_of_a_scaled_run_scores_full_size_masks_as_predict_then_eval(
+        scaled_checkpoint, seg_data, tmp_path, fp32_inference):
+    by_checkpoint, by_masks = eval_checkpoint_vs_predicted_masks(scaled_checkpoint, seg_data / "validation",
+                                                                 tmp_path / "pred")
+    assert by_checkpoint["miou"] == by_masks["miou"] and by_checkpoint["pixel_acc"] == by_masks["pixel_acc"]
+    with Image.open(tmp_path / "pred" / "0000_mask.png") as im:
+        assert im.size == (64, 64)  # the ground truth's size, not the model's 32

@@ -73,6 +73,18 @@ def to_rgb(im, path):
     return im.convert("RGB")
 
 
+def resize_rgb(image, size):
+    """(H, W, 3) uint8 array resized (PIL's antialiased bilinear) to ``size`` (a side or (H, W)).
+
+    The resize of :func:`read_rgb`, for images already decoded: a P2 model sees at inference
+    exactly the pixels its training images had.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    if image.shape[:2] == (h, w):
+        return image
+    return np.array(Image.fromarray(image, "RGB").resize((w, h), Image.BILINEAR))
+
+
 def read_rgb(path, size=None, *, draft=False, with_size=False):
     """HxWx3 uint8 array of an image file, converted to RGB, optionally resized (bilinear) to ``size``.
 

@@ -83,7 +83,10 @@ class SegDataset(torch.utils.data.Dataset):
     def __init__(self, images, masks, ids, transform=None):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (N, 3, H, W) uint8, got {tuple(images.shape)} {images.dtype}")
-        if masks.dtype != torch.uint8 or masks.shape != images.shape[:1] + images.shape[2:]:
+        # masks may be of another size of the same shape: scoring a model that runs at a smaller
+        # scale keeps the ground truth at its own size (the model's logits are upsampled to it)
+        if masks.dtype != torch.uint8 or masks.ndim != 3 or len(masks) != len(images) \
+                or masks.shape[1] * images.shape[3] != masks.shape[2] * images.shape[2]:
             raise ValueError(f"masks must be (N, H, W) uint8 matching images, got {tuple(masks.shape)} {masks.dtype}")
         if len(ids) != len(images):
             raise ValueError(f"{len(ids)} ids for {len(images)} images")
@@ -102,11 +105,12 @@ class SegDataset(torch.utils.data.Dataset):
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 
 
-def load_seg_split(folder, *, size=None, workers=None, transform=None):
+def load_seg_split(folder, *, size=None, workers=None, transform=None, resize_masks=True):
     """Decode every pair of ``folder`` once into a ``SegDataset``.
 
-    ``size`` (an int or ``(H, W)``) resizes images bilinearly and masks by nearest neighbour, for
-    quick runs; without it every image must have the first one's size. Decoding runs on a
+    ``size`` (an int or ``(H, W)``) resizes images bilinearly (:func:`hw1.data.images.resize_rgb`,
+    as inference does) and, with ``resize_masks``, masks by nearest neighbour; without it every
+    image must have the first one's size, as must every mask without ``resize_masks``. Decoding runs on a
     thread pool (``workers`` threads, default: the usable CPUs up to 16) because PIL releases the
     GIL while decoding.
     """
@@ -120,22 +124,28 @@ def load_seg_split(folder, *, size=None, workers=None, transform=None):
     else:
         resize = True
     h, w = size
+    mh, mw = size if resize_masks or not resize else image_size(pairs[0][2])
     n = len(pairs)
     images = torch.empty((n, 3, h, w), dtype=torch.uint8)
-    masks = torch.empty((n, h, w), dtype=torch.uint8)
+    masks = torch.empty((n, mh, mw), dtype=torch.uint8)
     # Filled in place through numpy views: no per-image tensors and no final stack, so the peak
     # memory is the dataset itself.
     images_np, masks_np = images.numpy(), masks.numpy()
 
     def load(i):
         _, sat_path, mask_path = pairs[i]
-        rgb, (h0, w0) = read_rgb(sat_path, size if resize else None, draft=True, with_size=True)
+        # No JPEG draft decoding: inference resizes the fully decoded image (resize_rgb), and a
+        # model must see the same pixels in both
+        rgb, (h0, w0) = read_rgb(sat_path, size if resize else None, with_size=True)
         mask = read_mask(mask_path)
         if mask.shape != (h0, w0):
             raise UserError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but "
                             f"{sat_path.name} is {w0}x{h0}")
-        if resize and mask.shape != size:
+        if resize and resize_masks and mask.shape != size:
             mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+        if mask.shape != (mh, mw):
+            raise UserError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, but "
+                            f"{pairs[0][2].name} is {mw}x{mh}")
         if rgb.shape[:2] != size:
             raise UserError(f"{sat_path}: image is {w0}x{h0}, but {pairs[0][1].name} is {w}x{h} "
                             "(pass a size to resize them all)")

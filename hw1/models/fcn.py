@@ -20,13 +20,20 @@ _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"
 _STRIDE = 32  # total stride of the five pools
 
 
-def _vgg16_features(batch_norm=False):
-    """torchvision's ``vgg16`` (or, with ``batch_norm``, ``vgg16_bn``) feature layers, same indices."""
+def _scaled(channels, width):
+    """``channels`` x ``width``, rounded, at least 8."""
+    return max(8, round(channels * width))
+
+
+def _vgg16_features(batch_norm=False, width=1.0):
+    """torchvision's ``vgg16`` (or, with ``batch_norm``, ``vgg16_bn``) feature layers, same indices;
+    ``width`` scales every convolution's channels (1.0 is torchvision's, which the ImageNet weights need)."""
     layers, in_channels = [], 3
     for v in _VGG16_CFG:
         if v == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         else:
+            v = _scaled(v, width)
             layers.append(nn.Conv2d(in_channels, v, kernel_size=3, padding=1))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(v))
@@ -47,7 +54,7 @@ def _bilinear_kernel(channels, size):
 
 
 class VGG16FCN32s(nn.Module):
-    """FCN-32s (Long et al., 2015) on a VGG16 trunk.
+    """FCN-32s (Long et al., 2015) on a VGG16 trunk, optionally with the FCN-16s/8s skip heads.
 
     Instead of the Caffe model's ``padding=100`` on conv1_1 (which nearly doubles the work at
     512x512) the input is zero-padded (the mean colour, once normalised) on the bottom/right to a
@@ -56,28 +63,49 @@ class VGG16FCN32s(nn.Module):
     puts each stride-32 cell's centre exactly where ``F.interpolate(..., align_corners=False)``
     would, borders included, so every output pixel is a proper interpolation (no fade-out towards
     the image edge).
+
+    ``skips`` adds the paper's finer heads: ``16s`` a 1x1 scorer on pool4 whose scores are added to
+    the stride-32 scores upsampled x2, ``8s`` also one on pool3 (x2 again); the stride-16/8 sum is
+    then upsampled to the input with ``F.interpolate`` (bilinear, align_corners=False), which puts
+    cell centres where ``upscore`` would. The skip scorers start at zero (as in the paper), so a
+    fresh 16s/8s model computes what its 32s trunk does.
     """
 
     # Score cell i of the replicate-padded map lands at 32 * i + 31.5 in the upscore output; the
     # unpadded cell i - 1 belongs at 32 * (i - 1) + 15.5 in the image, hence 32 + 16.
     _CROP = _STRIDE + _STRIDE // 2
+    SKIPS = ("none", "16s", "8s")
 
-    def __init__(self, num_classes=7, dropout=0.5, fc_channels=4096, batch_norm=False):
+    def __init__(self, num_classes=7, dropout=0.5, fc_channels=4096, batch_norm=False, width=1.0,
+                 fc_batch_norm=False, skips="none"):
         super().__init__()
-        # batch_norm (VGG16-BN) is for training from scratch, where plain VGG16 learns very slowly
-        self.features = _vgg16_features(batch_norm)
+        if skips not in self.SKIPS:
+            raise ValueError(f"skips must be one of {self.SKIPS}, got {skips!r}")
+        # batch_norm (VGG16-BN) is for training from scratch, where plain VGG16 learns very slowly;
+        # width < 1 (and a narrow fc) for from-scratch runs on a CPU budget
+        self.features = _vgg16_features(batch_norm, width)
+        trunk = _scaled(512, width)
         # fc6/fc7 are torchvision's classifier[0] / classifier[3] as convolutions
-        # (fc_channels < 4096 only for small from-scratch runs: the ImageNet weights need 4096)
-        self.fc6 = nn.Conv2d(512, fc_channels, kernel_size=7, padding=3)
+        # (fc_channels < 4096 only for small from-scratch runs: the ImageNet weights need 4096);
+        # fc_batch_norm puts a BatchNorm after each, as after every trunk conv of VGG16-BN
+        self.fc6 = nn.Conv2d(trunk, fc_channels, kernel_size=7, padding=3)
+        self.bn6 = nn.BatchNorm2d(fc_channels) if fc_batch_norm else nn.Identity()
         self.relu6 = nn.ReLU(inplace=True)
         self.drop6 = nn.Dropout(dropout)
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, kernel_size=1)
+        self.bn7 = nn.BatchNorm2d(fc_channels) if fc_batch_norm else nn.Identity()
         self.relu7 = nn.ReLU(inplace=True)
         self.drop7 = nn.Dropout(dropout)
         self.score = nn.Conv2d(fc_channels, num_classes, kernel_size=1)
         self.upscore = nn.ConvTranspose2d(
             num_classes, num_classes, kernel_size=2 * _STRIDE, stride=_STRIDE, bias=False
         )
+        self.skips = skips
+        # features[:pool3], features[pool3:pool4], features[pool4:]: the taps of the skip heads
+        pools = [i + 1 for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
+        self._taps = (pools[2], pools[3])
+        self.score_pool4 = nn.Conv2d(_scaled(512, width), num_classes, 1) if skips != "none" else None
+        self.score_pool3 = nn.Conv2d(_scaled(256, width), num_classes, 1) if skips == "8s" else None
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -86,11 +114,13 @@ class VGG16FCN32s(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        # As in the paper: a zero-initialised class scorer (random init gave neither better
+        # As in the paper: zero-initialised class scorers (random init gave neither better
         # accuracy nor faster convergence there) and a final upsampling fixed to bilinear
         # interpolation. Frozen, the upscore weight never gets a grad, so optimisers skip it.
-        nn.init.zeros_(self.score.weight)
-        nn.init.zeros_(self.score.bias)
+        for m in (self.score, self.score_pool4, self.score_pool3):
+            if m is not None:
+                nn.init.zeros_(m.weight)
+                nn.init.zeros_(m.bias)
         with torch.no_grad():
             self.upscore.weight.copy_(_bilinear_kernel(num_classes, 2 * _STRIDE))
         self.upscore.weight.requires_grad_(False)
@@ -99,17 +129,34 @@ class VGG16FCN32s(nn.Module):
         """x: (N, 3, H, W) -> {"out": (N, num_classes, H, W)}."""
         h, w = x.shape[-2:]
         x = F.pad(x, (0, -w % _STRIDE, 0, -h % _STRIDE))
-        x = self.features(x)
-        x = self.drop6(self.relu6(self.fc6(x)))
-        x = self.drop7(self.relu7(self.fc7(x)))
-        # The scorer and upscore always run in fp32. Under bf16 autocast on CPUs with AMX, oneDNN
-        # 3.12 (torch 2.14) corrupts the heap in the backward-weights pass of a convolution with a
-        # bias, < 16 output and > 2048 input channels: this scorer (fc_channels -> num_classes).
-        # fp32 costs nothing here (the scorer is 1x1 with a handful of outputs) and bf16's
+        padded = x.shape[-2:]
+        p3, p4 = self._taps
+        pool3 = self.features[:p3](x)
+        pool4 = self.features[p3:p4](pool3)
+        x = self.features[p4:](pool4)
+        x = self.drop6(self.relu6(self.bn6(self.fc6(x))))
+        x = self.drop7(self.relu7(self.bn7(self.fc7(x))))
+        # The scorers and the upsampling always run in fp32. Under bf16 autocast on CPUs with AMX,
+        # oneDNN 3.12 (torch 2.14) corrupts the heap in the backward-weights pass of a convolution
+        # with a bias, < 16 output and > 2048 input channels: this scorer (fc_channels -> num_classes).
+        # fp32 costs little here (1x1 convolutions with a handful of outputs) and bf16's
         # ConvTranspose2d(7, 7, 64, stride 32) was the slower of the two on those CPUs anyway.
         # (runtime.autocast is a no-op on the meta tensors that trace the architecture figure's shapes)
         with autocast(x.device, None):
-            return {"out": self.upsample(self.score(x.float()), (h, w))}
+            score = self.score(x.float())
+            if self.skips == "none":
+                return {"out": self.upsample(score, (h, w))}
+            score = self._up(score, pool4) + self.score_pool4(pool4.float())
+            if self.skips == "8s":
+                score = self._up(score, pool3) + self.score_pool3(pool3.float())
+            out = F.interpolate(score, size=padded, mode="bilinear", align_corners=False)
+            return {"out": out[..., :h, :w]}
+
+    @staticmethod
+    def _up(score, like):
+        # a coarse map's cells onto a finer one's, centres aligned (each pool halves exactly: the
+        # input is a multiple of 32)
+        return F.interpolate(score, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
     def upsample(self, score, size):
         """(N, C, h, w) stride-32 scores -> (N, C, *size), size <= 32 * (h, w), top-left aligned."""
@@ -135,8 +182,9 @@ def _vgg16_to_fcn(state_dict):
     return renamed
 
 
-def vgg16_fcn32s(*, num_classes=7, weights="none", dropout=0.5, fc_channels=4096, batch_norm=False):
-    """VGG16-FCN32s; ``weights``: ``imagenet``, ``none`` or a PATH.
+def vgg16_fcn32s(*, num_classes=7, weights="none", dropout=0.5, fc_channels=4096, batch_norm=False, width=1.0,
+                 fc_batch_norm=False, skips="none"):
+    """VGG16-FCN32s (FCN-16s/8s with ``skips``); ``weights``: ``imagenet``, ``none`` or a PATH.
 
     A PATH holds a torchvision vgg16 (vgg16_bn with ``batch_norm``) state dict (``features.*``,
     ``classifier.*``; the scorer stays freshly initialised) or a VGG16FCN32s one, e.g. an hw1
@@ -144,13 +192,15 @@ def vgg16_fcn32s(*, num_classes=7, weights="none", dropout=0.5, fc_channels=4096
     """
     keywords = {"imagenet": VGG16_BN_Weights.IMAGENET1K_V1 if batch_norm else VGG16_Weights.IMAGENET1K_V1}
     state_dict = resolve_state_dict(weights, keywords)
-    model = VGG16FCN32s(num_classes=num_classes, dropout=dropout, fc_channels=fc_channels, batch_norm=batch_norm)
+    model = VGG16FCN32s(num_classes=num_classes, dropout=dropout, fc_channels=fc_channels, batch_norm=batch_norm,
+                        width=width, fc_batch_norm=fc_batch_norm, skips=skips)
     if state_dict is not None:
         source = hub_file(keywords[weights]) if weights in keywords else weights
         if "fc6.weight" in state_dict:
             load_matching(model, state_dict, source=source)
         else:
-            load_matching(model, _vgg16_to_fcn(state_dict), skip_prefixes=("score.", "upscore."), source=source)
+            load_matching(model, _vgg16_to_fcn(state_dict), source=source,
+                          skip_prefixes=("score.", "upscore.", "score_pool", "bn6.", "bn7."))
     return model
 
 
@@ -246,12 +296,17 @@ def resnet101_fcn_stages(model):
     return rows
 
 
+_VGG_DEFAULTS = {"width": 1.0, "fc_batch_norm": False, "skips": "none", "dropout": 0.5}
+
 # P2 images are 512x512. VGG without batch norm wants Adam's per-weight steps; the ResNet follows
 # torchvision's segmentation reference (SGD, lr 0.02 at batch 16 -> 0.01 at 8).
 VGG16_FCN32S = ModelSpec(
     name="vgg16_fcn32s", task="seg", builder=vgg16_fcn32s, num_classes=NUM_CLASSES, input_size=512,
     recipe={"opt": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "epochs": 30, "weights": "imagenet"},
-    builder_args=lambda c: {"fc_channels": c.fc_channels, "batch_norm": c.batch_norm},
+    builder_args=lambda c: {"fc_channels": c.fc_channels, "batch_norm": c.batch_norm,
+                            # only when not the default, so that the checkpoints written before they
+                            # existed still resume (resume compares model configs)
+                            **{k: getattr(c, k) for k, default in _VGG_DEFAULTS.items() if getattr(c, k) != default}},
     bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages)
 RESNET101_FCN = ModelSpec(
     name="resnet101_fcn", task="seg", builder=resnet101_fcn, num_classes=NUM_CLASSES, input_size=512,
