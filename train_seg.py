@@ -44,9 +44,9 @@ def get_args_parser():
     p.add_argument("--skips", choices=["none", "16s", "8s"],
                    help="vgg16_fcn32s: FCN-16s (pool4) or FCN-8s (pool4 + pool3) skip heads (default: %(default)s)")
     p.add_argument("--dropout", type=float, help="vgg16_fcn32s: dropout after fc6 and fc7 (default: %(default)s)")
-    p.add_argument("--class-weights", choices=["none", "enet"],
-                   help="weight the loss per class: enet = 1/ln(1.02 + the class's share of the training "
-                        "pixels) (default: %(default)s)")
+    p.add_argument("--class-weights", choices=["none", "enet", "inv-sqrt"],
+                   help="weight the loss per class by its share of the training pixels: enet = 1/ln(1.02 + share), "
+                        "inv-sqrt = 1/sqrt(share), milder (default: %(default)s)")
     p.add_argument("--size", type=int,
                    help="resize every image and mask to this on load; the checkpoint records it and "
                         "prediction resizes to it, then upsamples the logits to each image's own size")

@@ -99,11 +99,13 @@ def model_from_checkpoint(ckpt, path="checkpoint"):
 EXPORT_KEYS = ("model", "model_name", "model_config", "task", "args", "metrics", "epoch", "best")
 
 
-def export_checkpoint(src, dst, *, tta=False):
+def export_checkpoint(src, dst, *, tta=False, half=False):
     """Write the inference part of checkpoint ``src`` to ``dst`` (atomically); returns the exported dict.
 
     ``tta`` records that the model is to be used with flip test-time augmentation: hw1.predict and
     eval.py then use it unless told ``--no-tta`` (a choice made on pilot runs, not on the data scored).
+    ``half`` stores the floating-point weights in fp16, half the file; ``load_state_dict`` copies
+    them back into the model's fp32 tensors, so loading is unchanged.
 
     The result is still an hw1 checkpoint: predict, eval and viz load it as they load ``src``
     (``model`` is what they load, the EMA where the run kept one); only ``--resume`` needs the original.
@@ -113,6 +115,8 @@ def export_checkpoint(src, dst, *, tta=False):
     exported["exported_from"] = str(src)
     if tta:
         exported["inference"] = {"tta": True}
+    if half:
+        exported["model"] = {k: v.half() if v.is_floating_point() else v for k, v in exported["model"].items()}
     save_checkpoint(exported, dst)
     return exported
 
@@ -126,12 +130,13 @@ def main(argv=None):
     p.add_argument("src", help="an hw1 checkpoint, e.g. runs/densenet/best.pth")
     p.add_argument("dst", help="the file to write, e.g. checkpoints/p1_densenet.pth")
     p.add_argument("--tta", action="store_true", help="predict and eval use flip TTA with it by default")
+    p.add_argument("--half", action="store_true", help="store the weights in fp16 (they load back into fp32)")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
-    exported = export_checkpoint(args.src, args.dst, tta=args.tta)
+    exported = export_checkpoint(args.src, args.dst, tta=args.tta, half=args.half)
     size = Path(args.dst).stat().st_size
     print(f"wrote {args.dst}: {exported['model_name']} {exported['model_config']}, {size / 1e6:.1f} MB"
-          + (", flip TTA by default" if args.tta else ""))
+          + (", fp16 weights" if args.half else "") + (", flip TTA by default" if args.tta else ""))
 
 
 if __name__ == "__main__":

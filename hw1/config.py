@@ -215,8 +215,8 @@ class SegConfig(TrainConfig):
             p.append(("--dropout", self.dropout, "in [0, 1)"))
         if self.skips not in ("none", "16s", "8s"):
             p.append(("--skips", self.skips, "none, 16s or 8s"))
-        if self.class_weights not in ("none", "enet"):
-            p.append(("--class-weights", self.class_weights, "none or enet"))
+        if self.class_weights not in ("none", "enet", "inv-sqrt"):
+            p.append(("--class-weights", self.class_weights, "none, enet or inv-sqrt"))
         return p
 
     def criterion(self, train_set=None):

@@ -5,7 +5,7 @@ from torch import nn
 
 from hw1.data.masks import UNKNOWN
 
-CLASS_WEIGHTS = ("none", "enet")
+CLASS_WEIGHTS = ("none", "enet", "inv-sqrt")
 
 
 def class_weights(masks, kind, *, num_classes, ignore_index=UNKNOWN):
@@ -13,11 +13,13 @@ def class_weights(masks, kind, *, num_classes, ignore_index=UNKNOWN):
 
     ``enet`` is ENet's ``1 / ln(1.02 + share)`` (Paszke et al., 2016): about 1.5 for agriculture's
     58 % of the pixels and 20 for water's 3 %, bounded (at 1 / ln 1.02 = 50) for a class that never
-    occurs. The ignored class gets 0 (its pixels are not in the loss anyway). ``none`` is None.
+    occurs. ``inv-sqrt`` is ``1 / sqrt(share)`` scaled to a pixel-weighted mean of 1, a milder
+    balance (water 4.3x agriculture where ENet's is 9.5x); a class that never occurs gets 0.
+    The ignored class gets 0 (its pixels are not in the loss anyway). ``none`` is None.
     """
     if kind == "none":
         return None
-    if kind != "enet":
+    if kind not in CLASS_WEIGHTS:
         raise ValueError(f"class weights must be one of {CLASS_WEIGHTS}, got {kind!r}")
     counts = torch.zeros(num_classes, dtype=torch.float64)
     for chunk in masks.reshape(len(masks), -1).split(64):  # bincount of int64 copies, a slice at a time
@@ -25,7 +27,11 @@ def class_weights(masks, kind, *, num_classes, ignore_index=UNKNOWN):
     if ignore_index is not None and 0 <= ignore_index < num_classes:
         counts[ignore_index] = 0
     share = counts / counts.sum().clamp(min=1)
-    weights = 1.0 / torch.log(1.02 + share)
+    if kind == "enet":
+        weights = 1.0 / torch.log(1.02 + share)
+    else:
+        weights = torch.where(share > 0, share.clamp(min=1e-12).rsqrt(), torch.zeros_like(share))
+        weights /= (weights * share).sum()
     if ignore_index is not None and 0 <= ignore_index < num_classes:
         weights[ignore_index] = 0.0
     return weights.float()

@@ -76,8 +76,11 @@ CPU_FASTEST = {
     },
 }
 # AMX: DenseNet-BC-100 (k 12, batch 128) trained at 31.8 img/s in bf16 NCHW against 10.0 in NHWC
-# and inferred at 184 img/s in bf16 NHWC against 15.9 in NCHW; the other models as on AVX512-BF16.
-CPU_FASTEST["amx"] = CPU_FASTEST["avx512_bf16"]
+# and inferred at 184 img/s in bf16 NHWC against 15.9 in NCHW. VGG16-FCN as train_seg.py's
+# --recipe cpu builds it (width 0.25, fc 256, batch norm, 8s skips, 256x256, batch 16) trained at
+# 29.4 img/s in bf16 NHWC against 17.8 in bf16 NCHW and 15.4 in fp32 NHWC, and inferred at 115.6
+# against 60.6 (results/bench_cpu_amx_p2.json). The other models as on AVX512-BF16.
+CPU_FASTEST["amx"] = {**CPU_FASTEST["avx512_bf16"], "vgg16_fcn32s": (_BF16_NHWC, _BF16_NHWC)}
 
 
 def fastest(model_name, device, use="train"):

@@ -251,6 +251,11 @@ def test_enet_class_weights_follow_the_formula_from_pixel_shares():
     for c, p in share.items():
         assert w[c].item() == pytest.approx(1 / math.log(1.02 + p), rel=1e-6)
     assert w[UNKNOWN] == 0
+    mild = class_weights(masks, "inv-sqrt", num_classes=NUM_CLASSES)
+    norm = 0.3 / math.sqrt(0.3) + 0.6 / math.sqrt(0.6) + 0.1 / math.sqrt(0.1)  # a pixel-weighted mean of 1
+    for c, p in share.items():
+        assert mild[c].item() == pytest.approx(1 / math.sqrt(p) / norm if p else 0.0, rel=1e-6)
+    assert mild[UNKNOWN] == 0
     assert class_weights(masks, "none", num_classes=NUM_CLASSES) is None
     with pytest.raises(ValueError, match="class weights"):
         class_weights(masks, "median", num_classes=NUM_CLASSES)

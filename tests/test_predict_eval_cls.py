@@ -164,7 +164,7 @@ def test_tta_predictions_are_the_mirror_averaged_argmax_in_predict_and_eval(cls_
 
     # the tiny model's argmax rarely changes under mirroring, so the flag's path is also checked
     asked, real = [], engine.probabilities
-    monkeypatch.setattr(hw1.predict, "probabilities", lambda m, x, tta=False: asked.append(tta) or real(m, x, tta=tta))
+    monkeypatch.setattr(hw1.predict, "probabilities", lambda m, x, tta=False, **kw: asked.append(tta) or real(m, x, tta=tta, **kw))
     monkeypatch.setattr(engine, "probabilities", hw1.predict.probabilities)
     val_dir, gt = cls_tiny_data / "val_50", cls_tiny_data / "val_gt.csv"
     rows = predict_main(["cls", str(val_dir), str(tmp_path / "pred.csv"), "--checkpoint", str(cls_tiny_checkpoint),
@@ -381,7 +381,7 @@ def test_a_checkpoint_exported_with_tta_is_used_with_it_unless_told_not_to(cls_t
     shipped = tmp_path / "shipped.pth"
     assert export_checkpoint(cls_tiny_checkpoint, shipped, tta=True)["inference"] == {"tta": True}
     asked, real = [], engine.probabilities
-    monkeypatch.setattr(hw1.predict, "probabilities", lambda m, x, tta=False: asked.append(tta) or real(m, x, tta=tta))
+    monkeypatch.setattr(hw1.predict, "probabilities", lambda m, x, tta=False, **kw: asked.append(tta) or real(m, x, tta=tta, **kw))
     monkeypatch.setattr(engine, "probabilities", hw1.predict.probabilities)
     val_dir = cls_tiny_data / "val_50"
 

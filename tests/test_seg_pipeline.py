@@ -586,3 +586,20 @@ def test_eval_checkpoint_of_a_scaled_run_scores_full_size_masks_as_predict_then_
     assert by_checkpoint["miou"] == by_masks["miou"] and by_checkpoint["pixel_acc"] == by_masks["pixel_acc"]
     with Image.open(tmp_path / "pred" / "0000_mask.png") as im:
         assert im.size == (64, 64)  # the ground truth's size, not the model's 32
+
+
+def test_export_with_half_weights_loads_back_to_fp32_and_predicts_alike(scaled_checkpoint, seg_data, tmp_path,
+                                                                       fp32_inference):
+    from hw1.checkpoint import export_checkpoint, load_checkpoint
+
+    export_checkpoint(scaled_checkpoint, tmp_path / "half.pth", half=True)
+    export_checkpoint(scaled_checkpoint, tmp_path / "full.pth")
+    half = load_checkpoint(tmp_path / "half.pth", task="seg")
+    assert half["model"]["fc6.weight"].dtype == torch.float16 and half["args"]["size"] == 32
+    assert (tmp_path / "half.pth").stat().st_size < 0.6 * (tmp_path / "full.pth").stat().st_size
+    model = model_from_checkpoint(half)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    val = seg_data / "validation"
+    scores = [eval_script.main(["--task", "seg", "--checkpoint", str(p), "--data-dir", str(val), "--device", "cpu"])
+              for p in (tmp_path / "half.pth", tmp_path / "full.pth")]
+    assert abs(scores[0]["miou"] - scores[1]["miou"]) < 0.01
