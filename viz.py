@@ -155,6 +155,8 @@ def get_args_parser():
                         "%(default)s, 1,000 points: t-SNE of all of them takes minutes on a CPU)")
     s.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default: %(default)s)")
     s.add_argument("--mask-ids", nargs="+", default=list(MASK_IDS), help="P2 images to show (default: %(default)s)")
+    s.add_argument("--problems", nargs="+", choices=["p1", "p2"], default=["p1", "p2"],
+                   help="the parts to write, e.g. p2 alone for a report of a P2 run (default: both)")
     s.add_argument("--evaluate", action="store_true",
                    help="also score each run's best.pth afresh on --data-dir (P2 at full size: minutes on a CPU)")
     s.add_argument("--dpi", type=int, default=100, help="of the figures (default: %(default)s)")
@@ -167,7 +169,7 @@ def cmd_report(args, device):
     result = write_report(cls_runs=args.cls_runs, seg_runs=args.seg_runs, data_dir=args.data_dir, out=args.out,
                           per_class=args.per_class, perplexity=args.perplexity, mask_ids=args.mask_ids,
                           evaluate=args.evaluate, title=args.title, notes=args.notes, dpi=args.dpi, device=device,
-                          command=args.invocation)
+                          command=args.invocation, problems=[{"p1": "cls", "p2": "seg"}[p] for p in args.problems])
     print(f"{result['pages']} pages, {len(result['figures'])} figures")
     return [result["pdf"], result["markdown"], *result["figures"]]
 

@@ -166,6 +166,17 @@ def test_load_seg_split_resize(demo):
         assert set(b.unique().tolist()) <= set(a.unique().tolist())
 
 
+def test_load_seg_split_can_keep_masks_at_full_size(demo):
+    """Scoring a model trained at a smaller scale: images resized as inference resizes them, masks as they are."""
+    from hw1.data.images import read_rgb, resize_rgb
+
+    full = load_seg_split(demo / "validation")
+    small = load_seg_split(demo / "validation", size=12, resize_masks=False, workers=1)
+    assert small.images.shape == (3, 3, 12, 12) and torch.equal(small.masks, full.masks)
+    first = sorted((demo / "validation").glob("*_sat.*"))[0]
+    assert np.array_equal(small.images[0].permute(1, 2, 0).numpy(), resize_rgb(read_rgb(first), 12))
+
+
 def test_load_converts_grayscale_rgba_palette(tmp_path):
     mask = np.zeros((8, 8), dtype=np.uint8)
     _write_pair(tmp_path, 0, Image.new("L", (8, 8), 100), mask)

@@ -26,6 +26,8 @@ CASES = [
     ("vgg16_fcn32s", {"num_classes": 7, "weights": "none"}, 64),
     ("vgg16_fcn32s", {"num_classes": 7, "weights": "none", "batch_norm": True}, 64),
     ("vgg16_fcn32s", {"num_classes": 7, "weights": "none", "batch_norm": True, "fc_channels": 1024}, 64),
+    ("vgg16_fcn32s", {"num_classes": 7, "weights": "none", "batch_norm": True, "fc_batch_norm": True, "width": 0.25,
+                      "fc_channels": 256, "skips": "8s"}, 64),  # train_seg.py --recipe cpu
     ("resnet101_fcn", {"num_classes": 7, "weights": "none"}, 64),
     ("resnet101_fcn", {"num_classes": 7, "weights": "none", "aux_loss": True}, 64),
 ]
@@ -80,13 +82,13 @@ def test_bf16_training_steps_on_amx_do_not_crash(name, config, size):
         import torch
         from hw1 import engine
         from hw1.losses import SegLoss
-        from hw1.models import TASK_OF, build_model
+        from hw1.models import build_model, get_spec
         from hw1.schedule import CosineSchedule
         torch.set_num_threads(2)  # the thread count that crashed; the work split decides
         torch.manual_seed(0)
         name, config, size = {name!r}, {config!r}, {size}
         model = build_model(name, **config)
-        seg = TASK_OF[name] == "seg"
+        seg = get_spec(name).task == "seg"
         x = torch.randn(2, 3, size, size)
         y = torch.randint(7, (2, size, size)) if seg else torch.randint(50, (2,))
         criterion = SegLoss(aux_weight=0.4 if config.get("aux_loss") else 0.0) if seg else torch.nn.CrossEntropyLoss()

@@ -239,3 +239,14 @@ def test_wrapping_keeps_lines_inside_the_width():
     assert all(report.text_width(line, report.BODY) <= 1.5 for line in lines)
     folded = report.wrap_command("python x.py " + " ".join(f"--flag{i} {i}" for i in range(30)), 60)
     assert all(len(line) <= 60 for line in folded) and all(line.endswith(" \\") for line in folded[:-1])
+
+
+def test_report_of_p2_alone_has_only_p2_sections_and_runs(seg_tiny_run, data_dir, tmp_path):
+    out = tmp_path / "p2.pdf"
+    viz.main(["report", "--seg-runs", str(seg_tiny_run[1]), "-", "--problems", "p2", "--mask-ids", *IDS,
+              "--data-dir", str(data_dir), "--out", str(out), "--dpi", str(DPI), "--device", "cpu"])
+    md = out.with_suffix(".md").read_text()
+    titles = re.findall(r"^## (P\d\.\d+ .*)$", md, flags=re.M)
+    assert titles == [t for t in SECTIONS if t.startswith("P2")]
+    assert "| P1 model A |" not in md and "| P2 model A |" in md
+    assert {p.name[:3] for p in (tmp_path / "p2_files").iterdir()} == {"p2_"}

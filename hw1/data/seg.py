@@ -141,14 +141,14 @@ def load_seg_split(folder, *, size=None, workers=None, transform=None, resize_ma
         if mask.shape != (h0, w0):
             raise UserError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but "
                             f"{sat_path.name} is {w0}x{h0}")
+        if rgb.shape[:2] != size:
+            raise UserError(f"{sat_path}: image is {w0}x{h0}, but {pairs[0][1].name} is {w}x{h} "
+                            "(pass a size to resize them all)")
         if resize and resize_masks and mask.shape != size:
             mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
         if mask.shape != (mh, mw):
             raise UserError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, but "
                             f"{pairs[0][2].name} is {mw}x{mh}")
-        if rgb.shape[:2] != size:
-            raise UserError(f"{sat_path}: image is {w0}x{h0}, but {pairs[0][1].name} is {w}x{h} "
-                            "(pass a size to resize them all)")
         images_np[i] = rgb.transpose(2, 0, 1)
         masks_np[i] = mask
 

@@ -33,10 +33,11 @@ MASK_IDS = ("0013", "0062", "0104")
 
 def write_report(*, cls_runs=("-", "-"), seg_runs=("-", "-"), data_dir="hw1_data", out="report.pdf", per_class=20,
                  perplexity=30.0, mask_ids=MASK_IDS, evaluate=False, title=TITLE, notes="", dpi=100, device,
-                 command="python viz.py report"):
+                 command="python viz.py report", problems=("cls", "seg")):
     """Write ``out`` (PDF), the Markdown beside it and its PNGs in ``<stem>_files/``.
 
-    ``cls_runs`` / ``seg_runs`` are run folders of models A and B (``-`` or left out: none).
+    ``cls_runs`` / ``seg_runs`` are run folders of models A and B (``-`` or left out: none);
+    ``problems`` the parts of the report to write (``cls`` P1, ``seg`` P2).
     Returns ``{"pdf", "markdown", "figures", "pages", "sections"}``.
     """
     out = Path(out)
@@ -52,8 +53,8 @@ def write_report(*, cls_runs=("-", "-"), seg_runs=("-", "-"), data_dir="hw1_data
     builder = ReportBuilder(cls_runs=runs["cls"], seg_runs=runs["seg"], data_dir=data_dir, files_dir=files_dir,
                             per_class=per_class, perplexity=perplexity, mask_ids=mask_ids, evaluate=evaluate,
                             dpi=dpi, device=device)
-    sections = builder.build()
-    sections.insert(0, title_section(title, notes, command, runs["cls"] + runs["seg"], sections))
+    sections = builder.build(problems)
+    sections.insert(0, title_section(title, notes, command, [r for task in problems for r in runs[task]], sections))
     pages = write_pdf(sections, out, title=title)
     md = out.with_suffix(".md")
     atomic_write_text(markdown(sections, md.parent), md)

@@ -303,8 +303,15 @@ class ReportBuilder:
             s.blocks.append(self.figure(s, fig, "From each run's metrics.jsonl. " + " ".join(lines)))
         s.blocks += [self.no_records(r) for r in runs if not r.records]
 
-    def build(self):
-        """The sections of both problems, in the course's order."""
+    def build(self, problems=("cls", "seg")):
+        """The sections of ``problems`` (both by default), in the course's order."""
+        if "cls" in problems:
+            self.build_cls()
+        if "seg" in problems:
+            self.build_seg()
+        return self.sections
+
+    def build_cls(self):
         a, b = self.runs["cls"]
         self.architecture("cls", a, "Architecture of model A")
         self.scores("cls", [a, b], "Accuracy of models A and B on the validation set")
@@ -312,6 +319,8 @@ class ReportBuilder:
         self.implementation("cls", [a, b], "Model B and how it differs from model A", only_differences=True)
         self.features(a)
         self.curves("cls", [a, b])
+
+    def build_seg(self):
         a, b = self.runs["seg"]
         self.architecture("seg", a, "Architecture of model A")
         self.architecture("seg", b, "Architecture of model B")
@@ -320,7 +329,6 @@ class ReportBuilder:
         self.masks(b, "Predicted masks during training: model B (the course asks for the improved model)")
         self.masks(a, "Predicted masks during training: model A")
         self.curves("seg", [a, b])
-        return self.sections
 
 
 def title_section(title, notes, command, runs, sections):
