@@ -603,7 +603,8 @@ def get_args_parser():
     p.add_argument("--repeats", type=int, default=5, help="timed calls; the median is reported (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--out", default=None, help="JSON results (default: results/bench_<cpu|cuda>.json)")
+    p.add_argument("--out", default=None, help="JSON results (default: a new results/bench_<cpu kind|cuda>_<date>.json; "
+                                              "never a file already there unless named here)")
     p.add_argument("--matmul-size", type=int, default=None, help="n of the peak matmul (default: 2048 CPU, 8192 CUDA)")
     g = p.add_argument_group("models (the training scripts' defaults)")
     g.add_argument("--depth", type=int, default=ClsConfig.depth, help="DenseNet-BC depth, 6n+4 (default: %(default)s)")
@@ -649,6 +650,19 @@ def parse_args(argv):
     return args
 
 
+def default_out(device, folder="results", day=None):
+    """A new file for a bench run without ``--out``: ``bench_<cpu kind|cuda>_<date>.json`` in ``folder``,
+    ``_2``, ``_3``, ... when that exists. Never a file already there: the committed records are
+    written only when ``--out`` names them."""
+    kind = cpu_kind() if device.type == "cpu" else device.type
+    stem = Path(folder) / f"bench_{kind}_{(day or datetime.now().date()).isoformat()}"
+    path, n = stem.with_suffix(".json"), 1
+    while path.exists():
+        n += 1
+        path = stem.with_name(f"{stem.name}_{n}.json")
+    return str(path)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -657,7 +671,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     args.matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
-    args.out = args.out or f"results/bench_{device.type}.json"
+    args.out = args.out or default_out(device)
     torch.manual_seed(0)
     results = run_parts(args, device, argv)
     atomic_write_text(json.dumps(json_safe(results), indent=2) + "\n", args.out)

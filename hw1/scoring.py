@@ -58,7 +58,11 @@ def list_masks(folder):
     found, skipped = {}, []
     for p in folder_files(folder):
         if p.suffix.lower() == ".png":
-            found.setdefault(mask_id(p), p)
+            # two files of one id (0013.png beside 0013_mask.png): either could be the one meant
+            other = found.setdefault(mask_id(p), p)
+            if other != p:
+                first, second = sorted([other.name, p.name])
+                raise UserError(f"{folder}: {first} and {second} are both masks of {mask_id(p)}; keep one")
         elif p.suffix.lower() not in (".jpg", ".jpeg"):
             skipped.append(p.name)
     if skipped:

@@ -142,3 +142,18 @@ def test_default_is_each_models_training_configuration_and_micro_batches_split_o
     monkeypatch.setattr(runtime, "cpu_kind", lambda: "fp32")
     assert bench.config_names(["default", "compile"], cpu, "densenet", 128) == ["fp32", "channels_last+mb64", "compile"]
     assert bench.config_names(["channels_last+mb64", "channels_last"], cpu, "densenet", 64) == ["fp32", "channels_last"]
+
+
+def test_default_out_is_a_new_file_never_a_record_already_there(tmp_path, monkeypatch):
+    import datetime
+
+    monkeypatch.setattr(bench, "cpu_kind", lambda: "amx")
+    day = datetime.date(2026, 12, 2)
+    cpu = torch.device("cpu")
+    first = bench.default_out(cpu, tmp_path, day)
+    assert first == str(tmp_path / "bench_amx_2026-12-02.json")
+    (tmp_path / "bench_amx_2026-12-02.json").write_text("{}")
+    assert bench.default_out(cpu, tmp_path, day) == str(tmp_path / "bench_amx_2026-12-02_2.json")
+    (tmp_path / "bench_amx_2026-12-02_2.json").write_text("{}")
+    assert bench.default_out(cpu, tmp_path, day) == str(tmp_path / "bench_amx_2026-12-02_3.json")
+    assert (tmp_path / "bench_amx_2026-12-02.json").read_text() == "{}"

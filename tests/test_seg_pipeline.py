@@ -603,3 +603,14 @@ def test_export_with_half_weights_loads_back_to_fp32_and_predicts_alike(scaled_c
     scores = [eval_script.main(["--task", "seg", "--checkpoint", str(p), "--data-dir", str(val), "--device", "cpu"])
               for p in (tmp_path / "half.pth", tmp_path / "full.pth")]
     assert abs(scores[0]["miou"] - scores[1]["miou"]) < 0.01
+
+
+@pytest.mark.parametrize("side", ["pred", "gt"])
+def test_seg_confusion_refuses_two_masks_of_one_id(side, tmp_path):
+    pred_dir, gt_dir, _ = make_mask_folders(tmp_path, np.random.default_rng(5), [(8, 8), (8, 8)])
+    folder = pred_dir if side == "pred" else gt_dir
+    existing = sorted(folder.glob("*.png"))[0]
+    twin = folder / (existing.stem.removesuffix("_mask") + ("_mask.png" if side == "pred" else ".png"))
+    twin.write_bytes(existing.read_bytes())
+    with pytest.raises(UserError, match=rf"{folder}: .* and .* are both masks of {existing.stem[:4]}; keep one"):
+        seg_confusion_from_dirs(pred_dir, gt_dir)
