@@ -47,9 +47,9 @@ def get_args_parser():
 
 # The demo: generated digits and a small DenseNet, sized to finish in about a minute on 2 cores.
 # Explicit flags still win over these (they are parser defaults, not overrides). A demo run
-# replaces the previous demo run.
+# replaces a previous demo run, never another run (without --overwrite).
 DEMO_DEFAULTS = {"data_dir": "hw1_data/demo_cls", "out_dir": "runs/demo_cls", "depth": 22, "growth_rate": 12,
-                 "epochs": 15, "batch_size": 64, "aug": "none", "overwrite": True}
+                 "epochs": 15, "batch_size": 64, "aug": "none"}
 
 
 def load_splits(config):

@@ -15,11 +15,11 @@ from hw1.models import model_names
 from hw1.trainer import train
 
 # The demo trains from scratch on 2 CPU cores in a few minutes: VGG16-BN (plain VGG barely moves in
-# so few steps) with narrow fc6/fc7, on 64 generated 128x128 scenes. A demo run replaces the
-# previous demo run.
+# so few steps) with narrow fc6/fc7, on 64 generated 128x128 scenes. A demo run replaces a
+# previous demo run, never another run (without --overwrite).
 DEMO_DEFAULTS = {"data_dir": "hw1_data/demo_seg", "out_dir": "runs/demo_seg", "model": "vgg16_fcn32s",
                  "weights": "none", "batch_norm": True, "fc_channels": 512, "epochs": 20, "batch_size": 8,
-                 "crop_size": 128, "lr": 1e-3, "overwrite": True}
+                 "crop_size": 128, "lr": 1e-3}
 
 
 def get_args_parser():

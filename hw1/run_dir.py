@@ -64,6 +64,10 @@ class RunDir:
         return any(p.suffix == ".pth" for p in self.run_files()) or (
             self.metrics.is_file() and self.metrics.stat().st_size > 0)
 
+    def holds_demo(self):
+        """Whether the run here is a ``--demo`` run (its args.json says so)."""
+        return bool((self.read_args() or {}).get("demo"))
+
     def read_args(self):
         """The saved config as a dict, or None when args.json is missing or unreadable."""
         try:
@@ -105,18 +109,23 @@ class RunDir:
         return [r for r in records if upto_epoch is None or r["epoch"] <= upto_epoch]
 
     def check_new_run(self, *, overwrite, resume=None):
-        """Refuse to start a new run here if the folder holds another run (unless ``overwrite``).
+        """Refuse to start a run here if the folder holds another run (unless ``overwrite``).
 
         Returns whether the run here must be cleared first (:meth:`clear`). A resumed run continues
-        the run of its checkpoint: in the checkpoint's folder, or in another folder whose
-        ``metrics.jsonl`` it keeps up to the checkpoint's epoch.
+        only the run of its checkpoint: in the checkpoint's own folder, or in a new or empty one
+        (which then gets the history it continues, :meth:`start`); a folder holding another run is
+        refused as for a new run.
         """
-        if resume is not None:
-            return False
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.path}: not a folder (--out-dir takes a run folder)")
+        if resume is not None and self.path.resolve() == Path(resume).resolve().parent:
+            return False
         if self.holds_run() and not overwrite:
-            raise UserError(f"{self.path}: already holds a run ({', '.join(p.name for p in self.run_files()[:3])}); "
+            held = ", ".join(p.name for p in self.run_files()[:3])
+            if resume is not None:
+                raise UserError(f"{self.path}: holds another run ({held}); --resume {resume} continues its own run, "
+                                f"in {Path(resume).parent} or a new --out-dir (--overwrite replaces the run here)")
+            raise UserError(f"{self.path}: already holds a run ({held}); "
                             "pass --overwrite to replace it, --resume to continue it, or another --out-dir")
         return self.holds_run()
 

@@ -5,6 +5,7 @@ Both training scripts build a model, datasets and a loss, then call :func:`fit`.
 import contextlib
 import logging
 import time
+from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -166,7 +167,9 @@ def train(config, load_splits):
     model_config = spec.model_config(config)
     resume = load_resume(config, model_name=spec.name, model_config=model_config)
     run_dir = RunDir(config.out_dir)
-    replace = dist.is_main() and run_dir.check_new_run(overwrite=config.overwrite, resume=config.resume)
+    # a demo replaces only a demo run (its own earlier one), never a real run without --overwrite
+    overwrite = config.overwrite or (config.demo and run_dir.holds_demo())
+    replace = dist.is_main() and run_dir.check_new_run(overwrite=overwrite, resume=config.resume)
     with run_dir.lock() if dist.is_main() else contextlib.nullcontext():
         # a resumed run takes every weight from its checkpoint: no pretrained download
         model = spec.build(**model_config, weights=config.weights if resume is None else "none")
@@ -228,7 +231,8 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     if resume is not None:
         start_epoch, best = restore(resume, config.resume, model=model, optimizer=optimizer, scheduler=scheduler,
                                     scaler=scaler, seed=config.seed, steps_per_epoch=steps)
-        records = run_dir.read_metrics(upto_epoch=resume["epoch"], required=False)
+        # the history it continues, from the checkpoint's own folder (a new --out-dir gets a copy)
+        records = RunDir(Path(config.resume).parent).read_metrics(upto_epoch=resume["epoch"], required=False)
         log.info("resumed from %s at epoch %d (lr %.4g)", config.resume, start_epoch, optimizer.param_groups[0]["lr"])
     args = plain(config.to_dict())
     if main:  # only now, so that a run refused above leaves the folder as it was

@@ -65,6 +65,10 @@ E. Nothing lost, nothing misleading.
 |---|---|---|
 | ``--demo --data-dir`` with data the demo did not write | one line, status 2, nothing written | test_demo_refuses_a_folder_of_other_data |
 | ``--demo`` into an empty folder, or its own of other arguments | written; only its own files replaced | test_demo_writes_into_an_empty_folder_and_redoes_only_its_own |
+| ``--demo --out-dir`` a folder holding a real run | refused; a demo replaces only a demo run | test_run_dir.py::test_demo_never_replaces_a_real_run_but_replaces_a_demo_run |
+| ``--resume CKPT --out-dir`` a folder holding another run | refused, untouched; a new folder gets the history | test_run_dir.py::test_resume_into_a_folder_holding_another_run_is_refused |
+| two masks of one id in an ``eval.py --task seg`` folder | one line naming both | test_seg_pipeline.py::test_seg_confusion_refuses_two_masks_of_one_id |
+| ``hw1.bench`` without ``--out`` | a new dated file, never a committed record | test_bench.py::test_default_out_is_a_new_file_never_a_record_already_there |
 | the suite in a checkout named ``hw1`` | a traceback is told by its frames, not by a path | test_distributed.py::test_batch_that_does_not_split_is_a_one_line_error |
 | full disk at the ``metrics.jsonl`` append | one line, status 2, no half line (real process) | test_full_disk_at_the_metrics_append_is_one_line |
 | PNG of any bit depth and colour type | scaled to 8 bits, P1 / P2 / masks alike | test_every_png_bit_depth_is_scaled_to_8_bits, test_16_bit_gray_reads_as_its_8_bit_picture |

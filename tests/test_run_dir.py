@@ -190,7 +190,9 @@ def test_resume_applies_a_changed_lr_and_weight_decay(two_epoch_run, cls_tiny_da
     out = tmp_path / "changed"
     train_cls.main(cls_tiny_train_argv(cls_tiny_data, out, "--resume", str(two_epoch_run / "epoch_001.pth"),
                                        "--weight-decay", "0.003", epochs=2, lr=0.01))
-    (record,) = records(out)
+    # a new folder gets the history it continues (epoch 1, as the checkpoint's folder has it), then epoch 2
+    assert records(out)[0] == records(two_epoch_run)[0]
+    record = records(out)[1]
     assert record["epoch"] == 2 and record["lr"] == pytest.approx(cosine(0.01, steps, 2 * steps))
     ckpt = torch.load(out / "last.pth", weights_only=True)
     groups = ckpt["optimizer"]["param_groups"]
@@ -200,7 +202,7 @@ def test_resume_applies_a_changed_lr_and_weight_decay(two_epoch_run, cls_tiny_da
     same = tmp_path / "same"
     train_cls.main(cls_tiny_train_argv(cls_tiny_data, same, "--resume", str(two_epoch_run / "epoch_001.pth"),
                                        epochs=2))
-    assert records(same)[0]["lr"] == records(two_epoch_run)[1]["lr"]
+    assert records(same)[1]["lr"] == records(two_epoch_run)[1]["lr"]
     assert torch.load(same / "last.pth", weights_only=True)["optimizer"]["param_groups"][0]["weight_decay"] == 2e-5
 
 
@@ -210,3 +212,31 @@ def test_resume_with_fewer_epochs_than_done_is_refused(two_epoch_run, cls_tiny_d
     err = error_of(capsys, cls_tiny_train_argv(cls_tiny_data, tmp_path / "x", "--resume", str(ckpt), epochs=1))
     assert err == f"error: {ckpt}: checkpoint of epoch 2, past --epochs 1; resume with --epochs 2 or more\n"
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_into_a_folder_holding_another_run_is_refused(two_epoch_run, cls_tiny_data, cls_tiny_train_argv,
+                                                             tmp_path, capsys):
+    other = copy_run(two_epoch_run, tmp_path / "other")
+    (other / "args.json").write_text('{"note": "another run"}\n')
+    before = snapshot(other)
+    ckpt = two_epoch_run / "epoch_001.pth"
+    err = error_of(capsys, cls_tiny_train_argv(cls_tiny_data, other, "--resume", str(ckpt), epochs=2))
+    assert err.startswith(f"error: {other}: holds another run (") and f"--resume {ckpt} continues its own run" in err
+    assert snapshot(other) == before  # not a byte changed: no checkpoint, args.json or spliced history
+    # --overwrite replaces that run with the continued one, history included
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, other, "--resume", str(ckpt), "--overwrite", epochs=2))
+    assert [r["epoch"] for r in records(other)] == [1, 2] and records(other)[0] == records(two_epoch_run)[0]
+    assert json.loads((other / "args.json").read_text())["resume"] == str(ckpt)
+
+
+def test_demo_never_replaces_a_real_run_but_replaces_a_demo_run(two_epoch_run, tmp_path, capsys):
+    real = copy_run(two_epoch_run, tmp_path / "real")
+    before = snapshot(real)
+    demo = ["--demo", "--data-dir", str(tmp_path / "digits"), "--depth", "10", "--growth-rate", "4", "--epochs", "1",
+            "--device", "cpu", "--amp", "none", "--workers", "0", "--no-progress"]
+    err = error_of(capsys, [*demo, "--out-dir", str(real)])
+    assert err.startswith(f"error: {real}: already holds a run (") and snapshot(real) == before
+    # a demo run's folder (its args.json says demo) is the demo's to replace
+    train_cls.main([*demo, "--out-dir", str(tmp_path / "mine")])
+    train_cls.main([*demo, "--out-dir", str(tmp_path / "mine")])
+    assert [r["epoch"] for r in records(tmp_path / "mine")] == [1]
