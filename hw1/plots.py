@@ -6,6 +6,7 @@ selected before pyplot is imported) at a fixed size, so a figure of ``figsize`` 
 writes them atomically.
 """
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -420,6 +421,7 @@ def arch_figure(rows, total, *, title, input_size):
         if i:
             ax.add_patch(FancyArrowPatch((3.0, i - 0.7), (3.0, i - 0.3), arrowstyle="-|>", mutation_scale=10,
                                          color="0.35", linewidth=1))
-    fig.suptitle(f"{title}: {format_params(total)} parameters, input 3 x {input_size} x {input_size}",
-                 fontsize=11, y=1 - 0.2 / height, va="center")
+    # wrapped to the figure's width: a model's title with its config can be longer than one line
+    heading = f"{title}: {format_params(total)} parameters, input 3 x {input_size} x {input_size}"
+    fig.suptitle(textwrap.fill(heading, width=110), fontsize=11, y=1 - 0.2 / height, va="center")
     return fig

@@ -353,3 +353,15 @@ def test_vgg_bn_imagenet_file_loads_into_the_fc_batch_norm_layout(tmp_path):
     model = vgg16_fcn32s(weights=str(tmp_path / "vgg16_bn.pth"), batch_norm=True, fc_batch_norm=True, skips="8s")
     torch.testing.assert_close(model.features[0].weight, tv.features[0].weight)
     torch.testing.assert_close(model.fc7.weight, tv.classifier[3].weight.reshape(4096, 4096, 1, 1))
+
+
+@pytest.mark.parametrize("skips", ["none", "16s", "8s"])
+def test_architecture_stages_hold_every_parameter_of_each_variant(skips):
+    from hw1 import plots
+    from hw1.models import get_spec
+
+    model = _small(skips=skips)
+    rows, total = plots.model_summary(model, 64, get_spec("vgg16_fcn32s"))  # asserts every parameter is counted
+    names = [r[0] for r in rows]
+    assert names[-1] == "output" and rows[-1][2] == (7, 64, 64)
+    assert ("upscore" in names) == (skips == "none") and any(n.startswith("skips") for n in names) == (skips != "none")

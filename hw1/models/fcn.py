@@ -272,11 +272,20 @@ def vgg16_fcn32s_stages(model):
             bn = "-BN" if any(isinstance(b, nn.BatchNorm2d) for b in block) else ""
             rows.append((f"conv{len(rows) + 1}", f"{convs} x conv3x3{bn}-ReLU, maxpool 2x2", block))
             block, convs = [], 0
-    return rows + [
-        ("fc6", "conv 7x7, ReLU, dropout", [model.fc6]),
-        ("fc7", "conv 1x1, ReLU, dropout", [model.fc7]),
+    bn = "-BN" if isinstance(model.bn6, nn.BatchNorm2d) else ""
+    rows += [
+        ("fc6", f"conv 7x7{bn}, ReLU, dropout", [model.fc6, model.bn6]),
+        ("fc7", f"conv 1x1{bn}, ReLU, dropout", [model.fc7, model.bn7]),
         ("score", "conv 1x1 to classes", [model.score]),
-        ("upscore", "bilinear transposed conv x32 (fixed), crop", [model.upscore]),
+    ]
+    if model.skips == "none":
+        return rows + [("upscore", "bilinear transposed conv x32 (fixed), crop", [model.upscore])]
+    heads = [model.score_pool4] + ([model.score_pool3] if model.score_pool3 is not None else [])
+    pools = "pool4" if len(heads) == 1 else "pool4, pool3"
+    return rows + [
+        (f"skips ({model.skips})", f"conv 1x1 on {pools}, each + the x2 bilinear scores", heads),
+        # the fixed x32 upscore is kept (same state_dict for every variant) but not run
+        ("upsample", f"bilinear x{16 if len(heads) == 1 else 8} (interpolate), crop; upscore unused", [model.upscore]),
     ]
 
 
