@@ -6,6 +6,7 @@ data is decoded or written, and it is saved as it is (``args.json``, a checkpoin
 read back as fields (:meth:`TrainConfig.from_dict`).
 """
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from hw1.errors import UserError
 
 # fields that record how a run ran rather than flags of the training scripts
 RECORDS = ("command", "device_name", "torch_version", "world_size")
+# torch.manual_seed takes 64 bits, and the run adds the rank and 1000 x the epoch to the seed
+SEED_LIMIT = 2 ** 62
 
 
 @dataclass
@@ -86,6 +89,14 @@ class TrainConfig:
     def problems(self):
         """``[(flag, value, what it must be)]`` of invalid values; the subclasses add their own."""
         p = []
+        # nan and inf pass most range checks (nan compares false both ways, inf is "above 0") and
+        # fail only later, in the schedule or the optimizer: every float flag must be finite first
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                p.append(("--" + f.name.replace("_", "-"), value, "a finite number"))
+        if not 0 <= self.seed < SEED_LIMIT:
+            p.append(("--seed", self.seed, "in [0, 2**62)"))
         if self.epochs is None or self.epochs < 1:
             p.append(("--epochs", self.epochs, "at least 1"))
         if self.lr is None or not self.lr > 0:

@@ -36,6 +36,17 @@ CLS_INVALID = [
     (["--epochs", "4", "--save-epochs", "2", "5"], "--save-epochs 5: must be an epoch in 1..4"),
     (["--device", "mps"], "--device mps: hw1 runs on cpu or cuda (cuda:N), not mps"),
     (["--device", "tpu"], "--device tpu: not a device name (try cpu, cuda or cuda:1)"),
+    (["--lr", "inf"], "--lr inf: must be a finite number"),
+    (["--lr", "nan"], "--lr nan: must be a finite number"),
+    (["--warmup-epochs", "nan"], "--warmup-epochs nan: must be a finite number"),
+    (["--warmup-epochs", "inf"], "--warmup-epochs inf: must be a finite number"),
+    (["--weight-decay", "nan"], "--weight-decay nan: must be a finite number"),
+    (["--weight-decay", "inf"], "--weight-decay inf: must be a finite number"),
+    (["--min-lr", "nan"], "--min-lr nan: must be a finite number"),
+    (["--momentum", "nan"], "--momentum nan: must be a finite number"),
+    (["--grad-clip", "inf"], "--grad-clip inf: must be a finite number"),
+    (["--seed", "99999999999999999999"], "--seed 99999999999999999999: must be in [0, 2**62)"),
+    (["--seed", "-1"], "--seed -1: must be in [0, 2**62)"),
 ]
 
 
@@ -55,6 +66,10 @@ SEG_INVALID = [
     (["--size", "0"], "--size 0: must be at least 1"),
     (["--min-scale", "0"], "--min-scale 0.0: must be in (0, 1]"),
     (["--model", "resnet101_fcn", "--lr", "0"], "--lr 0.0: must be above 0"),
+    (["--width", "nan"], "--width nan: must be a finite number"),
+    (["--width", "0"], "--width 0.0: must be in (0, 4]"),
+    (["--dropout", "1"], "--dropout 1.0: must be in [0, 1)"),
+    (["--min-scale", "inf"], "--min-scale inf: must be a finite number"),
 ]
 
 
