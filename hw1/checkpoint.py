@@ -99,7 +99,15 @@ def model_from_checkpoint(ckpt, path="checkpoint"):
 EXPORT_KEYS = ("model", "model_name", "model_config", "task", "args", "metrics", "epoch", "best")
 
 
-def export_checkpoint(src, dst, *, tta=False, half=False):
+def is_training_checkpoint(path):
+    """Whether ``path`` holds an hw1 checkpoint with its training state (what ``--resume`` needs)."""
+    try:
+        return "optimizer" in load_checkpoint(path)
+    except UserError:
+        return False
+
+
+def export_checkpoint(src, dst, *, tta=False, half=False, overwrite=False):
     """Write the inference part of checkpoint ``src`` to ``dst`` (atomically); returns the exported dict.
 
     ``tta`` records that the model is to be used with flip test-time augmentation: hw1.predict and
@@ -111,6 +119,12 @@ def export_checkpoint(src, dst, *, tta=False, half=False):
     (``model`` is what they load, the EMA where the run kept one); only ``--resume`` needs the original.
     """
     ckpt = load_checkpoint(src)
+    # an export in place of a training checkpoint would lose what --resume needs, silently
+    if Path(dst).resolve() == Path(src).resolve():
+        raise UserError(f"{dst}: is the checkpoint being exported; write the export to another file")
+    if not overwrite and Path(dst).is_file() and is_training_checkpoint(dst):
+        raise UserError(f"{dst}: holds a training checkpoint, which the export would replace; pass --overwrite "
+                        "to replace it or write the export to another file")
     exported = {k: ckpt[k] for k in EXPORT_KEYS if k in ckpt}
     exported["exported_from"] = str(src)
     if tta:
@@ -131,9 +145,10 @@ def main(argv=None):
     p.add_argument("dst", help="the file to write, e.g. checkpoints/p1_densenet.pth")
     p.add_argument("--tta", action="store_true", help="predict and eval use flip TTA with it by default")
     p.add_argument("--half", action="store_true", help="store the weights in fp16 (they load back into fp32)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST even if it is a training checkpoint")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
-    exported = export_checkpoint(args.src, args.dst, tta=args.tta, half=args.half)
+    exported = export_checkpoint(args.src, args.dst, tta=args.tta, half=args.half, overwrite=args.overwrite)
     size = Path(args.dst).stat().st_size
     print(f"wrote {args.dst}: {exported['model_name']} {exported['model_config']}, {size / 1e6:.1f} MB"
           + (", fp16 weights" if args.half else "") + (", flip TTA by default" if args.tta else ""))

@@ -404,3 +404,21 @@ def test_a_checkpoint_exported_with_tta_is_used_with_it_unless_told_not_to(cls_t
     assert score(shipped) == score(cls_tiny_checkpoint, "--tta") and score(shipped)[1] == {True}
     # without TTA the evaluation takes the logits' argmax and never asks for probabilities
     assert score(shipped, "--no-tta") == score(cls_tiny_checkpoint) and score(cls_tiny_checkpoint)[1] == set()
+
+
+def test_export_never_replaces_a_training_checkpoint_unless_told(cls_tiny_checkpoint, tmp_path):
+    from hw1.checkpoint import export_checkpoint
+
+    train = tmp_path / "last.pth"
+    train.write_bytes(cls_tiny_checkpoint.read_bytes())
+    with pytest.raises(UserError, match="is the checkpoint being exported"):
+        export_checkpoint(train, train)
+    other = tmp_path / "other.pth"
+    other.write_bytes(cls_tiny_checkpoint.read_bytes())
+    with pytest.raises(UserError, match="holds a training checkpoint, which the export would replace"):
+        export_checkpoint(train, other)
+    assert other.read_bytes() == cls_tiny_checkpoint.read_bytes()
+    export_checkpoint(train, other, overwrite=True)
+    assert "optimizer" not in load_checkpoint(other)
+    export_checkpoint(train, other)  # an earlier export is replaced as asked
+    assert train.read_bytes() == cls_tiny_checkpoint.read_bytes()
