@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 from hw1 import metrics
-from hw1.cli import run
+from hw1.cli import AT_LEAST_1, check_numbers, run
 from hw1.data.masks import CLASS_NAMES
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
@@ -63,7 +63,7 @@ def report(cm, task):
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    args = check_numbers(get_args_parser().parse_args(argv), {"batch_size": AT_LEAST_1})
     if args.checkpoint:
         if not args.data_dir:
             raise UserError("--checkpoint needs --data-dir (the folder to evaluate on)")

@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 
 from hw1 import engine
-from hw1.cli import run
+from hw1.cli import AT_LEAST_1, check_numbers, run
 from hw1.config import CONFIGS as TRAIN_CONFIGS
 from hw1.config import ClsConfig, SegConfig
 from hw1.data.cls import NUM_CLASSES as CLS_CLASSES
@@ -637,7 +637,12 @@ def get_args_parser():
 
 def parse_args(argv):
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args = check_numbers(parser.parse_args(argv), {
+        "steps": AT_LEAST_1, "repeats": AT_LEAST_1, "warmup": (lambda v: v >= 0, "0 or more"),
+        "depth": (lambda v: v >= 10 and (v - 4) % 6 == 0, "6n+4 with n >= 1 (10, 16, 22, ..., 100)"),
+        "growth_rate": AT_LEAST_1, "img_size": AT_LEAST_1, "crop_size": AT_LEAST_1,
+        "width": (lambda v: 0 < v <= 4, "in (0, 4]"), "fc_channels": AT_LEAST_1, "threads": AT_LEAST_1, "matmul_size": AT_LEAST_1, "data_batches": AT_LEAST_1,
+        "e2e_steps": AT_LEAST_1, "e2e_batch_size": AT_LEAST_1})
     if args.quick:  # parse again over the preset, so explicit flags still win
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """What train_cls.py and train_seg.py share: their common flags and how a script reports errors."""
 import argparse
 import logging
+import math
 import os
 import select
 import shlex
@@ -64,6 +65,25 @@ def add_training_args(parser, config_cls):
     g.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.set_defaults(**config_cls.flag_defaults())
     return parser
+
+
+AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+ABOVE_0 = (lambda v: v > 0, "above 0")
+
+
+def check_numbers(args, rules):
+    """A one-line :class:`UserError` for the first numeric flag of ``args`` that breaks its rule.
+
+    ``rules`` maps an argparse dest to ``(test, what the value must be)``; an unset (None) value
+    passes, nan and inf never do. Run right after parsing, before any file is read or written.
+    """
+    for dest, (ok, must) in rules.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
+            raise UserError(f"--{dest.replace('_', '-')} {value}: must be {must}")
+    return args
 
 
 def command_line(script, argv):

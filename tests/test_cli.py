@@ -46,3 +46,41 @@ def test_run_turns_user_errors_into_one_line_and_status_2(capsys):
     assert capsys.readouterr().err == "error: x.png: broken\n"
     with pytest.raises(UserError):
         run(main, ["--debug"])
+
+
+NUMERIC_FLAG_ERRORS = [
+    ("eval", ["--task", "seg", "--batch-size", "-5"], "--batch-size -5: must be at least 1"),
+    ("viz", ["curves", "runs/x", "--dpi", "0"], "--dpi 0: must be at least 1"),
+    ("viz", ["curves", "runs/x", "--dpi", "-5"], "--dpi -5: must be at least 1"),
+    ("viz", ["features", "--checkpoints", "a.pth", "--data-dir", "d", "--perplexity", "0"],
+     "--perplexity 0.0: must be above 0"),
+    ("viz", ["features", "--checkpoints", "a.pth", "--data-dir", "d", "--perplexity", "nan"],
+     "--perplexity nan: must be above 0"),
+    ("viz", ["features", "--checkpoints", "a.pth", "--data-dir", "d", "--num-classes", "0"],
+     "--num-classes 0: must be at least 1"),
+    ("viz", ["arch", "--model", "densenet", "--input-size", "1"], "--input-size 1: must be at least 32"),
+    ("viz", ["confusion", "--checkpoint", "a.pth", "--data-dir", "d", "--batch-size", "-1"],
+     "--batch-size -1: must be at least 1"),
+    ("viz", ["masks", "--checkpoints", "a.pth", "--data-dir", "d", "--ids", "0013", "--alpha", "2"],
+     "--alpha 2.0: must be in [0, 1]"),
+    ("bench", ["--steps", "0"], "--steps 0: must be at least 1"),
+    ("bench", ["--repeats", "0"], "--repeats 0: must be at least 1"),
+    ("bench", ["--depth", "11"], "--depth 11: must be 6n+4 with n >= 1 (10, 16, 22, ..., 100)"),
+    ("bench", ["--width", "inf"], "--width inf: must be in (0, 4]"),
+]
+
+
+@pytest.mark.parametrize("command,argv,message", NUMERIC_FLAG_ERRORS,
+                         ids=[f"{c} {' '.join(a)}" for c, a, _ in NUMERIC_FLAG_ERRORS])
+def test_numeric_flags_out_of_range_are_one_line_exit_2(command, argv, message, tmp_path, capsys, monkeypatch):
+    import eval as eval_script
+    import viz
+    from hw1 import bench
+    from hw1.cli import run
+
+    monkeypatch.chdir(tmp_path)  # nothing may be written: the check comes before any output
+    main = {"eval": eval_script.main, "viz": viz.main, "bench": bench.main}[command]
+    with pytest.raises(SystemExit) as info:
+        run(main, argv)
+    assert info.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
+    assert list(tmp_path.iterdir()) == []
