@@ -138,7 +138,10 @@ class RunDir:
         if the run leaves nothing in it.
         """
         created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a file where a parent folder should be, /proc, a read-only disk
+            raise UserError(f"{self.path}: cannot create the run folder ({e.strerror or type(e).__name__})") from None
         path = self.path / LOCK
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

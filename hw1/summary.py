@@ -37,7 +37,9 @@ def summarize_run(run_dir):
     best = max(records, key=lambda r: r[metric])
     per_class = "val_iou" if metric == "val_miou" else "val_per_class_acc"
     raw = metric.replace("val_", "val_raw_")  # with --ema: the trained weights' own score beside the average's
-    raw_best = {"best_raw": max(r[raw] for r in records), "last_raw": records[-1][raw]} if raw in records[-1] else {}
+    # a run that gained --ema at a resume has the raw score from that epoch on only
+    with_raw = [r[raw] for r in records if raw in r]
+    raw_best = {"best_raw": max(with_raw), "last_raw": records[-1][raw]} if raw in records[-1] else {}
     return json_safe({
         "model": config.model,
         "metric": metric.removeprefix("val_"),

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,3 +241,14 @@ def test_demo_never_replaces_a_real_run_but_replaces_a_demo_run(two_epoch_run, t
     train_cls.main([*demo, "--out-dir", str(tmp_path / "mine")])
     train_cls.main([*demo, "--out-dir", str(tmp_path / "mine")])
     assert [r["epoch"] for r in records(tmp_path / "mine")] == [1]
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_an_out_dir_that_cannot_be_created_is_one_line(where, cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys):
+    if where == "under_a_file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "sub"
+    else:
+        out = Path("/proc/hw1_run")
+    err = error_of(capsys, cls_tiny_train_argv(cls_tiny_data, out, epochs=1))
+    assert err.startswith(f"error: {out}: cannot create the run folder (")

@@ -34,3 +34,17 @@ def test_summary_of_several_runs_is_a_list(cls_tiny_run, tmp_path, capsys):
 def test_summary_of_a_folder_without_a_run(tmp_path):
     with pytest.raises(UserError, match="not a run folder"):
         summarize_run(tmp_path)
+
+
+def test_summary_of_a_run_that_gained_ema_at_a_resume(cls_tiny_run, tmp_path):
+    """Epochs before the resume have no val_raw_acc: the raw best is over the epochs that have one."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "args.json").write_text((cls_tiny_run[0] / "args.json").read_text())
+    records = [json.loads(line) for line in (cls_tiny_run[0] / "metrics.jsonl").read_text().splitlines()]
+    for i, r in enumerate(records):
+        if i >= 2:
+            r["val_raw_acc"] = 0.1 * i
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = summarize_run(run_dir)
+    assert summary["best_raw"] == pytest.approx(0.1 * (len(records) - 1)) == summary["last_raw"]
