@@ -116,6 +116,9 @@ def load_resume(config, *, model_name, model_config):
         if flag in saved and saved[flag] != getattr(config, flag):
             raise UserError(f"{path}: written with --{flag.replace('_', '-')} {saved[flag]}, this run has "
                             f"{getattr(config, flag)}: resume with the same optimizer flags")
+    if "train_model" in ckpt and not config.ema:
+        # the average would be dropped and val_* would change from its scores to the raw weights'
+        raise UserError(f"{path}: an EMA run (--ema {saved.get('ema')}); resume it with --ema to continue the average")
     if not isinstance(ckpt["epoch"], int) or ckpt["epoch"] > config.epochs:
         raise UserError(f"{path}: checkpoint of epoch {ckpt['epoch']}, past --epochs {config.epochs}; "
                         f"resume with --epochs {ckpt['epoch']} or more")

@@ -81,6 +81,12 @@ def test_ema_run_ships_the_average_and_resumes_exactly(cls_tiny_data, cls_tiny_t
             assert torch.equal(again[key][name], value), (key, name)
     assert again["ema_updates"] == ckpt["ema_updates"]
     assert resumed["val_acc"] == reference["val_acc"]
+    # resumed without --ema, the average would be dropped and val_acc would change meaning: refused
+    before = (tmp_path / "ema" / "metrics.jsonl").read_text()
+    with pytest.raises(UserError, match=r"an EMA run \(--ema 0.8\); resume it with --ema"):
+        train_cls.main(cls_tiny_train_argv(cls_tiny_data, tmp_path / "ema", "--resume",
+                                           str(tmp_path / "ema" / "epoch_002.pth"), epochs=3))
+    assert (tmp_path / "ema" / "metrics.jsonl").read_text() == before
 
 
 def test_flip_tta_averages_the_mirrored_probabilities():

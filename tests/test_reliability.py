@@ -73,6 +73,7 @@ E. Nothing lost, nothing misleading.
 | ``viz.py --dpi 0``, ``eval.py --batch-size -5``, ``hw1.bench --steps 0``, ... | one line, status 2, nothing written | test_cli.py::test_numeric_flags_out_of_range_are_one_line_exit_2 |
 | ``--out-dir a_file/sub`` or ``/proc/x`` | one line: cannot create the run folder | test_run_dir.py::test_an_out_dir_that_cannot_be_created_is_one_line |
 | a run that gained ``--ema`` at a resume, in ``hw1.summary`` and the report | the raw best over the epochs that have it | test_summary.py::test_summary_of_a_run_that_gained_ema_at_a_resume |
+| resuming an EMA run without ``--ema`` | one line: resume it with ``--ema`` (the average is not dropped) | test_ema_tta.py::test_ema_run_ships_the_average_and_resumes_exactly |
 | the suite in a checkout named ``hw1`` | a traceback is told by its frames, not by a path | test_distributed.py::test_batch_that_does_not_split_is_a_one_line_error |
 | full disk at the ``metrics.jsonl`` append | one line, status 2, no half line (real process) | test_full_disk_at_the_metrics_append_is_one_line |
 | PNG of any bit depth and colour type | scaled to 8 bits, P1 / P2 / masks alike | test_every_png_bit_depth_is_scaled_to_8_bits, test_16_bit_gray_reads_as_its_8_bit_picture |
