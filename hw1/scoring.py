@@ -51,12 +51,14 @@ def mask_id(path):
 def list_masks(folder):
     """``{id: path}`` of the ``.png`` masks of ``folder``.
 
-    JPEGs (the course's validation folder holds the ``_sat.jpg`` images beside the masks) and
-    hidden files are skipped silently, any other file and links that lead nowhere with a warning.
+    JPEGs and ``*_sat.*`` files (the course's validation folder holds the ``_sat.jpg`` images
+    beside the masks) and hidden files are skipped silently, any other file and links that lead nowhere with a warning.
     """
     folder = Path(folder)
     found, skipped = {}, []
     for p in folder_files(folder):
+        if p.stem.endswith("_sat"):
+            continue  # a satellite image beside its mask (the course's folders), whatever its format
         if p.suffix.lower() == ".png":
             # two files of one id (0013.png beside 0013_mask.png): either could be the one meant
             other = found.setdefault(mask_id(p), p)

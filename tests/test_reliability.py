@@ -743,8 +743,9 @@ def test_resume_with_dataloader_workers_is_exact(cls_tiny_data, cls_tiny_train_a
                 for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
     whole, resumed = records(tmp_path / "whole"), records(tmp_path / "resumed")
-    assert [r["epoch"] for r in whole] == [1, 2, 3] and [r["epoch"] for r in resumed] == [2, 3]
-    assert resumed == whole[1:]
+    # the new folder gets epoch 1's record from the checkpoint's folder, then its own epochs 2 and 3
+    assert [r["epoch"] for r in whole] == [1, 2, 3] and [r["epoch"] for r in resumed] == [1, 2, 3]
+    assert resumed == whole
     a = load_checkpoint(tmp_path / "whole" / "last.pth")["model"]
     b = load_checkpoint(tmp_path / "resumed" / "last.pth")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
