@@ -138,6 +138,10 @@ def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=None):
     device = get_device(device)
     model = load_model(checkpoint, "cls", device)
     files = list_images(image_dir)
+    out = Path(output_csv)
+    if out.suffix.lower() in (".png", ".jpg", ".jpeg") and out.exists():
+        # the CSV would replace an image (an input, or one of the kind this command reads)
+        raise UserError(f"{output_csv}: is an image; the CSV would replace it, write it to a .csv path")
     for p in files:
         if not is_utf8(p.name):
             raise UserError(f"{shown(p)}: file name is not UTF-8 text, which the CSV needs to name it; rename the file")

@@ -422,3 +422,15 @@ def test_export_never_replaces_a_training_checkpoint_unless_told(cls_tiny_checkp
     assert "optimizer" not in load_checkpoint(other)
     export_checkpoint(train, other)  # an earlier export is replaced as asked
     assert train.read_bytes() == cls_tiny_checkpoint.read_bytes()
+
+
+def test_predict_cls_never_writes_its_csv_over_an_image(cls_tiny_checkpoint, cls_tiny_data, tmp_path):
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for p in sorted((cls_tiny_data / "val_50").iterdir())[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    target = sorted(folder.iterdir())[0]
+    before = target.read_bytes()
+    with pytest.raises(UserError, match=f"{target}: is an image; the CSV would replace it"):
+        predict_cls(folder, target, checkpoint=cls_tiny_checkpoint, device="cpu")
+    assert target.read_bytes() == before

@@ -70,6 +70,7 @@ E. Nothing lost, nothing misleading.
 | two masks of one id in an ``eval.py --task seg`` folder | one line naming both | test_seg_pipeline.py::test_seg_confusion_refuses_two_masks_of_one_id |
 | ``hw1.bench`` without ``--out`` | a new dated file, never a committed record | test_bench.py::test_default_out_is_a_new_file_never_a_record_already_there |
 | ``python -m hw1.checkpoint X X``, or over a training checkpoint | refused unless ``--overwrite`` | test_predict_eval_cls.py::test_export_never_replaces_a_training_checkpoint_unless_told |
+| ``predict cls DIR DIR/0_450.png`` (the CSV over an image) | one line, the image untouched | test_predict_eval_cls.py::test_predict_cls_never_writes_its_csv_over_an_image |
 | ``viz.py --dpi 0``, ``eval.py --batch-size -5``, ``hw1.bench --steps 0``, ... | one line, status 2, nothing written | test_cli.py::test_numeric_flags_out_of_range_are_one_line_exit_2 |
 | ``--out-dir a_file/sub`` or ``/proc/x`` | one line: cannot create the run folder | test_run_dir.py::test_an_out_dir_that_cannot_be_created_is_one_line |
 | a run that gained ``--ema`` at a resume, in ``hw1.summary`` and the report | the raw best over the epochs that have it | test_summary.py::test_summary_of_a_run_that_gained_ema_at_a_resume |
