@@ -635,17 +635,23 @@ def get_args_parser():
     return p
 
 
+# numeric flags checked once parsed (the --quick preset included), before anything runs
+ARG_RULES = {
+    "steps": AT_LEAST_1, "repeats": AT_LEAST_1, "warmup": (lambda v: v >= 0, "0 or more"),
+    "depth": (lambda v: v >= 10 and (v - 4) % 6 == 0, "6n+4 with n >= 1 (10, 16, 22, ..., 100)"),
+    "growth_rate": AT_LEAST_1, "img_size": AT_LEAST_1, "crop_size": AT_LEAST_1,
+    "width": (lambda v: 0 < v <= 4, "in (0, 4]"), "fc_channels": AT_LEAST_1, "threads": AT_LEAST_1,
+    "matmul_size": AT_LEAST_1, "data_batches": AT_LEAST_1, "e2e_steps": AT_LEAST_1, "e2e_batch_size": AT_LEAST_1,
+}
+
+
 def parse_args(argv):
     parser = get_args_parser()
-    args = check_numbers(parser.parse_args(argv), {
-        "steps": AT_LEAST_1, "repeats": AT_LEAST_1, "warmup": (lambda v: v >= 0, "0 or more"),
-        "depth": (lambda v: v >= 10 and (v - 4) % 6 == 0, "6n+4 with n >= 1 (10, 16, 22, ..., 100)"),
-        "growth_rate": AT_LEAST_1, "img_size": AT_LEAST_1, "crop_size": AT_LEAST_1,
-        "width": (lambda v: 0 < v <= 4, "in (0, 4]"), "fc_channels": AT_LEAST_1, "threads": AT_LEAST_1, "matmul_size": AT_LEAST_1, "data_batches": AT_LEAST_1,
-        "e2e_steps": AT_LEAST_1, "e2e_batch_size": AT_LEAST_1})
+    args = parser.parse_args(argv)
     if args.quick:  # parse again over the preset, so explicit flags still win
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)
+    check_numbers(args, ARG_RULES)
     given = {k: v for item in args.batch_size for k, v in item.items()}
     everyone = given.pop("", None)
     # per model: MODEL=N, else N, else the --quick preset; models left out get their spec's bench_batch

@@ -110,14 +110,11 @@ def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None
     else:
         from hw1.data.seg import load_seg_split, seg_eval_transform
 
+        # a model trained at a smaller scale gets its images at that scale and the masks stay at
+        # their own size (or the asked one): its logits are upsampled to them
         scale = getattr(model, "infer_size", None)
-        if scale is None or scale == size:
-            dataset = load_seg_split(data_dir, size=size, transform=seg_eval_transform())
-        else:
-            dataset = load_seg_split(data_dir, size=scale, transform=seg_eval_transform(), resize_masks=False)
-            if size is not None:  # the masks at the asked size
-                dataset.masks = torch.nn.functional.interpolate(dataset.masks[:, None], size=(size, size),
-                                                                mode="nearest-exact")[:, 0]
+        dataset = load_seg_split(data_dir, size=scale or size, transform=seg_eval_transform(),
+                                 mask_size=size if scale else "image")
     num_classes = CLS_CLASSES if task == "cls" else NUM_CLASSES
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or (500 if task == "cls" else 4))
     amp, channels_last = inference_settings(model, device)

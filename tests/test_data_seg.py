@@ -171,7 +171,7 @@ def test_load_seg_split_can_keep_masks_at_full_size(demo):
     from hw1.data.images import read_rgb, resize_rgb
 
     full = load_seg_split(demo / "validation")
-    small = load_seg_split(demo / "validation", size=12, resize_masks=False, workers=1)
+    small = load_seg_split(demo / "validation", size=12, mask_size=None, workers=1)
     assert small.images.shape == (3, 3, 12, 12) and torch.equal(small.masks, full.masks)
     first = sorted((demo / "validation").glob("*_sat.*"))[0]
     assert np.array_equal(small.images[0].permute(1, 2, 0).numpy(), resize_rgb(read_rgb(first), 12))

@@ -73,16 +73,22 @@ def to_rgb(im, path):
     return im.convert("RGB")
 
 
+def _bilinear(im, hw):
+    """A PIL image resized to ``hw`` (H, W) with PIL's antialiased bilinear filter: the one resize of
+    P1/P2 loading and of P2 inference, so that both see the same pixels."""
+    return im if im.size == (hw[1], hw[0]) else im.resize((hw[1], hw[0]), Image.BILINEAR)
+
+
 def resize_rgb(image, size):
     """(H, W, 3) uint8 array resized (PIL's antialiased bilinear) to ``size`` (a side or (H, W)).
 
     The resize of :func:`read_rgb`, for images already decoded: a P2 model sees at inference
     exactly the pixels its training images had.
     """
-    h, w = (size, size) if isinstance(size, int) else size
-    if image.shape[:2] == (h, w):
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if image.shape[:2] == hw:
         return image
-    return np.array(Image.fromarray(image, "RGB").resize((w, h), Image.BILINEAR))
+    return np.array(_bilinear(Image.fromarray(image, "RGB"), hw))
 
 
 def read_rgb(path, size=None, *, draft=False, with_size=False):
@@ -101,8 +107,8 @@ def read_rgb(path, size=None, *, draft=False, with_size=False):
                 # draft keeps the decoded image at least as large as asked
                 im.draft(None, (hw[1], hw[0]))
             im = to_rgb(im, path)
-            if hw is not None and im.size != (hw[1], hw[0]):
-                im = im.resize((hw[1], hw[0]), Image.BILINEAR)
+            if hw is not None:
+                im = _bilinear(im, hw)
             image = np.array(im, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: cannot read image ({e})".splitlines()[0]) from None

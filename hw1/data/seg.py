@@ -105,12 +105,13 @@ class SegDataset(torch.utils.data.Dataset):
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 
 
-def load_seg_split(folder, *, size=None, workers=None, transform=None, resize_masks=True):
+def load_seg_split(folder, *, size=None, workers=None, transform=None, mask_size="image"):
     """Decode every pair of ``folder`` once into a ``SegDataset``.
 
     ``size`` (an int or ``(H, W)``) resizes images bilinearly (:func:`hw1.data.images.resize_rgb`,
-    as inference does) and, with ``resize_masks``, masks by nearest neighbour; without it every
-    image must have the first one's size, as must every mask without ``resize_masks``. Decoding runs on a
+    as inference does); without it every image must have the first one's size. ``mask_size``:
+    ``"image"`` puts the masks at the images' size, an int or ``(H, W)`` at that one (nearest
+    neighbour either way), None keeps their own (all must have the first one's). Decoding runs on a
     thread pool (``workers`` threads, default: the usable CPUs up to 16) because PIL releases the
     GIL while decoding.
     """
@@ -124,7 +125,7 @@ def load_seg_split(folder, *, size=None, workers=None, transform=None, resize_ma
     else:
         resize = True
     h, w = size
-    mh, mw = size if resize_masks or not resize else image_size(pairs[0][2])
+    mh, mw = size if mask_size == "image" else _hw(mask_size) or image_size(pairs[0][2])
     n = len(pairs)
     images = torch.empty((n, 3, h, w), dtype=torch.uint8)
     masks = torch.empty((n, mh, mw), dtype=torch.uint8)
@@ -144,8 +145,8 @@ def load_seg_split(folder, *, size=None, workers=None, transform=None, resize_ma
         if rgb.shape[:2] != size:
             raise UserError(f"{sat_path}: image is {w0}x{h0}, but {pairs[0][1].name} is {w}x{h} "
                             "(pass a size to resize them all)")
-        if resize and resize_masks and mask.shape != size:
-            mask = np.asarray(Image.fromarray(mask).resize((w, h), Image.NEAREST))
+        if mask_size is not None and mask.shape != (mh, mw):
+            mask = np.asarray(Image.fromarray(mask).resize((mw, mh), Image.NEAREST))
         if mask.shape != (mh, mw):
             raise UserError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, but "
                             f"{pairs[0][2].name} is {mw}x{mh}")

@@ -104,7 +104,7 @@ class VGG16FCN32s(nn.Module):
         # features[:pool3], features[pool3:pool4], features[pool4:]: the taps of the skip heads
         pools = [i + 1 for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
         self._taps = (pools[2], pools[3])
-        self.score_pool4 = nn.Conv2d(_scaled(512, width), num_classes, 1) if skips != "none" else None
+        self.score_pool4 = nn.Conv2d(trunk, num_classes, 1) if skips != "none" else None
         self.score_pool3 = nn.Conv2d(_scaled(256, width), num_classes, 1) if skips == "8s" else None
 
         for m in self.modules():
