@@ -1,6 +1,6 @@
 """Train a P2 segmenter: the hand-written VGG16-FCN32s (model A) or torchvision's FCN-ResNet101 (model B).
 
-    python train_seg.py --model vgg16_fcn32s                 # ImageNet VGG16 weights (see README)
+    python train_seg.py --model vgg16_fcn32s                 # ImageNet VGG16 weights (README: Pretrained weights)
     python train_seg.py --model resnet101_fcn                # COCO-VOC weights + 1x1 conv 21->7
     python train_seg.py --model vgg16_fcn32s --weights none  # from scratch
     python train_seg.py --demo                               # a few minutes on generated scenes

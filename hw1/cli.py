@@ -60,7 +60,7 @@ def add_training_args(parser, config_cls):
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--seed", type=int, help="(default: %(default)s)")
     g.add_argument("--resume", help="continue from this checkpoint (e.g. runs/densenet/last.pth) under this "
-                                    "command's flags; see the README on what may change")
+                                    "command's flags; see docs/training.md, Resume, on what may change")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.set_defaults(**config_cls.flag_defaults())

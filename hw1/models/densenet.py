@@ -150,7 +150,7 @@ def stages(model):
 
 # ``--recipe cpu``: model A within about 2 hours on 2 CPU cores. Augmentation, weight decay and lr
 # were chosen by 8-epoch pilots of a small proxy (BC-28 k=12, pooled stem) that changed one setting
-# of this recipe each (results/p1_densenet_cpu_pilots.json, README "Model A on a CPU budget"):
+# of this recipe each (results/p1_densenet_cpu_pilots.json, docs/results.md "Model A on a CPU budget"):
 # AutoAugment + RandomErasing 0.347 against 0.472 with crop + flip, weight decay 2e-5 below 5e-4,
 # lr 0.2 0.508 against 0.472 at 0.1. Depth and width were set by throughput: BC-52 k=24 with the
 # pooled stem (1.05 M parameters) trains at 124 img/s, three quarters of BC-40 k=12 without it (0.18 M,

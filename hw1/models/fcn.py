@@ -310,7 +310,7 @@ _VGG_DEFAULTS = {"width": 1.0, "fc_batch_norm": False, "skips": "none", "dropout
 # ``--recipe cpu``: model A from scratch in under 2 hours on 2 CPU cores (no pretrained weights
 # here). Chosen by 6-epoch pilots of a proxy (this recipe at 128x128, 6 epochs) on the real data,
 # one setting changed at a time, scored at 512x512 on the validation set
-# (results/p2_cpu_pilots.json, README "P2 model A on a CPU budget"): the FCN-8s skips are the
+# (results/p2_cpu_pilots.json, docs/results.md "P2 model A on a CPU budget"): the FCN-8s skips are the
 # largest gain (0.4894 against 0.3136 for FCN-32s, and faster: the fixed x32 transposed conv costs
 # more than the interpolations), 256x256 gains 3.2 points over 128, width 0.5 lost 1.7 points at
 # twice the cost, random resized crops (--min-scale 0.5) lost 14. Unweighted cross-entropy scored
