@@ -10,12 +10,12 @@ import json
 import math
 from pathlib import Path
 
-
 from hw1 import metrics
 from hw1.cli import AT_LEAST_1, check_numbers, run
 from hw1.data.masks import CLASS_NAMES
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
+from hw1.outputs import check_output
 from hw1.predict import load_model
 from hw1.runtime import get_device
 from hw1.scoring import cls_confusion_from_csv, model_confusion, seg_confusion_from_dirs
@@ -36,6 +36,7 @@ def get_args_parser():
     p.add_argument("--batch-size", type=int, default=None, help="(default: 500 for cls, 4 for seg)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="let --json replace a file that is not a JSON output")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -62,23 +63,48 @@ def report(cm, task):
     return lines
 
 
-def main(argv=None):
-    args = check_numbers(get_args_parser().parse_args(argv), {"batch_size": AT_LEAST_1})
-    if args.checkpoint:
-        if not args.data_dir:
-            raise UserError("--checkpoint needs --data-dir (the folder to evaluate on)")
-        cm = checkpoint_confusion(args)
+# flags that only one of the two ways of scoring reads: given with the other, they would be ignored
+CHECKPOINT_ONLY = ("checkpoint", "data_dir", "labels", "tta", "batch_size", "device")
+PRED_ONLY = ("pred", "gt")
+
+
+def check_args(args):
+    """Exactly one way of scoring, with no flag that it would ignore, and an output that may be written."""
+    args = check_numbers(args, {"batch_size": AT_LEAST_1})
+
+    def given(names):
+        return [n for n in names if getattr(args, n) not in (None, "auto")]
+
+    if args.checkpoint or args.data_dir:
+        if not (args.checkpoint and args.data_dir):
+            raise UserError("--checkpoint and --data-dir go together (the checkpoint, the folder to evaluate on)")
+        ignored = given(PRED_ONLY)
     elif args.pred and args.gt:
-        if args.task == "cls":
-            cm = cls_confusion_from_csv(args.pred, args.gt)
-        else:
-            cm = seg_confusion_from_dirs(args.pred, args.gt)
+        ignored = given(CHECKPOINT_ONLY)
     else:
         raise UserError("give either --pred and --gt, or --checkpoint and --data-dir")
-    print("\n".join(report(cm, args.task)))
+    if ignored:
+        mode = "--checkpoint" if args.checkpoint else "--pred"
+        raise UserError(f"--{ignored[0].replace('_', '-')}: not used with {mode}; leave it out")
+    if args.json:
+        check_output(args.json, "json", overwrite=args.overwrite, inputs=[
+            (f"--{n.replace('_', '-')}", getattr(args, n)) for n in ("pred", "gt", "checkpoint", "data_dir", "labels")])
+    return args
+
+
+def main(argv=None):
+    args = check_args(get_args_parser().parse_args(argv))
+    if args.checkpoint:
+        cm = checkpoint_confusion(args)
+    elif args.task == "cls":
+        cm = cls_confusion_from_csv(args.pred, args.gt)
+    else:
+        cm = seg_confusion_from_dirs(args.pred, args.gt)
     summary = metrics.summarize(cm, args.task)
+    # the file first: a reader of stdout that has gone (| true) must not cost the file
     if args.json:
         atomic_write_text(json.dumps(json_safe(summary), indent=2) + "\n", Path(args.json))
+    print("\n".join(report(cm, args.task)))
     return summary
 
 

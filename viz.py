@@ -16,6 +16,7 @@ from hw1.cli import ABOVE_0, AT_LEAST_1, check_numbers, command_line, run
 from hw1.data.cls import NUM_CLASSES
 from hw1.errors import UserError
 from hw1.models import get_spec, model_names
+from hw1.outputs import check_output, check_outputs
 from hw1.report import MASK_IDS, TITLE, write_report
 from hw1.report.inputs import checkpoint_model, cls_images, feature_figures, masks_figure, read_pair
 from hw1.runtime import get_device
@@ -27,9 +28,8 @@ def cmd_features(args, device):
     images, labels = cls_images(args.data_dir, labels_csv=args.labels, per_class=args.per_class)
     pca, tsne = feature_figures(args.checkpoints, images, labels, data_name=Path(args.data_dir).name,
                                 num_classes=args.num_classes, perplexity=args.perplexity, device=device)
-    out = Path(args.out_dir)
-    return (plots.save_figure(pca, out / f"{args.name}_pca.png", dpi=args.dpi, pdf=args.pdf)
-            + plots.save_figure(tsne, out / f"{args.name}_tsne.png", dpi=args.dpi, pdf=args.pdf))
+    return (plots.save_figure(pca, args.paths[0], dpi=args.dpi, pdf=args.pdf)
+            + plots.save_figure(tsne, args.paths[1], dpi=args.dpi, pdf=args.pdf))
 
 
 def cmd_masks(args, device):
@@ -38,7 +38,7 @@ def cmd_masks(args, device):
     pairs = [read_pair(args.data_dir, i, args.size) for i in args.ids]
     fig = masks_figure(args.checkpoints, [p[0] for p in pairs], [p[1] for p in pairs], ids=args.ids, device=device,
                        overlay_alpha=args.alpha if args.overlay else None)
-    return plots.save_figure(fig, Path(args.out_dir) / f"{args.name}.png", dpi=args.dpi, pdf=args.pdf)
+    return plots.save_figure(fig, args.paths[0], dpi=args.dpi, pdf=args.pdf)
 
 
 def cmd_curves(args, device):
@@ -46,8 +46,7 @@ def cmd_curves(args, device):
     if len(names) != len(args.run_dirs):
         raise UserError(f"--labels: {len(names)} names for {len(args.run_dirs)} run folders")
     runs = [(n, RunDir(d).read_metrics()) for n, d in zip(names, args.run_dirs)]
-    return plots.save_figure(plots.curves_figure(runs), Path(args.out_dir) / f"{args.name}.png",
-                             dpi=args.dpi, pdf=args.pdf)
+    return plots.save_figure(plots.curves_figure(runs), args.paths[0], dpi=args.dpi, pdf=args.pdf)
 
 
 def cmd_confusion(args, device):
@@ -57,8 +56,8 @@ def cmd_confusion(args, device):
                          batch_size=args.batch_size)
     size = f", resized to {args.size}x{args.size}" if task == "seg" and args.size else ""
     title = f"{name} {epoch} ({Path(args.checkpoint).name}) on {Path(args.data_dir).name}{size}"
-    return plots.save_figure(plots.confusion_figure(cm, task=task, title=title),
-                             Path(args.out_dir) / f"{args.name}.png", dpi=args.dpi, pdf=args.pdf)
+    return plots.save_figure(plots.confusion_figure(cm, task=task, title=title), args.paths[0], dpi=args.dpi,
+                             pdf=args.pdf)
 
 
 def parse_config(items):
@@ -86,8 +85,7 @@ def cmd_arch(args, device):
     print(plots.summary_table(rows, total, size))
     shown = ", ".join(f"{k}={v}" for k, v in config.items())
     title = f"{args.model}" + (f" ({shown})" if shown else "")
-    return plots.save_figure(plots.arch_figure(rows, total, title=title, input_size=size),
-                             Path(args.out_dir) / f"{args.name or 'arch_' + args.model}.png",
+    return plots.save_figure(plots.arch_figure(rows, total, title=title, input_size=size), args.paths[0],
                              dpi=args.dpi, pdf=args.pdf)
 
 
@@ -100,6 +98,7 @@ def get_args_parser():
         s.add_argument("--out-dir", default="figures", help="(default: %(default)s)")
         s.add_argument("--name", default=default_name, help="output file stem (default: %(default)s)")
         s.add_argument("--pdf", action="store_true", help="also write a PDF beside each PNG")
+        s.add_argument("--overwrite", action="store_true", help="replace an output even if it is not a figure")
         s.add_argument("--dpi", type=int, default=120, help="(default: %(default)s)")
         s.add_argument("--device", default="auto", help="auto, cpu, cuda (default: %(default)s)")
         s.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -161,8 +160,47 @@ def get_args_parser():
                    help="also score each run's best.pth afresh on --data-dir (P2 at full size: minutes on a CPU)")
     s.add_argument("--dpi", type=int, default=100, help="of the figures (default: %(default)s)")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda (default: %(default)s)")
+    s.add_argument("--overwrite", action="store_true", help="replace outputs even if they are not the report's")
     s.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
+
+
+def figure_paths(args):
+    """The PNGs a figure subcommand writes (a PDF beside each with --pdf)."""
+    if args.command == "features":
+        stems = [f"{args.name}_pca", f"{args.name}_tsne"]
+    else:
+        stems = [args.name or f"arch_{args.model}"]
+    return [Path(args.out_dir) / f"{stem}.png" for stem in stems]
+
+
+def inputs(args):
+    """``(flag, path)`` of what a subcommand reads, which its outputs must not replace."""
+    # (curves' --labels are legend names, not a file)
+    pairs = [(f"--{k.replace('_', '-')}", getattr(args, k, None)) for k in ("data_dir", "labels", "checkpoint")
+             if isinstance(getattr(args, k, None), str)]
+    for flag, dest in (("--checkpoints", "checkpoints"), ("RUN_DIR", "run_dirs"), ("--cls-runs", "cls_runs"),
+                       ("--seg-runs", "seg_runs")):
+        pairs += [(flag, p) for p in getattr(args, dest, None) or () if p != "-"]
+    return pairs
+
+
+def check_paths(args):
+    """Refuse, before any work, outputs that would replace what they should not (:mod:`hw1.outputs`)."""
+    given = inputs(args)
+    if args.command == "report":
+        out = Path(args.out)
+        check_output(out, "figure", inputs=given, overwrite=args.overwrite)
+        check_output(out.with_suffix(".md"), "markdown", inputs=given, overwrite=args.overwrite)
+        files = out.parent / f"{out.stem}_files"
+        if files.is_dir():
+            check_outputs(files, [p.name for p in files.glob("p[12]_*.png")], "figure", inputs=given,
+                          overwrite=args.overwrite)
+        return
+    args.paths = figure_paths(args)
+    for path in args.paths:
+        for p in [path] + ([path.with_suffix(".pdf")] if args.pdf else []):
+            check_output(p, "figure", inputs=given, overwrite=args.overwrite)
 
 
 def cmd_report(args, device):
@@ -185,6 +223,7 @@ def main(argv=None):
         "per_class": (lambda v: v >= 0, "0 (all) or more"), "input_size": (lambda v: v >= 32, "at least 32"),
         "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]")})
     args.invocation = command_line("viz.py", argv)
+    check_paths(args)
     device = get_device(args.device)
     written = COMMANDS[args.command](args, device)
     for path in written:

@@ -13,6 +13,7 @@ import torch
 
 from hw1.errors import UserError
 from hw1.io import atomic_torch_save
+from hw1.outputs import check_output
 from hw1.models import REGISTRY, build_model, get_spec
 
 REQUIRED = ("model", "model_name", "model_config")
@@ -118,13 +119,9 @@ def export_checkpoint(src, dst, *, tta=False, half=False, overwrite=False):
     The result is still an hw1 checkpoint: predict, eval and viz load it as they load ``src``
     (``model`` is what they load, the EMA where the run kept one); only ``--resume`` needs the original.
     """
-    ckpt = load_checkpoint(src)
     # an export in place of a training checkpoint would lose what --resume needs, silently
-    if Path(dst).resolve() == Path(src).resolve():
-        raise UserError(f"{dst}: is the checkpoint being exported; write the export to another file")
-    if not overwrite and Path(dst).is_file() and is_training_checkpoint(dst):
-        raise UserError(f"{dst}: holds a training checkpoint, which the export would replace; pass --overwrite "
-                        "to replace it or write the export to another file")
+    check_output(dst, "checkpoint", inputs=[("SRC", src)], overwrite=overwrite)
+    ckpt = load_checkpoint(src)
     exported = {k: ckpt[k] for k in EXPORT_KEYS if k in ckpt}
     exported["exported_from"] = str(src)
     if tta:
@@ -145,7 +142,7 @@ def main(argv=None):
     p.add_argument("dst", help="the file to write, e.g. checkpoints/p1_densenet.pth")
     p.add_argument("--tta", action="store_true", help="predict and eval use flip TTA with it by default")
     p.add_argument("--half", action="store_true", help="store the weights in fp16 (they load back into fp32)")
-    p.add_argument("--overwrite", action="store_true", help="replace DST even if it is a training checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace DST even if it is the source or a training checkpoint")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     exported = export_checkpoint(args.src, args.dst, tta=args.tta, half=args.half, overwrite=args.overwrite)

@@ -171,6 +171,49 @@ def _stdout_reader_gone():
         return False
 
 
+def _reopen_closed_streams():
+    """A stream the caller closed (``>&-``) is None in Python: give it /dev/null, so that printing
+    is a no-op rather than an ``AttributeError`` after the work is done."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
+
+
+class StdoutFailed(Exception):
+    """Writing to stdout failed for a reason other than a closed pipe (a full disk, /dev/full)."""
+
+
+class _CheckedStdout:
+    """sys.stdout, whose failed writes say that it was stdout that failed (an ``OSError`` alone
+    could be any file's)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _checked(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:  # a reader that has gone: handled as such by run()
+            raise
+        except OSError as e:
+            raise StdoutFailed(e.strerror or str(e)) from None
+
+    def write(self, text):
+        return self._checked(self._stream.write, text)
+
+    def flush(self):
+        return self._checked(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _discard_stdout():
+    """Point stdout at /dev/null, so that the interpreter's last flush of what is left in its
+    buffer does not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def run(main, argv=None):
     """Call ``main(argv)``; a :class:`UserError` becomes ``error: ...`` on stderr and exit status 2.
 
@@ -186,6 +229,8 @@ def run(main, argv=None):
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     catch_term = threading.current_thread() is threading.main_thread() and not under_torchrun
     previous = signal.signal(signal.SIGTERM, _terminate_handler(os.getpid())) if catch_term else None
+    _reopen_closed_streams()
+    stdout, sys.stdout = sys.stdout, _CheckedStdout(sys.stdout)
     try:
         result = main(argv)
         sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's last flush
@@ -200,9 +245,15 @@ def run(main, argv=None):
         if not _stdout_reader_gone():
             raise
         # Whoever read stdout has gone: only messages are lost. End quietly, with the status of a
-        # process killed by SIGPIPE, and keep the interpreter's last flush from failing again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # process killed by SIGPIPE.
+        _discard_stdout()
         sys.exit(128 + signal.SIGPIPE)
+    except StdoutFailed as e:
+        # stdout on a full disk (/dev/full) or a dead device: the command's files are written
+        # (every command writes them before it prints), only its messages are lost
+        _discard_stdout()
+        print(f"error: stdout: cannot write ({e})", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -210,6 +261,7 @@ def run(main, argv=None):
         print("terminated", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
     finally:
+        sys.stdout = stdout
         if "torch.distributed" in sys.modules:  # leave torchrun's process group cleanly
             from hw1.distributed import cleanup
             cleanup()

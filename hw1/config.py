@@ -183,6 +183,12 @@ class ClsConfig(TrainConfig):
             p.append(("--img-size", self.img_size, "at least 1"))
         return p
 
+    def input_size(self):
+        """Side of a training input (the images' own: 32)."""
+        from hw1.data.cls import IMG_SIZE
+
+        return IMG_SIZE
+
     def criterion(self, train_set=None):
         from torch import nn
 
@@ -229,6 +235,10 @@ class SegConfig(TrainConfig):
         if self.class_weights not in ("none", "enet", "inv-sqrt"):
             p.append(("--class-weights", self.class_weights, "none, enet or inv-sqrt"))
         return p
+
+    def input_size(self):
+        """Side of a training input: the crop, of the images at ``--size`` (512 when not resized)."""
+        return min(self.crop_size, self.size or 512)
 
     def criterion(self, train_set=None):
         """The loss; with ``--class-weights`` its weights come from ``train_set``'s masks."""

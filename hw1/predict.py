@@ -26,6 +26,7 @@ from hw1.data.images import list_images, normalize, read_rgb, resize_rgb
 from hw1.engine import probabilities
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, staged_folder
+from hw1.outputs import MASK_MARK, check_output, check_outputs
 from hw1.runtime import amp_dtype, autocast, channels_last_default, get_device
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ def shown(path):
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=None):
+def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=None, overwrite=False):
     """Classify every .png/.jpg of ``image_dir``; write ``output_csv``; return ``[(filename, label), ...]``.
 
     ``tta``: average each image's class probabilities with its mirror image's; None (the default)
@@ -136,15 +137,13 @@ def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=None):
     file name that is not UTF-8 is an error before any image is decoded: the CSV could not hold it.
     """
     device = get_device(device)
-    model = load_model(checkpoint, "cls", device)
     files = list_images(image_dir)
-    out = Path(output_csv)
-    if out.suffix.lower() in (".png", ".jpg", ".jpeg") and out.exists():
-        # the CSV would replace an image (an input, or one of the kind this command reads)
-        raise UserError(f"{output_csv}: is an image; the CSV would replace it, write it to a .csv path")
+    check_output(output_csv, "csv", inputs=[("IMAGE_DIR", image_dir), ("--checkpoint", checkpoint)],
+                 overwrite=overwrite)
     for p in files:
         if not is_utf8(p.name):
             raise UserError(f"{shown(p)}: file name is not UTF-8 text, which the CSV needs to name it; rename the file")
+    model = load_model(checkpoint, "cls", device)
     images = decode_images(files, IMG_SIZE)
     rows = [(p.name, int(c)) for p, c in zip(files, classify(model, images, device=device, tta=tta))]
     write_csv(rows, output_csv, ("filename", "label"))
@@ -175,32 +174,33 @@ def segment(model, image, *, device, tta=None):
         return probabilities(model, x, tta=tta, size=size)[0].argmax(0).cpu()
 
 
-def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=None):
+def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=None, overwrite=False):
     """Segment every .jpg/.png of ``image_dir`` into ``output_dir``; return the written paths.
 
     Files named ``*_mask.png`` are ground truth (the course's validation folder holds both) and
     are skipped. The masks are written to a hidden temporary folder and moved into ``output_dir``
     only when every image has been segmented: an unreadable image (or any other error) leaves
-    ``output_dir`` as it was.
+    ``output_dir`` as it was. A mask of that name already there is replaced only if hw1 wrote it,
+    not ground truth (:mod:`hw1.outputs`), unless ``overwrite``.
     """
     from hw1.data.masks import write_mask
 
     device = get_device(device)
-    model = load_model(checkpoint, "seg", device)
     files = [p for p in list_images(image_dir) if not p.stem.endswith("_mask")]
     if not files:
         raise UserError(f"{image_dir}: only *_mask.png files here, no images to segment")
     output_dir = Path(output_dir)
-    if output_dir.resolve() == Path(image_dir).resolve():
-        raise UserError(f"{output_dir}: the output folder is the input folder; its *_mask.png would be overwritten")
     names = {}
     for path in files:
         if names.setdefault(mask_name(path), path) != path:
             raise UserError(f"{path}: would write the same {mask_name(path)} as {names[mask_name(path)].name}")
+    check_outputs(output_dir, list(names), "mask", inputs=[("IMAGE_DIR", image_dir), ("--checkpoint", checkpoint)],
+                  overwrite=overwrite)
+    model = load_model(checkpoint, "seg", device)
     with staged_folder(output_dir) as stage:
         for path in files:
             image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)
-            write_mask(segment(model, image, device=device, tta=tta).numpy(), stage / mask_name(path))
+            write_mask(segment(model, image, device=device, tta=tta).numpy(), stage / mask_name(path), text=MASK_MARK)
     return [output_dir / mask_name(path) for path in files]
 
 
@@ -220,6 +220,8 @@ def get_args_parser():
                             "the shipped model A does)")
         s.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
         s.add_argument("--device", default=None, help="auto, cpu, cuda (default: auto)")
+        s.add_argument("--overwrite", action="store_true",
+                       help="replace an output even if it is an input or a file hw1 did not write (ground truth)")
         s.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -228,10 +230,11 @@ def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.task == "cls":
         rows = predict_cls(args.image_dir, args.output_csv, checkpoint=args.checkpoint, device=args.device,
-                           tta=args.tta)
+                           tta=args.tta, overwrite=args.overwrite)
         print(f"wrote {len(rows)} predictions to {args.output_csv}")
         return rows
-    paths = predict_seg(args.image_dir, args.output_dir, checkpoint=args.checkpoint, device=args.device, tta=args.tta)
+    paths = predict_seg(args.image_dir, args.output_dir, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
+                        overwrite=args.overwrite)
     print(f"wrote {len(paths)} masks to {args.output_dir}")
     return paths
 

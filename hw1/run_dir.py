@@ -178,6 +178,34 @@ class RunDir:
         atomic_write_text("".join(json.dumps(r) + "\n" for r in records), self.metrics)
         atomic_write_text(json.dumps(args, indent=2) + "\n", self.args)
 
+    def branch(self, resumed, epoch, best_epoch):
+        """Set this folder's checkpoints to those of a run resumed from ``resumed`` (of ``epoch``).
+
+        The files of later epochs belong to the branch the resumed run abandons (``--resume
+        runs/x/epoch_001.pth`` in a folder that went on to epoch 3): ``epoch_NNN.pth`` past ``epoch``
+        are removed, ``last.pth`` becomes the resumed checkpoint, and ``best.pth`` the checkpoint of
+        ``best_epoch`` (the best of the epochs kept), from this folder or the resumed one's. Returns
+        whether ``best.pth`` holds it; when no file of that epoch was kept, it is removed (False).
+        """
+        resumed = Path(resumed)
+        source = RunDir(resumed.parent)
+        for e, p in self.epoch_files().items():
+            if e > epoch:
+                p.unlink()
+        if not _same_file(resumed, self.last) and checkpoint_epoch(self.last) != epoch:
+            atomic_copy(resumed, self.last)
+        if checkpoint_epoch(self.best) == best_epoch:
+            return True
+        candidates = [resumed] if best_epoch == epoch else []
+        candidates += [self.epoch_file(best_epoch), source.epoch_file(best_epoch), source.best]
+        found = next((p for p in candidates if checkpoint_epoch(p) == best_epoch), None)
+        if found is None:
+            if self.best.is_file():
+                self.best.unlink()
+            return False
+        atomic_copy(found, self.best)
+        return True
+
     def save_epoch(self, record, state, *, is_best, keep):
         """Append the epoch's record, then write ``last.pth`` and its copies ``best.pth`` and ``epoch_NNN.pth``.
 
@@ -191,3 +219,23 @@ class RunDir:
             atomic_copy(self.last, self.best)
         if keep:
             atomic_copy(self.last, self.epoch_file(state["epoch"]))
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def checkpoint_epoch(path):
+    """The epoch of the checkpoint at ``path``, or None when there is none (read through a memory
+    map: only the small ``epoch`` entry is loaded, not the weights)."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # missing, not a checkpoint, cut short: no epoch to compare
+        return None
+    epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None
+    return epoch if isinstance(epoch, int) else None

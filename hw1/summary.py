@@ -15,6 +15,7 @@ from hw1.cli import run
 from hw1.config import config_of
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
+from hw1.outputs import check_output
 from hw1.run_dir import RunDir
 
 
@@ -59,12 +60,15 @@ def get_args_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", nargs="+", help="a run folder; several give a list of summaries")
     p.add_argument("--out", help="write the summary here (default: print it)")
+    p.add_argument("--overwrite", action="store_true", help="let --out replace a file that is not a JSON output")
     p.add_argument("--debug", action="store_true")
     return p
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    if args.out:
+        check_output(args.out, "json", inputs=[("RUN_DIR", d) for d in args.run_dir], overwrite=args.overwrite)
     summaries = [summarize_run(d) for d in args.run_dir]
     text = json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2) + "\n"
     if args.out:

@@ -5,6 +5,7 @@ Both training scripts build a model, datasets and a loss, then call :func:`fit`.
 import contextlib
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -157,6 +158,21 @@ def restore(ckpt, path, *, model, optimizer, scheduler, scaler, seed, steps_per_
     return ckpt["epoch"] + 1, ckpt["best"]
 
 
+def check_buildable(spec, model_config, size):
+    """Build the model on the meta device and run it on one ``size`` x ``size`` input, which costs no
+    memory and no time: a configuration that passes every range check yet cannot build or run (no
+    channels left after a transition, a feature map shrunk below a kernel) is a one-line error
+    before any file is written or data decoded, not a traceback in the first step."""
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # init of zero-element tensors, said again by the error below
+            spec.build(**model_config, weights="none").eval()(torch.zeros(1, 3, size, size))
+    except (RuntimeError, ValueError, TypeError, ZeroDivisionError) as e:
+        shown = ", ".join(f"{k}={v}" for k, v in model_config.items() if k != "num_classes")
+        raise UserError(f"--model {spec.name} ({shown}): cannot be built and run on {size}x{size} inputs "
+                        f"({str(e).splitlines()[0][:160]})") from None
+
+
 def train(config, load_splits):
     """A training script's run once its config is checked: the resumed checkpoint, the run folder,
     the model, the data (``load_splits(config)`` -> train and validation sets), then :func:`fit`.
@@ -168,7 +184,12 @@ def train(config, load_splits):
     setup_logging()
     seed_everything(config.seed)
     model_config = spec.model_config(config)
+    check_buildable(spec, model_config, config.input_size())
     resume = load_resume(config, model_name=spec.name, model_config=model_config)
+    if resume is not None and resume["epoch"] == config.epochs:
+        # nothing to write and no data to decode: the run folder stays as it is
+        log.info("%s is at epoch %d of %d: nothing left to train", config.resume, resume["epoch"], config.epochs)
+        return resume.get("metrics")
     run_dir = RunDir(config.out_dir)
     # a demo replaces only a demo run (its own earlier one), never a real run without --overwrite
     overwrite = config.overwrite or (config.demo and run_dir.holds_demo())
@@ -242,6 +263,13 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
         if replace:
             run_dir.clear()
         run_dir.start(records, args)
+        if resume is not None:
+            scored = [r for r in records if r.get(f"val_{metric}") is not None]
+            best_epoch = max(scored, key=lambda r: r[f"val_{metric}"])["epoch"] if scored else resume["epoch"]
+            if not run_dir.branch(config.resume, resume["epoch"], best_epoch):
+                log.warning("%s: the checkpoint of epoch %d, the best up to epoch %d, was not kept; best.pth "
+                            "will be the best epoch from here on", run_dir.path, best_epoch, resume["epoch"])
+                best = float("-inf")
 
     ema = EMA(model, config.ema) if config.ema else None
     if ema is not None and resume is not None and "train_model" in resume:
@@ -291,6 +319,4 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
         log.info("epoch %d/%d  loss %.4f  train_acc %.4f  val_%s %.4f%s  (%.0f img/s, %.1f s)", epoch,
                  config.epochs, train["loss"], train["acc"], metric, record[f"val_{metric}"],
                  "  *best*" if is_best else "", train["img_s"], train["seconds"])
-    if start_epoch > config.epochs:
-        log.info("%s is at epoch %d of %d: nothing left to train", config.resume, start_epoch - 1, config.epochs)
     return record

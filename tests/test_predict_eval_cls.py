@@ -411,11 +411,11 @@ def test_export_never_replaces_a_training_checkpoint_unless_told(cls_tiny_checkp
 
     train = tmp_path / "last.pth"
     train.write_bytes(cls_tiny_checkpoint.read_bytes())
-    with pytest.raises(UserError, match="is the checkpoint being exported"):
+    with pytest.raises(UserError, match="is an input of this command"):
         export_checkpoint(train, train)
     other = tmp_path / "other.pth"
     other.write_bytes(cls_tiny_checkpoint.read_bytes())
-    with pytest.raises(UserError, match="holds a training checkpoint, which the export would replace"):
+    with pytest.raises(UserError, match="holds a training checkpoint, which --resume needs"):
         export_checkpoint(train, other)
     assert other.read_bytes() == cls_tiny_checkpoint.read_bytes()
     export_checkpoint(train, other, overwrite=True)
@@ -431,6 +431,6 @@ def test_predict_cls_never_writes_its_csv_over_an_image(cls_tiny_checkpoint, cls
         (folder / p.name).write_bytes(p.read_bytes())
     target = sorted(folder.iterdir())[0]
     before = target.read_bytes()
-    with pytest.raises(UserError, match=f"{target}: is an image; the CSV would replace it"):
+    with pytest.raises(UserError, match=f"{target}: would replace a file of the input folder"):
         predict_cls(folder, target, checkpoint=cls_tiny_checkpoint, device="cpu")
     assert target.read_bytes() == before

@@ -121,6 +121,7 @@ from hw1.data.masks import PALETTE, write_mask
 from hw1.data.seg import scan_pairs
 from hw1.errors import UserError
 from hw1.models import build_model
+from hw1.outputs import MASK_MARK
 from hw1.predict import main as predict_main
 from hw1.predict import predict_seg
 from hw1.scoring import list_masks, seg_confusion_from_dirs
@@ -253,7 +254,7 @@ def cli_runs(tmp_path_factory, cls_tiny_data, cls_one_epoch_run, seg_checkpoint)
         noise(rng, 40, 40).save(sats / f"000{i}_sat.jpg", quality=90)
     truncate(sats / "0001_sat.jpg")
     masks_out = root / "masks"
-    write_mask(np.zeros((40, 40), np.int64), masks_out / "0000_mask.png")
+    write_mask(np.zeros((40, 40), np.int64), masks_out / "0000_mask.png", text=MASK_MARK)  # an earlier prediction
     cases["truncated_jpeg"] = ([sys.executable, "-m", "hw1.predict", "seg", sats, masks_out,
                                 "--checkpoint", seg_checkpoint, "--device", "cpu"],
                                {"bad": sats / "0001_sat.jpg", "out": masks_out})
@@ -534,7 +535,7 @@ def test_unwritable_output(case, cls_one_epoch_run, cls_tiny_data, seg_checkpoin
         target = tmp_path / "pred.csv"
         target.mkdir()
         argv = ["cls", val, target, "--checkpoint", cls_one_epoch_run / "last.pth"]
-        main, problem = predict_main, "cannot write"
+        main, problem = predict_main, "is a folder; write the CSV to a file path"
     elif case == "masks-onto-a-file":
         target = tmp_path / "masks"
         target.write_text("a file")
@@ -544,7 +545,7 @@ def test_unwritable_output(case, cls_one_epoch_run, cls_tiny_data, seg_checkpoin
         target.mkdir()
         gt = cls_tiny_data / "val_gt.csv"
         main, argv, problem = eval_py.main, ["--task", "cls", "--pred", gt, "--gt", gt, "--json", target], \
-            "cannot write"
+            "is a folder; write the JSON to a file path"
     err = cli_error(capsys, main, [str(a) for a in [*argv, *(["--device", "cpu"] if main is predict_main else [])]])
     assert err.startswith(f"error: {target}: {problem}")
     assert [p.name for p in tmp_path.iterdir()] == [target.name]  # nothing else written beside it

@@ -517,9 +517,28 @@ def test_predict_seg_refuses_two_inputs_with_one_output_name(varied_checkpoint, 
 def test_predict_seg_refuses_to_write_over_its_input(predict_inputs, varied_checkpoint):
     folder = predict_inputs[0]
     before = (folder / "0001_mask.png").read_bytes()
-    with pytest.raises(UserError, match="input folder"):
+    with pytest.raises(UserError, match="is the input IMAGE_DIR; the outputs would replace its files"):
         predict_seg(folder, folder, checkpoint=varied_checkpoint, device="cpu")
     assert (folder / "0001_mask.png").read_bytes() == before
+
+
+def test_predict_seg_never_replaces_ground_truth_masks(seg_data, varied_checkpoint, tmp_path):
+    """OUT a copy of validation/: its masks are ground truth, which predictions replace only when told."""
+    val = seg_data / "validation"
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in val.glob("*_mask.png"):
+        (copy / p.name).write_bytes(p.read_bytes())
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    with pytest.raises(UserError, match="holds a mask that hw1.predict did not write"):
+        predict_seg(val, copy, checkpoint=varied_checkpoint, device="cpu")
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    # predictions hw1 wrote are replaced by the next run without --overwrite; told to, ground truth too
+    out = tmp_path / "out"
+    for _ in range(2):
+        assert len(predict_seg(val, out, checkpoint=varied_checkpoint, device="cpu")) == len(before)
+    predict_seg(val, copy, checkpoint=varied_checkpoint, device="cpu", overwrite=True)
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == {p.name: p.read_bytes() for p in out.iterdir()}
 
 
 def test_seg_confusion_reads_uppercase_png(tmp_path):

@@ -5,6 +5,7 @@ The 4-epoch run of the session fixture ``cls_tiny_run`` (tests/conftest.py) is t
 import json
 import math
 import re
+import shutil
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.cli import run
 from hw1.data.cls import cls_eval_transform, load_cls_split
 from hw1.errors import UserError
+from hw1.run_dir import RunDir
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 
@@ -155,6 +157,52 @@ def test_resume_is_equivalent_to_an_uninterrupted_run(cls_tiny_run, cls_tiny_dat
     again = _records(run_dir)
     assert [r["epoch"] for r in again] == [1, 2, 3, 4]
     assert _without_timing(again) == _without_timing(reference)
+
+
+def test_branching_from_an_earlier_epoch_leaves_no_file_of_the_abandoned_epochs(cls_tiny_run, cls_tiny_data,
+                                                                                  cls_tiny_train_argv, tmp_path):
+    """--resume epoch_001.pth --epochs 2 in a folder that went on to epoch 4: epochs 3-4 are gone."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(cls_tiny_run[0], run_dir)
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume", str(run_dir / "epoch_001.pth"),
+                                       epochs=2))
+    assert [r["epoch"] for r in _records(run_dir)] == [1, 2]
+    assert sorted(p.name for p in run_dir.glob("epoch_*.pth")) == ["epoch_001.pth", "epoch_002.pth"]
+    for name in ("last.pth", "best.pth"):
+        assert load_checkpoint(run_dir / name)["epoch"] <= 2, name
+    best = max(_records(run_dir), key=lambda r: r["val_acc"])
+    assert load_checkpoint(run_dir / "best.pth")["metrics"]["val_acc"] == best["val_acc"]
+
+
+def test_branch_keeps_the_best_of_the_kept_epochs(cls_tiny_run, tmp_path):
+    """RunDir.branch: best.pth becomes the kept checkpoint of the best epoch up to the branch point."""
+    run = RunDir(shutil.copytree(cls_tiny_run[0], tmp_path / "run"))
+    first = run.epoch_file(1)
+    assert run.branch(first, 1, best_epoch=1) and load_checkpoint(run.best)["epoch"] == 1
+    assert load_checkpoint(run.last)["epoch"] == 1 and set(run.epoch_files()) == {1}
+    # the best epoch's checkpoint was not kept anywhere: no best.pth rather than a wrong one
+    assert not run.branch(first, 1, best_epoch=0) and not run.best.exists()
+
+
+def test_resume_with_nothing_left_to_train_writes_nothing(cls_tiny_run, cls_tiny_data, cls_tiny_train_argv,
+                                                          tmp_path, monkeypatch):
+    run_dir = shutil.copytree(cls_tiny_run[0], tmp_path / "run")
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    monkeypatch.setattr(train_cls, "load_splits", lambda config: pytest.fail("decoded the data"))
+    record = train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume", str(run_dir / "last.pth")))
+    assert record == _records(run_dir)[-1]
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "convnext", "--img-size", "16", "--weights", "none"], "cannot be built and run on 32x32"),
+    (["--growth-rate", "1", "--compression", "0.01"], "cannot be built and run on 32x32"),
+])
+def test_a_model_that_cannot_build_or_run_is_refused_before_any_work(flags, message, cls_tiny_train_argv, tmp_path):
+    argv = cls_tiny_train_argv(tmp_path / "no_data", tmp_path / "run", *flags)
+    with pytest.raises(UserError, match=message):
+        train_cls.main(argv)
+    assert not (tmp_path / "run").exists()
 
 
 def test_resume_with_another_model_config_is_refused(cls_tiny_run, cls_tiny_data, cls_tiny_train_argv, tmp_path):

@@ -1,0 +1,157 @@
+"""hw1.outputs: the one rule for output paths, alone and as each command that writes uses it."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+
+import eval as eval_script
+import viz
+from hw1 import outputs, summary
+from hw1.checkpoint import export_checkpoint
+from hw1.data.masks import write_mask
+from hw1.errors import UserError
+from hw1.outputs import MASK_MARK, check_output, check_outputs, problem
+from hw1.predict import predict_cls
+
+
+def image(path):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+    return path
+
+
+def file(path, text="x"):
+    path.write_text(text)
+    return path
+
+
+def course_csv(root):
+    (root / "val_50").mkdir()
+    return file(root / "val_gt.csv", "filename,label\n")
+
+
+def figure(path):
+    Figure().savefig(path, format=path.suffix[1:])
+    return path
+
+
+def test_new_paths_and_files_of_the_kind_written_pass(tmp_path):
+    assert problem(tmp_path / "new" / "a.csv", "csv") is None
+    assert problem(file(tmp_path / "old.csv", "filename,label\n"), "csv") is None  # an earlier output: running again is no error
+    assert problem(figure(tmp_path / "f.png"), "figure") is None
+    assert problem(write_mask(np.zeros((2, 2), np.int64), tmp_path / "m.png", text=MASK_MARK), "mask") is None
+    assert problem(file(tmp_path / "r.json", "{}"), "json") is None
+
+
+@pytest.mark.parametrize("kind, make, reason", [
+    ("csv", lambda p: image(p / "x.png"), "holds a .png file, which a CSV would replace"),
+    ("json", lambda p: file(p / "x.pth"), "holds a .pth file"),
+    ("figure", lambda p: image(p / "x.png"), "holds an image that is not a figure"),
+    ("mask", lambda p: write_mask(np.zeros((2, 2), np.int64), p / "x_mask.png"), "a mask that hw1.predict did not"),
+    ("csv", course_csv, "a CSV of the course's data"),
+])
+def test_files_of_another_kind_are_refused(kind, make, reason, tmp_path):
+    path = make(tmp_path)
+    before = path.read_bytes() if path.is_file() else None
+    assert reason in problem(path, kind)
+    with pytest.raises(UserError, match="pass --overwrite to replace it"):
+        check_output(path, kind)
+    assert before is None or path.read_bytes() == before
+    if path.is_file():
+        check_output(path, kind, overwrite=True)  # told to: allowed
+
+
+def test_inputs_and_files_of_input_folders_are_refused(tmp_path):
+    src = file(tmp_path / "a.csv", "filename,label\n")
+    assert problem(src, "csv", [("--gt", src)]) == "is an input of this command (--gt)"
+    assert "would replace a file of the input folder" in problem(src, "csv", [("--data-dir", tmp_path)])
+    assert problem(tmp_path / "b.csv", "csv", [("--data-dir", tmp_path)]) is None  # a new file beside inputs
+    assert problem(src, "csv", [("--labels", None)]) is None  # an input not given
+
+
+def test_files_of_a_run_are_refused(cls_tiny_run):
+    run = cls_tiny_run[0]
+    assert problem(run / "args.json", "json") == f"is a file of the training run in {run}"
+    assert problem(run / "last.pth", "checkpoint") == f"is a file of the training run in {run}"
+    assert problem(run / "summary.json", "json") is None
+
+
+def test_a_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path):
+    with pytest.raises(UserError, match="is a folder; write the figure to a file path"):
+        check_output(tmp_path, "figure", overwrite=True)
+    file(tmp_path / "file")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        check_output(tmp_path / "file" / "sub" / "out.csv", "csv")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        check_outputs(tmp_path / "file", ["a.png"], "mask")
+
+
+def test_masks_into_an_input_folder_are_refused(tmp_path):
+    write_mask(np.zeros((2, 2), np.int64), tmp_path / "0001_mask.png")
+    with pytest.raises(UserError, match="is the input IMAGE_DIR; the outputs would replace its files"):
+        check_outputs(tmp_path, ["0001_mask.png"], "mask", inputs=[("IMAGE_DIR", tmp_path)])
+    # a folder of earlier predictions is no input: its masks are replaced
+    ours = tmp_path / "pred"
+    write_mask(np.zeros((2, 2), np.int64), ours / "0001_mask.png", text=MASK_MARK)
+    assert check_outputs(ours, ["0001_mask.png"], "mask", inputs=[("IMAGE_DIR", tmp_path)]) == [ours / "0001_mask.png"]
+
+
+def test_data_folders():
+    assert not outputs.is_data_folder("/nonexistent")
+
+
+# --- every command that writes goes through the rule: output = one of its inputs, or a file of another kind ---
+
+def one_line_refusal(call, path):
+    path = Path(path)
+    before = path.read_bytes()
+    with pytest.raises(UserError) as e:
+        call()
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    assert path.read_bytes() == before
+
+
+def test_predict_cls_into_its_input_folder(cls_tiny_data, cls_tiny_checkpoint, tmp_path):
+    folder = shutil.copytree(cls_tiny_data / "val_50", tmp_path / "val")
+    target = sorted(folder.iterdir())[0]
+    one_line_refusal(lambda: predict_cls(folder, target, checkpoint=cls_tiny_checkpoint, device="cpu"), target)
+    gt = shutil.copy(cls_tiny_data / "val_gt.csv", tmp_path)
+    (tmp_path / "train_50").mkdir()  # tmp_path now holds the course's layout: its CSV is ground truth
+    one_line_refusal(lambda: predict_cls(folder, gt, checkpoint=cls_tiny_checkpoint, device="cpu"), gt)
+
+
+def test_eval_json_over_its_ground_truth_or_a_run_file(cls_tiny_data, cls_tiny_run, tmp_path):
+    gt = shutil.copy(cls_tiny_data / "val_gt.csv", tmp_path / "gt.csv")
+    argv = ["--task", "cls", "--pred", str(gt), "--gt", str(gt)]
+    one_line_refusal(lambda: eval_script.main([*argv, "--json", str(gt)]), gt)
+    args = cls_tiny_run[0] / "args.json"
+    one_line_refusal(lambda: eval_script.main([*argv, "--json", str(args)]), args)
+    eval_script.main([*argv, "--json", str(tmp_path / "m.json")])
+    assert json.loads((tmp_path / "m.json").read_text())["acc"] == 1.0
+
+
+def test_summary_out_over_its_run(cls_tiny_run):
+    run = cls_tiny_run[0]
+    one_line_refusal(lambda: summary.main([str(run), "--out", str(run / "metrics.jsonl")]), run / "metrics.jsonl")
+
+
+def test_checkpoint_export_over_its_source(cls_tiny_checkpoint, tmp_path):
+    src = shutil.copy(cls_tiny_checkpoint, tmp_path / "x.pth")
+    one_line_refusal(lambda: export_checkpoint(src, src), src)
+
+
+def test_viz_figure_over_an_input_image(tmp_path):
+    folder = tmp_path / "validation"
+    folder.mkdir()
+    gt = write_mask(np.zeros((2, 2), np.int64), folder / "0000_mask.png")
+    one_line_refusal(lambda: viz.main(["masks", "--checkpoints", "x.pth", "--data-dir", str(folder), "--ids", "0000",
+                                       "--out-dir", str(folder), "--name", "0000_mask"]), gt)
+
+
+def test_viz_report_over_a_picture_that_is_not_its_figure(tmp_path):
+    (tmp_path / "report_files").mkdir()
+    picture = image(tmp_path / "report_files" / "p1_photo.png")
+    one_line_refusal(lambda: viz.main(["report", "--out", str(tmp_path / "report.pdf")]), picture)
