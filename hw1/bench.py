@@ -61,7 +61,6 @@ from hw1.trainer import make_loader
 
 log = logging.getLogger(__name__)
 
-LABEL_SMOOTHING = ClsConfig.label_smoothing  # train_cls.py's default
 DATA_BATCH = ClsConfig.batch_size  # train_cls.py's default batch
 # the flags of this bench that set a model's training config (the rest are train_cls/seg defaults)
 MODEL_FLAGS = ("depth", "growth_rate", "stem_pool", "variant", "img_size", "crop_size", "width", "fc_channels",
