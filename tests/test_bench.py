@@ -13,6 +13,7 @@ from hw1.bench.data import DATA_BATCH, p1_train_folder
 from hw1.bench.models import CONFIGS, config_names, default_config_name, model_setup
 from hw1.bench.reference import reference_densenet
 from hw1.bench.timing import count_flops, matmul_peak, time_fn
+from hw1.cli import run
 from hw1.models import build_model
 from hw1.runtime import channels_last_default
 
@@ -81,6 +82,18 @@ def test_a_tiny_run_writes_every_part(cls_tiny_data, tmp_path, capsys):
 def test_generated_images_stand_in_for_missing_data(tmp_path):
     folder, source = p1_train_folder(tmp_path / "missing", tmp_path / "generated")
     assert source == "generated" and folder.is_dir() and any(folder.glob("*_*.png"))
+
+
+def test_a_data_dir_named_but_missing_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no course data here, and nothing may be written
+    missing = tmp_path / "missing"
+    with pytest.raises(SystemExit) as info:
+        run(main, [*TINY, "--parts", "data", "--data-dir", str(missing)])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {missing}: expected train_50/ here") and err.count("\n") == 1
+    assert info.value.code == 2 and list(tmp_path.iterdir()) == []
+    # without --data-dir the course data's place is the default, and generated digits stand in where it is absent
+    assert parse_args([]).data_dir == "hw1_data/p1_data"
 
 
 def test_time_fn_is_the_median_after_warmup():

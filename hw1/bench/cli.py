@@ -41,7 +41,7 @@ from hw1.bench.models import (BASELINE, CONFIGS, DEFAULT, TRAIN_FLOPS_NOTE, benc
                               trainer_defaults)
 from hw1.bench.reference import bench_reference
 from hw1.bench.timing import matmul_peak
-from hw1.cli import AT_LEAST_1, check_numbers
+from hw1.cli import AT_LEAST_1, check_numbers, require_layout
 from hw1.config import ClsConfig, SegConfig
 from hw1.data.cls import cls_train_transform, load_cls_split
 from hw1.io import atomic_write_text, json_safe
@@ -209,8 +209,8 @@ def get_args_parser():
     g.add_argument("--skips", choices=["none", "16s", "8s"], default=SegConfig.skips,
                    help="VGG16-FCN's skip heads (default: %(default)s)")
     g = p.add_argument_group("P1 data pipeline and the reference")
-    g.add_argument("--data-dir", default="hw1_data/p1_data",
-                   help="P1 data; generated digits are used when it has no train_50/ (default: %(default)s)")
+    g.add_argument("--data-dir", help=f"P1 data, a folder with train_50/ in it (default: {ClsConfig.data_dir}, or "
+                                      "generated digits where that has no train_50/)")
     g.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to time (default: 0 2)")
     g.add_argument("--data-batches", type=int, default=20, help="batches of 128 timed per worker count "
                                                                 "(default: %(default)s)")
@@ -239,6 +239,10 @@ def parse_args(argv):
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)
     check_numbers(args, ARG_RULES)
+    if args.data_dir is None:  # train_cls.py's default; p1_train_folder generates digits where it has no data
+        args.data_dir = ClsConfig.data_dir
+    else:  # a folder named on the command line must hold the data: no silent stand-in for a mistyped path
+        require_layout(args.data_dir, ("train_50",), "p1_data.tar.gz")
     given = {k: v for item in args.batch_size for k, v in item.items()}
     everyone = given.pop("", None)
     # per model: MODEL=N, else N, else the --quick preset; models left out get their spec's bench_batch
