@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 import train_cls
-from hw1 import bench, runtime
+from hw1 import runtime
+from hw1.bench.cli import QUICK_BATCH, default_out, main, parse_args
+from hw1.bench.data import DATA_BATCH, p1_train_folder
+from hw1.bench.models import CONFIGS, config_names, default_config_name, model_setup
+from hw1.bench.reference import reference_densenet
+from hw1.bench.timing import count_flops, matmul_peak, time_fn
+from hw1.cli import run
 from hw1.models import build_model
 from hw1.runtime import channels_last_default
 
@@ -32,7 +38,7 @@ def _positive(x):
 
 def test_a_tiny_run_writes_every_part(cls_tiny_data, tmp_path, capsys):
     out = tmp_path / "bench.json"
-    bench.main([*TINY, "--data-dir", str(cls_tiny_data), "--out", str(out)])
+    main([*TINY, "--data-dir", str(cls_tiny_data), "--out", str(out)])
     results = _strict_json(out)
     table = capsys.readouterr().out
     assert "densenet" in table and "channels_last+bf16" in table and str(out) in table
@@ -74,86 +80,98 @@ def test_a_tiny_run_writes_every_part(cls_tiny_data, tmp_path, capsys):
 
 
 def test_generated_images_stand_in_for_missing_data(tmp_path):
-    folder, source = bench.p1_train_folder(tmp_path / "missing", tmp_path / "generated")
+    folder, source = p1_train_folder(tmp_path / "missing", tmp_path / "generated")
     assert source == "generated" and folder.is_dir() and any(folder.glob("*_*.png"))
+
+
+def test_a_data_dir_named_but_missing_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no course data here, and nothing may be written
+    missing = tmp_path / "missing"
+    with pytest.raises(SystemExit) as info:
+        run(main, [*TINY, "--parts", "data", "--data-dir", str(missing)])
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {missing}: expected train_50/ here") and err.count("\n") == 1
+    assert info.value.code == 2 and list(tmp_path.iterdir()) == []
+    # without --data-dir the course data's place is the default, and generated digits stand in where it is absent
+    assert parse_args([]).data_dir == "hw1_data/p1_data"
 
 
 def test_time_fn_is_the_median_after_warmup():
     calls = []
-    seconds = bench.time_fn(lambda: calls.append(1), warmup=2, repeats=3)
+    seconds = time_fn(lambda: calls.append(1), warmup=2, repeats=3)
     assert len(calls) == 5 and 0 <= seconds < 1
 
 
 def test_count_flops_of_a_convolution():
     conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-    flops = bench.count_flops(conv, torch.zeros(2, 3, 16, 16))
+    flops = count_flops(conv, torch.zeros(2, 3, 16, 16))
     assert flops == 2 * (2 * 16 * 16) * 8 * 3 * 9  # 2 per multiply-add, per output element
     assert conv.weight.device.type == "cpu"  # the model is left as it was
 
 
 def test_matmul_peak_is_positive():
-    assert _positive(bench.matmul_peak(torch.float32, device=torch.device("cpu"), n=64, repeats=1))
+    assert _positive(matmul_peak(torch.float32, device=torch.device("cpu"), n=64, repeats=1))
 
 
 @pytest.mark.parametrize("stem_pool", [False, True])
 def test_reference_densenet_matches_ours_layer_for_layer(stem_pool):
     ours = build_model("densenet", depth=16, growth_rate=6, num_classes=50, stem_pool=stem_pool)
-    ref = bench.reference_densenet(depth=16, growth_rate=6, stem_pool=stem_pool)
+    ref = reference_densenet(depth=16, growth_rate=6, stem_pool=stem_pool)
     x = torch.zeros(1, 3, 32, 32)
     assert [p.shape for p in ours.parameters()] == [p.shape for p in ref.parameters()]
-    assert bench.count_flops(ours, x) == bench.count_flops(ref, x)
+    assert count_flops(ours, x) == count_flops(ref, x)
     assert ref(x).shape == (1, 50)
 
 
 def test_stem_pool_reaches_the_benched_model():
-    args = bench.parse_args(["--depth", "16", "--growth-rate", "6", "--stem-pool"])
-    config, shape, classes, _ = bench.model_setup("densenet", args)
+    args = parse_args(["--depth", "16", "--growth-rate", "6", "--stem-pool"])
+    config, shape, classes, _ = model_setup("densenet", args)
     assert config["stem_pool"] is True and shape == (3, 32, 32) and classes == 50
-    assert "stem_pool" not in bench.model_setup("densenet", bench.parse_args([]))[0]
+    assert "stem_pool" not in model_setup("densenet", parse_args([]))[0]
 
 
 def test_defaults_follow_the_training_script():
     train = train_cls.get_args_parser().parse_args([])
-    args = bench.parse_args([])
+    args = parse_args([])
     assert (args.depth, args.growth_rate, args.img_size) == (train.depth, train.growth_rate, train.img_size)
-    assert bench.LABEL_SMOOTHING == train.label_smoothing and bench.DATA_BATCH == train.batch_size
+    assert DATA_BATCH == train.batch_size
     assert args.e2e_workers == train.workers
     cpu = torch.device("cpu")
     for name in ("densenet", "convnext"):
-        assert bench.CONFIGS[bench.default_config_name(cpu, name)].channels_last == channels_last_default(
+        assert CONFIGS[default_config_name(cpu, name)].channels_last == channels_last_default(
             train.channels_last, name, cpu)
 
 
 def test_batch_sizes_per_model_and_for_all():
-    assert bench.parse_args(["--batch-size", "3", "convnext=5"]).batch_size == {
+    assert parse_args(["--batch-size", "3", "convnext=5"]).batch_size == {
         "densenet": 3, "convnext": 5, "vgg16_fcn32s": 3, "resnet101_fcn": 3}
-    quick = bench.parse_args(["--quick", "--batch-size", "densenet=7"])
-    assert quick.batch_size == {**bench.QUICK_BATCH, "densenet": 7} and quick.depth == 40
-    assert bench.parse_args(["--quick", "--depth", "100"]).depth == 100  # explicit flags win over the preset
+    quick = parse_args(["--quick", "--batch-size", "densenet=7"])
+    assert quick.batch_size == {**QUICK_BATCH, "densenet": 7} and quick.depth == 40
+    assert parse_args(["--quick", "--depth", "100"]).depth == 100  # explicit flags win over the preset
     with pytest.raises(SystemExit):
-        bench.parse_args(["--batch-size", "alexnet=2"])
+        parse_args(["--batch-size", "alexnet=2"])
 
 
 def test_default_is_each_models_training_configuration_and_micro_batches_split_only_larger_batches(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "cpu_kind", lambda: "avx512_bf16")
-    assert bench.config_names(["default"], cpu, "densenet", 128) == ["fp32", "bf16+mb64"]
-    assert bench.config_names(["default"], cpu, "convnext", 8) == ["fp32", "channels_last+bf16"]
+    assert config_names(["default"], cpu, "densenet", 128) == ["fp32", "bf16+mb64"]
+    assert config_names(["default"], cpu, "convnext", 8) == ["fp32", "channels_last+bf16"]
     monkeypatch.setattr(runtime, "cpu_kind", lambda: "fp32")
-    assert bench.config_names(["default", "compile"], cpu, "densenet", 128) == ["fp32", "channels_last+mb64", "compile"]
-    assert bench.config_names(["channels_last+mb64", "channels_last"], cpu, "densenet", 64) == ["fp32", "channels_last"]
+    assert config_names(["default", "compile"], cpu, "densenet", 128) == ["fp32", "channels_last+mb64", "compile"]
+    assert config_names(["channels_last+mb64", "channels_last"], cpu, "densenet", 64) == ["fp32", "channels_last"]
 
 
 def test_default_out_is_a_new_file_never_a_record_already_there(tmp_path, monkeypatch):
     import datetime
 
-    monkeypatch.setattr(bench, "cpu_kind", lambda: "amx")
+    monkeypatch.setattr("hw1.bench.cli.cpu_kind", lambda: "amx")
     day = datetime.date(2026, 12, 2)
     cpu = torch.device("cpu")
-    first = bench.default_out(cpu, tmp_path, day)
+    first = default_out(cpu, tmp_path, day)
     assert first == str(tmp_path / "bench_amx_2026-12-02.json")
     (tmp_path / "bench_amx_2026-12-02.json").write_text("{}")
-    assert bench.default_out(cpu, tmp_path, day) == str(tmp_path / "bench_amx_2026-12-02_2.json")
+    assert default_out(cpu, tmp_path, day) == str(tmp_path / "bench_amx_2026-12-02_2.json")
     (tmp_path / "bench_amx_2026-12-02_2.json").write_text("{}")
-    assert bench.default_out(cpu, tmp_path, day) == str(tmp_path / "bench_amx_2026-12-02_3.json")
+    assert default_out(cpu, tmp_path, day) == str(tmp_path / "bench_amx_2026-12-02_3.json")
     assert (tmp_path / "bench_amx_2026-12-02.json").read_text() == "{}"

@@ -75,11 +75,11 @@ NUMERIC_FLAG_ERRORS = [
 def test_numeric_flags_out_of_range_are_one_line_exit_2(command, argv, message, tmp_path, capsys, monkeypatch):
     import eval as eval_script
     import viz
-    from hw1 import bench
+    from hw1.bench.cli import main as bench_main
     from hw1.cli import run
 
     monkeypatch.chdir(tmp_path)  # nothing may be written: the check comes before any output
-    main = {"eval": eval_script.main, "viz": viz.main, "bench": bench.main}[command]
+    main = {"eval": eval_script.main, "viz": viz.main, "bench": bench_main}[command]
     with pytest.raises(SystemExit) as info:
         run(main, argv)
     assert info.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"

@@ -12,7 +12,8 @@ import pytest
 
 import train_cls
 import viz
-from hw1 import bench, models
+from hw1 import models
+from hw1.bench.cli import main as bench_main
 from hw1.predict import predict_cls
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
@@ -60,7 +61,7 @@ def test_a_registered_model_trains_predicts_draws_and_benchmarks(resnet18, cls_t
     assert figure.name == "arch_resnet18.png" and figure.is_file()
     assert "layer4" in table and "512 x 1 x 1" in table and "11.2" in table  # 11.2 M parameters
 
-    results = bench.main(["--models", resnet18, "--parts", "models", "--configs", "fp32", "--batch-size", "2",
+    results = bench_main(["--models", resnet18, "--parts", "models", "--configs", "fp32", "--batch-size", "2",
                           "--steps", "1", "--warmup", "0", "--repeats", "1", "--matmul-size", "64",
                           "--device", "cpu", "--out", str(tmp_path / "bench.json")])
     result = results["models"][resnet18]

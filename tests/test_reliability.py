@@ -69,6 +69,7 @@ E. Nothing lost, nothing misleading.
 | ``--resume CKPT --out-dir`` a folder holding another run | refused, untouched; a new folder gets the history | test_run_dir.py::test_resume_into_a_folder_holding_another_run_is_refused |
 | two masks of one id in an ``eval.py --task seg`` folder | one line naming both | test_seg_pipeline.py::test_seg_confusion_refuses_two_masks_of_one_id |
 | ``hw1.bench`` without ``--out`` | a new dated file, never a committed record | test_bench.py::test_default_out_is_a_new_file_never_a_record_already_there |
+| ``hw1.bench --data-dir`` a folder without ``train_50/`` | one line, status 2, nothing written | test_bench.py::test_a_data_dir_named_but_missing_is_one_line_exit_2 |
 | ``python -m hw1.checkpoint X X``, or over a training checkpoint | refused unless ``--overwrite`` | test_predict_eval_cls.py::test_export_never_replaces_a_training_checkpoint_unless_told |
 | ``predict cls DIR DIR/0_450.png`` (the CSV over an image) | one line, the image untouched | test_predict_eval_cls.py::test_predict_cls_never_writes_its_csv_over_an_image |
 | ``viz.py --dpi 0``, ``eval.py --batch-size -5``, ``hw1.bench --steps 0``, ... | one line, status 2, nothing written | test_cli.py::test_numeric_flags_out_of_range_are_one_line_exit_2 |
