@@ -52,8 +52,12 @@ DEMO_DEFAULTS = {"data_dir": "hw1_data/demo_cls", "out_dir": "runs/demo_cls", "d
                  "epochs": 15, "batch_size": 64, "aug": "none"}
 
 
+def data_root(config):
+    return require_layout(config.data_dir, ("train_50", "val_50"), "p1_data.tar.gz")
+
+
 def load_splits(config):
-    root = require_layout(config.data_dir, ("train_50", "val_50"), "p1_data.tar.gz")
+    root = data_root(config)
     csv = root / "val_gt.csv"
     train_set = load_cls_split(root / "train_50", transform=cls_train_transform(config.aug))
     val_set = load_cls_split(root / "val_50", labels_csv=csv if csv.is_file() else None,
@@ -63,6 +67,7 @@ def load_splits(config):
 
 def main(argv=None):
     config = start_run("train_cls.py", get_args_parser(), argv, DEMO_DEFAULTS, make_cls_demo, ClsConfig)
+    data_root(config)  # a missing data folder is refused before a model is built or a file written
     record = train(config, load_splits)
     if config.demo and dist.is_main():
         from hw1.metrics import accuracy

@@ -57,8 +57,12 @@ def get_args_parser():
     return p
 
 
+def data_root(config):
+    return require_layout(config.data_dir, ("train", "validation"), "p2_data.tar.gz")
+
+
 def load_splits(config):
-    root = require_layout(config.data_dir, ("train", "validation"), "p2_data.tar.gz")
+    root = data_root(config)
     train_set = load_seg_split(root / "train", size=config.size,
                                transform=seg_train_transform(config.crop_size, scale=(config.min_scale, 1.0)))
     val_set = load_seg_split(root / "validation", size=config.size, transform=seg_eval_transform())
@@ -67,6 +71,7 @@ def load_splits(config):
 
 def main(argv=None):
     config = start_run("train_seg.py", get_args_parser(), argv, DEMO_DEFAULTS, make_seg_demo, SegConfig)
+    data_root(config)  # a missing data folder is refused before a model is built or a file written
     return train(config, load_splits)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hw1 import plots
 from hw1.cli import ABOVE_0, AT_LEAST_1, check_numbers, command_line, run
+from hw1.config import ARCH_RANGES, between
 from hw1.data.cls import NUM_CLASSES
 from hw1.errors import UserError
 from hw1.models import get_spec, model_names
@@ -218,10 +219,11 @@ COMMANDS = {"features": cmd_features, "masks": cmd_masks, "curves": cmd_curves, 
 
 def main(argv=None):
     """Run one subcommand; return the paths it wrote."""
+    # the upper bounds keep a typo from asking for a figure or an input of terabytes
     args = check_numbers(get_args_parser().parse_args(argv), {
-        "dpi": AT_LEAST_1, "perplexity": ABOVE_0, "num_classes": AT_LEAST_1, "batch_size": AT_LEAST_1,
-        "per_class": (lambda v: v >= 0, "0 (all) or more"), "input_size": (lambda v: v >= 32, "at least 32"),
-        "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]")})
+        "dpi": between(1, 1200), "perplexity": ABOVE_0, "num_classes": between(1, 1000), "batch_size": AT_LEAST_1,
+        "per_class": (lambda v: v >= 0, "0 (all) or more"), "input_size": between(32, 4096),
+        "size": ARCH_RANGES["size"], "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]")})
     args.invocation = command_line("viz.py", argv)
     check_paths(args)
     device = get_device(args.device)

@@ -75,14 +75,14 @@ def check_numbers(args, rules):
     """A one-line :class:`UserError` for the first numeric flag of ``args`` that breaks its rule.
 
     ``rules`` maps an argparse dest to ``(test, what the value must be)``; an unset (None) value
-    passes, nan and inf never do. Run right after parsing, before any file is read or written.
+    passes, nan and inf never do, and each value of a list flag is checked. Run right after
+    parsing, before any file is read or written.
     """
     for dest, (ok, must) in rules.items():
         value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
-            raise UserError(f"--{dest.replace('_', '-')} {value}: must be {must}")
+        for v in value if isinstance(value, list) else [] if value is None else [value]:
+            if (isinstance(v, float) and not math.isfinite(v)) or not ok(v):
+                raise UserError(f"--{dest.replace('_', '-')} {v}: must be {must}")
     return args
 
 

@@ -12,6 +12,25 @@ from pathlib import Path
 
 from hw1.errors import UserError
 
+def between(lo, hi):
+    """A :func:`hw1.cli.check_numbers` rule: ``lo <= value <= hi``."""
+    return (lambda v: lo <= v <= hi, f"in [{lo}, {hi}]")
+
+
+# The ranges of the architecture flags, which the training configs and the bench check alike. The
+# upper bounds are far past any model that trains here; past them a model could not even be built
+# for the check that it runs (a DenseNet of depth 10**12 has 10**11 layers).
+ARCH_RANGES = {
+    "depth": (lambda v: 10 <= v <= 400 and (v - 4) % 6 == 0, "6n+4 in [10, 400] (10, 16, 22, ..., 100)"),
+    "growth_rate": between(1, 256),
+    "img_size": between(1, 1024),
+    "crop_size": between(1, 4096),
+    "size": between(1, 4096),
+    "fc_channels": between(1, 65536),
+    "width": (lambda v: 0 < v <= 4, "in (0, 4]"),
+}
+MAX_WORKERS = 256
+
 # fields that record how a run ran rather than flags of the training scripts
 RECORDS = ("command", "device_name", "torch_version", "world_size")
 # torch.manual_seed takes 64 bits, and the run adds the rank and 1000 x the epoch to the seed
@@ -103,8 +122,8 @@ class TrainConfig:
             p.append(("--lr", self.lr, "above 0"))
         if self.batch_size < 1:
             p.append(("--batch-size", self.batch_size, "at least 1"))
-        if self.workers < 0:
-            p.append(("--workers", self.workers, "0 or more"))
+        if not 0 <= self.workers <= MAX_WORKERS:
+            p.append(("--workers", self.workers, f"in [0, {MAX_WORKERS}]"))
         if not 0 <= self.momentum < 1:
             p.append(("--momentum", self.momentum, "in [0, 1)"))
         if self.weight_decay is not None and self.weight_decay < 0:
@@ -124,6 +143,11 @@ class TrainConfig:
             if outside:
                 p.append(("--save-epochs", outside[0], f"an epoch in 1..{self.epochs}"))
         return p
+
+    def range_problems(self, names):
+        """The problems of the fields ``names`` under :data:`ARCH_RANGES` (None: unset, passes)."""
+        return [("--" + n.replace("_", "-"), getattr(self, n), ARCH_RANGES[n][1]) for n in names
+                if getattr(self, n) is not None and not ARCH_RANGES[n][0](getattr(self, n))]
 
     def validate(self):
         """Raise a one-line :class:`UserError` for the first invalid value, or for a device that cannot run."""
@@ -173,14 +197,9 @@ class ClsConfig(TrainConfig):
             p.append(("--label-smoothing", self.label_smoothing, "in [0, 1)"))
         if not 0 <= self.drop_rate < 1:
             p.append(("--drop-rate", self.drop_rate, "in [0, 1)"))
-        if self.depth < 10 or (self.depth - 4) % 6:
-            p.append(("--depth", self.depth, "6n+4 with n >= 1 (10, 16, 22, ..., 100)"))
-        if self.growth_rate < 1:
-            p.append(("--growth-rate", self.growth_rate, "at least 1"))
+        p += self.range_problems(("depth", "growth_rate", "img_size"))
         if not 0 < self.compression <= 1:
             p.append(("--compression", self.compression, "in (0, 1]"))
-        if self.img_size < 1:
-            p.append(("--img-size", self.img_size, "at least 1"))
         return p
 
     def input_size(self):
@@ -216,18 +235,11 @@ class SegConfig(TrainConfig):
 
     def problems(self):
         p = super().problems()
-        if self.crop_size < 1:
-            p.append(("--crop-size", self.crop_size, "at least 1"))
-        if self.size is not None and self.size < 1:
-            p.append(("--size", self.size, "at least 1"))
+        p += self.range_problems(("crop_size", "size", "fc_channels", "width"))
         if not 0 < self.min_scale <= 1:
             p.append(("--min-scale", self.min_scale, "in (0, 1]"))
         if self.aux_weight < 0:
             p.append(("--aux-weight", self.aux_weight, "0 or more"))
-        if self.fc_channels < 1:
-            p.append(("--fc-channels", self.fc_channels, "at least 1"))
-        if not 0 < self.width <= 4:
-            p.append(("--width", self.width, "in (0, 4]"))
         if not 0 <= self.dropout < 1:
             p.append(("--dropout", self.dropout, "in [0, 1)"))
         if self.skips not in ("none", "16s", "8s"):

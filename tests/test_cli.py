@@ -50,22 +50,22 @@ def test_run_turns_user_errors_into_one_line_and_status_2(capsys):
 
 NUMERIC_FLAG_ERRORS = [
     ("eval", ["--task", "seg", "--batch-size", "-5"], "--batch-size -5: must be at least 1"),
-    ("viz", ["curves", "runs/x", "--dpi", "0"], "--dpi 0: must be at least 1"),
-    ("viz", ["curves", "runs/x", "--dpi", "-5"], "--dpi -5: must be at least 1"),
+    ("viz", ["curves", "runs/x", "--dpi", "0"], "--dpi 0: must be in [1, 1200]"),
+    ("viz", ["curves", "runs/x", "--dpi", "-5"], "--dpi -5: must be in [1, 1200]"),
     ("viz", ["features", "--checkpoints", "a.pth", "--data-dir", "d", "--perplexity", "0"],
      "--perplexity 0.0: must be above 0"),
     ("viz", ["features", "--checkpoints", "a.pth", "--data-dir", "d", "--perplexity", "nan"],
      "--perplexity nan: must be above 0"),
     ("viz", ["features", "--checkpoints", "a.pth", "--data-dir", "d", "--num-classes", "0"],
-     "--num-classes 0: must be at least 1"),
-    ("viz", ["arch", "--model", "densenet", "--input-size", "1"], "--input-size 1: must be at least 32"),
+     "--num-classes 0: must be in [1, 1000]"),
+    ("viz", ["arch", "--model", "densenet", "--input-size", "1"], "--input-size 1: must be in [32, 4096]"),
     ("viz", ["confusion", "--checkpoint", "a.pth", "--data-dir", "d", "--batch-size", "-1"],
      "--batch-size -1: must be at least 1"),
     ("viz", ["masks", "--checkpoints", "a.pth", "--data-dir", "d", "--ids", "0013", "--alpha", "2"],
      "--alpha 2.0: must be in [0, 1]"),
     ("bench", ["--steps", "0"], "--steps 0: must be at least 1"),
     ("bench", ["--repeats", "0"], "--repeats 0: must be at least 1"),
-    ("bench", ["--depth", "11"], "--depth 11: must be 6n+4 with n >= 1 (10, 16, 22, ..., 100)"),
+    ("bench", ["--depth", "11"], "--depth 11: must be 6n+4 in [10, 400] (10, 16, 22, ..., 100)"),
     ("bench", ["--width", "inf"], "--width inf: must be in (0, 4]"),
 ]
 
@@ -84,3 +84,91 @@ def test_numeric_flags_out_of_range_are_one_line_exit_2(command, argv, message, 
         run(main, argv)
     assert info.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"
     assert list(tmp_path.iterdir()) == []
+
+
+# --- every numeric flag of every command: nan, inf, negative, 0 and huge values ----------------------
+
+HUGE = str(10 ** 12)
+VALUES = ("nan", "inf", "-1", "0", HUGE)
+# (flag, value) that the commands take: they then stop at the missing input of the base command line,
+# not at the flag. A huge --lr or --weight-decay is taken: the run then stops at its first non-finite loss.
+ACCEPTED = {
+    "train": {("--workers", "0"), ("--warmup-epochs", "0"), ("--min-lr", "0"), ("--weight-decay", "0"),
+              ("--momentum", "0"), ("--seed", "0"), ("--micro-batch", "0"), ("--label-smoothing", "0"),
+              ("--drop-rate", "0"), ("--aux-weight", "0"), ("--dropout", "0"), ("--warmup-epochs", HUGE),
+              ("--epochs", HUGE), ("--micro-batch", HUGE), ("--seed", HUGE), ("--aux-weight", HUGE),
+              ("--batch-size", HUGE), ("--lr", HUGE), ("--weight-decay", HUGE), ("--grad-clip", HUGE)},
+    "eval": {("--batch-size", HUGE)},
+    "viz": {("--per-class", "0"), ("--alpha", "0"), ("--per-class", HUGE), ("--batch-size", HUGE),
+            ("--perplexity", HUGE)},
+    "bench": {("--warmup", "0"), ("--warmup", HUGE), ("--workers", "0"), ("--steps", HUGE), ("--repeats", HUGE),
+              ("--data-batches", HUGE), ("--e2e-workers", "0"), ("--e2e-steps", HUGE), ("--e2e-batch-size", HUGE)},
+}
+
+
+def numeric_flags(parser, prefix=()):
+    """``(argv prefix, flag)`` of every int or float option of ``parser`` and of its subcommands."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from numeric_flags(sub, (*prefix, name))
+        elif action.type in (int, float) and action.option_strings:
+            yield prefix, action.option_strings[0]
+
+
+def numeric_cases():
+    import eval as eval_script
+    import viz
+    from hw1.bench import cli as bench_cli
+
+    # each command with a base command line that stops, after the flags are checked, at a missing input
+    commands = [
+        ("train", "train_cls.py", train_cls.main, train_cls.get_args_parser(),
+         lambda d: ["--data-dir", f"{d}/none", "--out-dir", f"{d}/run"]),
+        ("train", "train_seg.py", train_seg.main, train_seg.get_args_parser(),
+         lambda d: ["--data-dir", f"{d}/none", "--out-dir", f"{d}/run", "--weights", "none"]),
+        ("eval", "eval.py", eval_script.main, eval_script.get_args_parser(),
+         lambda d: ["--task", "cls", "--checkpoint", f"{d}/none.pth", "--data-dir", f"{d}/none"]),
+        ("viz", "viz.py", viz.main, viz.get_args_parser(), None),
+        ("bench", "hw1.bench", bench_cli.main, bench_cli.get_args_parser(), lambda d: ["--data-dir", f"{d}/none"]),
+    ]
+    return [pytest.param(kind, main, prefix, base, flag, value, id=f"{script} {' '.join(prefix)} {flag} {value}")
+            for kind, script, main, parser, base in commands
+            for prefix, flag in numeric_flags(parser) for value in VALUES]
+
+
+VIZ_BASE = {
+    "features": ["--checkpoints", "none.pth", "--data-dir", "none"],
+    "masks": ["--checkpoints", "none.pth", "--data-dir", "none", "--ids", "0013"],
+    "curves": ["none"], "confusion": ["--checkpoint", "none.pth", "--data-dir", "none"],
+    "arch": ["--model", "densenet"],
+}
+
+
+@pytest.mark.parametrize("kind, main, prefix, base, flag, value", numeric_cases())
+def test_every_numeric_flag_is_checked_before_any_work(kind, main, prefix, base, flag, value, tmp_path, capsys,
+                                                       monkeypatch):
+    """nan, inf, -1, 0 and 10**12 in every numeric flag: a one-line error naming the flag, exit 2,
+    before anything is read or written; or, where ACCEPTED says the value is valid, the command
+    goes on to its first missing input."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("x")
+    if kind == "viz":
+        out = ["--out", "file/report.pdf"] if prefix == ("report",) else ["--out-dir", "file"]
+        argv = [*prefix, *VIZ_BASE.get(prefix[0], []), *out]
+    else:
+        argv = base(tmp_path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run(main, [*argv, flag, value])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error:") or ": error: " in last, err  # ours, or argparse's for an int flag given nan
+    if (flag, value) in ACCEPTED[kind]:
+        assert flag not in last, err
+    else:
+        assert flag in last or "invalid int value" in last, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing written

@@ -21,14 +21,14 @@ CLS_INVALID = [
     (["--lr", "0"], "--lr 0.0: must be above 0"),
     (["--lr", "-0.1"], "--lr -0.1: must be above 0"),
     (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
-    (["--workers", "-1"], "--workers -1: must be 0 or more"),
+    (["--workers", "-1"], "--workers -1: must be in [0, 256]"),
     (["--momentum", "1"], "--momentum 1.0: must be in [0, 1)"),
     (["--momentum", "-0.5"], "--momentum -0.5: must be in [0, 1)"),
     (["--label-smoothing", "1"], "--label-smoothing 1.0: must be in [0, 1)"),
     (["--label-smoothing", "-0.1"], "--label-smoothing -0.1: must be in [0, 1)"),
     (["--drop-rate", "1"], "--drop-rate 1.0: must be in [0, 1)"),
-    (["--depth", "40", "--depth", "11"], "--depth 11: must be 6n+4 with n >= 1 (10, 16, 22, ..., 100)"),
-    (["--depth", "4"], "--depth 4: must be 6n+4 with n >= 1 (10, 16, 22, ..., 100)"),
+    (["--depth", "40", "--depth", "11"], "--depth 11: must be 6n+4 in [10, 400] (10, 16, 22, ..., 100)"),
+    (["--depth", "4"], "--depth 4: must be 6n+4 in [10, 400] (10, 16, 22, ..., 100)"),
     (["--micro-batch", "-1"], "--micro-batch -1: must be 0 (whole batches) or more"),
     (["--epochs", "0"], "--epochs 0: must be at least 1"),
     (["--epochs", "-3"], "--epochs -3: must be at least 1"),
@@ -62,8 +62,8 @@ def test_invalid_values_are_one_line_before_any_data(flags, message, tmp_path, c
 
 
 SEG_INVALID = [
-    (["--crop-size", "0"], "--crop-size 0: must be at least 1"),
-    (["--size", "0"], "--size 0: must be at least 1"),
+    (["--crop-size", "0"], "--crop-size 0: must be in [1, 4096]"),
+    (["--size", "0"], "--size 0: must be in [1, 4096]"),
     (["--min-scale", "0"], "--min-scale 0.0: must be in (0, 1]"),
     (["--model", "resnet101_fcn", "--lr", "0"], "--lr 0.0: must be above 0"),
     (["--width", "nan"], "--width nan: must be a finite number"),

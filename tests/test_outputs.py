@@ -155,3 +155,10 @@ def test_viz_report_over_a_picture_that_is_not_its_figure(tmp_path):
     (tmp_path / "report_files").mkdir()
     picture = image(tmp_path / "report_files" / "p1_photo.png")
     one_line_refusal(lambda: viz.main(["report", "--out", str(tmp_path / "report.pdf")]), picture)
+
+
+def test_bench_out_over_a_run_file(cls_tiny_run):
+    from hw1.bench.cli import main as bench_main
+
+    args = cls_tiny_run[0] / "args.json"
+    one_line_refusal(lambda: bench_main(["--quick", "--out", str(args)]), args)

@@ -42,10 +42,11 @@ from hw1.bench.models import (BASELINE, CONFIGS, DEFAULT, TRAIN_FLOPS_NOTE, benc
 from hw1.bench.reference import bench_reference
 from hw1.bench.timing import matmul_peak
 from hw1.cli import AT_LEAST_1, check_numbers, require_layout
-from hw1.config import ClsConfig, SegConfig
+from hw1.config import ARCH_RANGES, MAX_WORKERS, ClsConfig, SegConfig, between
 from hw1.data.cls import cls_train_transform, load_cls_split
 from hw1.io import atomic_write_text, json_safe
 from hw1.models import model_names
+from hw1.outputs import check_output
 from hw1.runtime import (cpu_cores, cpu_flags, cpu_has_fast_bf16, cpu_kind, cpu_model, device_name, get_device,
                          setup_logging)
 from hw1.summary import git_commit
@@ -192,6 +193,7 @@ def get_args_parser():
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="JSON results (default: a new results/bench_<cpu kind|cuda>_<date>.json; "
                                               "never a file already there unless named here)")
+    p.add_argument("--overwrite", action="store_true", help="let --out replace a file that is not a JSON output")
     p.add_argument("--matmul-size", type=int, default=None, help="n of the peak matmul (default: 2048 CPU, 8192 CUDA)")
     g = p.add_argument_group("models (the training scripts' defaults)")
     g.add_argument("--depth", type=int, default=ClsConfig.depth, help="DenseNet-BC depth, 6n+4 (default: %(default)s)")
@@ -225,10 +227,10 @@ def get_args_parser():
 # numeric flags checked once parsed (the --quick preset included), before anything runs
 ARG_RULES = {
     "steps": AT_LEAST_1, "repeats": AT_LEAST_1, "warmup": (lambda v: v >= 0, "0 or more"),
-    "depth": (lambda v: v >= 10 and (v - 4) % 6 == 0, "6n+4 with n >= 1 (10, 16, 22, ..., 100)"),
-    "growth_rate": AT_LEAST_1, "img_size": AT_LEAST_1, "crop_size": AT_LEAST_1,
-    "width": (lambda v: 0 < v <= 4, "in (0, 4]"), "fc_channels": AT_LEAST_1, "threads": AT_LEAST_1,
-    "matmul_size": AT_LEAST_1, "data_batches": AT_LEAST_1, "e2e_steps": AT_LEAST_1, "e2e_batch_size": AT_LEAST_1,
+    **{k: ARCH_RANGES[k] for k in ("depth", "growth_rate", "img_size", "crop_size", "width", "fc_channels")},
+    "threads": between(1, 1024), "matmul_size": between(1, 32768), "workers": between(0, MAX_WORKERS),
+    "data_batches": AT_LEAST_1, "e2e_steps": AT_LEAST_1, "e2e_batch_size": AT_LEAST_1,
+    "e2e_workers": between(0, MAX_WORKERS),
 }
 
 
@@ -274,6 +276,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     args.matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     args.out = args.out or default_out(device)
+    check_output(args.out, "json", inputs=[("--data-dir", args.data_dir)], overwrite=args.overwrite)
     torch.manual_seed(0)
     results = run_parts(args, device, argv)
     atomic_write_text(json.dumps(json_safe(results), indent=2) + "\n", args.out)
