@@ -1,4 +1,4 @@
-"""Every figure of the report, as pure functions: arrays or models in, matplotlib figures out.
+"""Every figure of the report, as pure functions: arrays, matrices and rows in, matplotlib figures out.
 
 ``viz.py`` is the command line over this module. Figures are drawn headless (the Agg backend is
 selected before pyplot is imported) at a fixed size, so a figure of ``figsize`` inches saved at
@@ -20,7 +20,6 @@ from matplotlib.patches import FancyArrowPatch, Patch, Rectangle  # noqa: E402
 
 from hw1.data.masks import CLASS_NAMES, PALETTE  # noqa: E402
 from hw1.io import atomic_path  # noqa: E402
-from hw1.data.images import normalize  # noqa: E402
 from hw1.models.introspect import format_params, format_shape  # noqa: E402
 
 MASK_COLORS = PALETTE / 255.0
@@ -45,14 +44,6 @@ def save_figure(fig, path, *, dpi=120, pdf=False):
 
 
 # --- features: PCA and t-SNE ---------------------------------------------------------------------
-
-@torch.inference_mode()
-def extract_features(model, images, *, device, batch_size=500):
-    """Penultimate features ``model.features(x)`` of uint8 images (N, 3, H, W): float32 numpy (N, D)."""
-    model.eval()
-    out = [model.features(normalize(batch.to(device))).float().cpu() for batch in images.split(batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
 
 def class_colors(num_classes):
     """``num_classes`` distinguishable RGBA colours: tab20, tab20b and tab20c give 60 (tab10 when <= 10)."""

@@ -59,18 +59,6 @@ def seg_tiny(tmp_path_factory):
     return root / "validation", ckpts
 
 
-def test_extract_features_shape(cls_tiny_checkpoint):
-    model = model_from_checkpoint(load_checkpoint(cls_tiny_checkpoint), cls_tiny_checkpoint)
-    images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
-    feats = plots.extract_features(model, images, device=torch.device("cpu"), batch_size=3)
-    assert feats.shape == (7, model.num_features) and feats.dtype == np.float32
-    assert np.isfinite(feats).all()
-    # the features are the classifier's input
-    logits = model(plots.normalize(images)).detach().numpy()
-    np.testing.assert_allclose(feats @ model.classifier.weight.detach().numpy().T
-                               + model.classifier.bias.detach().numpy(), logits, rtol=1e-4, atol=1e-4)
-
-
 def test_features_writes_pca_and_tsne(cls_tiny_data, cls_tiny_run, tmp_path):
     run_dir = cls_tiny_run[0]
     ckpts = sorted(str(p) for p in run_dir.glob("epoch_*.pth"))
