@@ -18,7 +18,8 @@ import torch  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, Patch, Rectangle  # noqa: E402
 
-from hw1.data.masks import CLASS_NAMES, PALETTE  # noqa: E402
+from hw1 import metrics  # noqa: E402
+from hw1.data.masks import CLASS_NAMES, NUM_CLASSES, PALETTE  # noqa: E402
 from hw1.io import atomic_path  # noqa: E402
 from hw1.models.introspect import format_params, format_shape  # noqa: E402
 
@@ -151,13 +152,6 @@ def overlay(image, mask, alpha=0.5):
     return out.round().astype(np.uint8)
 
 
-def mask_iou(gt, pred, num_classes=7):
-    """mIoU over classes 0-5 of one image (classes absent from both are left out), as the course pools it."""
-    from hw1.metrics import confusion_matrix, mean_iou
-
-    return mean_iou(confusion_matrix(torch.from_numpy(np.array(gt)), torch.from_numpy(np.array(pred)), num_classes))
-
-
 def mask_grid(images, gts, preds, *, ids, pred_titles, overlay_alpha=None, panel=2.6):
     """Rows: satellite image, ground truth, then each prediction (``preds[j][i]`` for column j, row i).
 
@@ -166,7 +160,8 @@ def mask_grid(images, gts, preds, *, ids, pred_titles, overlay_alpha=None, panel
     ``overlay_alpha`` blends them over the image with class edges drawn. The figure is
     ``panel * (2 + len(preds))`` by ``panel * rows + 0.65 + 0.25 * legend_rows`` inches, where the
     class legend takes one row from 5 columns on (two below); its mask axes are listed in
-    ``fig.mask_axes`` (for tests that read the panels' pixels).
+    ``fig.mask_axes`` (for tests that read the panels' pixels). Each prediction's title gives that
+    image's mIoU over classes 0-5 (:func:`hw1.metrics.image_miou`).
     """
     rows, cols = len(images), 2 + len(preds)
     # the class legend below the grid: as many entries a row as fit the figure's width
@@ -191,7 +186,9 @@ def mask_grid(images, gts, preds, *, ids, pred_titles, overlay_alpha=None, panel
         axes[i, 1].set_title("ground truth", fontsize=9)
         for j, (pred_rows, title) in enumerate(zip(preds, pred_titles)):
             show_mask(axes[i, 2 + j], image, pred_rows[i])
-            axes[i, 2 + j].set_title(f"{title}: mIoU {mask_iou(gt, pred_rows[i]):.3f}", fontsize=9)
+            miou = metrics.image_miou(torch.from_numpy(np.array(gt)), torch.from_numpy(np.array(pred_rows[i])),
+                                      NUM_CLASSES)
+            axes[i, 2 + j].set_title(f"{title}: mIoU {miou:.3f}", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -258,8 +255,6 @@ def confusion_figure(cm, *, task, title):
 
     ``cm`` is a (C, C) count matrix; the figure is 16 x 7 inches for 50 classes, 13 x 5.2 for 7.
     """
-    from hw1 import metrics
-
     cm = torch.as_tensor(cm)
     c = cm.shape[0]
     rows = cm.double().sum(1, keepdim=True)
