@@ -1,27 +1,28 @@
 """Every figure of the report, as pure functions: arrays, matrices and rows in, matplotlib figures out.
 
-``viz.py`` is the command line over this module. Figures are drawn headless (the Agg backend is
-selected before pyplot is imported) at a fixed size, so a figure of ``figsize`` inches saved at
-``dpi`` is exactly ``figsize * dpi`` pixels (no ``bbox_inches="tight"``); :func:`save_figure`
-writes them atomically.
+``viz.py`` is the command line over this module; the features, predicted masks, confusion
+matrices and model stages the figures show come from the caller (:mod:`hw1.predict`,
+:mod:`hw1.scoring`, :mod:`hw1.models.introspect`). Figures are
+:class:`matplotlib.figure.Figure` objects made without pyplot, so no backend is selected and no
+figure is held open anywhere; each is drawn at a fixed size, so a figure of ``figsize`` inches
+saved at ``dpi`` is exactly ``figsize * dpi`` pixels (no ``bbox_inches="tight"``);
+:func:`save_figure` writes them atomically.
 """
 import math
 import textwrap
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, Patch, Rectangle  # noqa: E402
-
-from hw1 import metrics  # noqa: E402
-from hw1.data.masks import CLASS_NAMES, NUM_CLASSES, PALETTE  # noqa: E402
-from hw1.io import atomic_path  # noqa: E402
-from hw1.models.introspect import format_params, format_shape  # noqa: E402
+from hw1 import metrics
+from hw1.data.masks import CLASS_NAMES, NUM_CLASSES, PALETTE
+from hw1.io import atomic_path
+from hw1.models.introspect import format_params, format_shape
 
 MASK_COLORS = PALETTE / 255.0
 # Mask panels show white (barren) and black (unknown) classes: a thin grey frame separates them
@@ -32,7 +33,7 @@ _FRAME = "0.6"
 # --- saving ---------------------------------------------------------------------------------------
 
 def save_figure(fig, path, *, dpi=120, pdf=False):
-    """Write ``fig`` to ``path`` (PNG) and, with ``pdf``, beside it as ``.pdf``; close it; return the paths."""
+    """Write ``fig`` to ``path`` (PNG) and, with ``pdf``, beside it as ``.pdf``; return the paths."""
     path = Path(path)
     written = []
     for p, fmt in [(path, "png")] + ([(path.with_suffix(".pdf"), "pdf")] if pdf else []):
@@ -40,7 +41,6 @@ def save_figure(fig, path, *, dpi=120, pdf=False):
             # The temporary name ends in .tmp, so the format must be given.
             fig.savefig(tmp, format=fmt, dpi=dpi)
         written.append(p)
-    plt.close(fig)
     return written
 
 
@@ -49,12 +49,13 @@ def save_figure(fig, path, *, dpi=120, pdf=False):
 def class_colors(num_classes):
     """``num_classes`` distinguishable RGBA colours: tab20, tab20b and tab20c give 60 (tab10 when <= 10)."""
     if num_classes <= 10:
-        return plt.get_cmap("tab10").colors[:num_classes]
+        return matplotlib.colormaps["tab10"].colors[:num_classes]
     # tab20b/tab20c come in groups of 4 shades of a hue; interleaving the three maps keeps
     # neighbouring class ids apart in hue.
-    colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors, *plt.get_cmap("tab20c").colors]
+    colours = [*matplotlib.colormaps["tab20"].colors, *matplotlib.colormaps["tab20b"].colors,
+               *matplotlib.colormaps["tab20c"].colors]
     if num_classes > len(colours):
-        colours = [plt.get_cmap("hsv")(i / num_classes) for i in range(num_classes)]
+        colours = [matplotlib.colormaps["hsv"](i / num_classes) for i in range(num_classes)]
     return colours[:num_classes]
 
 
@@ -113,7 +114,8 @@ def _class_colorbar(fig, mappable, axes, num_classes):
 def pca_figure(features, labels, *, num_classes, title):
     """One panel: 2-D PCA of (N, D) ``features`` coloured by class."""
     xy, ratio = embed_pca(features)
-    fig, ax = plt.subplots(figsize=(8, 7), layout="constrained")
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    ax = fig.subplots()
     sc = draw_embedding(ax, xy, labels, num_classes, title)
     ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.1f} % of variance)")
     ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.1f} % of variance)")
@@ -124,8 +126,8 @@ def pca_figure(features, labels, *, num_classes, title):
 def tsne_figure(features_list, labels, *, num_classes, titles, suptitle, perplexity=30.0):
     """One t-SNE panel per (N, D) feature array (e.g. the first, middle and last epoch)."""
     k = len(features_list)
-    fig, axes = plt.subplots(1, k, figsize=(5.5 * k + 1, 5.8), layout="constrained", squeeze=False)
-    axes = axes[0]
+    fig = Figure(figsize=(5.5 * k + 1, 5.8), layout="constrained")
+    axes = fig.subplots(1, k, squeeze=False)[0]
     for ax, feats, title in zip(axes, features_list, titles):
         sc = draw_embedding(ax, embed_tsne(feats, perplexity=perplexity), labels, num_classes, title)
         ax.set_xlabel("t-SNE 1")
@@ -169,9 +171,10 @@ def mask_grid(images, gts, preds, *, ids, pred_titles, overlay_alpha=None, panel
     legend_rows = math.ceil(len(CLASS_NAMES) / ncol)
     top, bottom = 0.35, 0.2 + 0.25 * legend_rows + 0.1
     height = panel * rows + top + bottom
-    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols, height), squeeze=False,
-                             gridspec_kw={"left": 0.04, "right": 0.99, "top": 1 - top / height,
-                                          "bottom": bottom / height, "wspace": 0.04, "hspace": 0.16})
+    fig = Figure(figsize=(panel * cols, height))
+    axes = fig.subplots(rows, cols, squeeze=False,
+                        gridspec_kw={"left": 0.04, "right": 0.99, "top": 1 - top / height,
+                                     "bottom": bottom / height, "wspace": 0.04, "hspace": 0.16})
     fig.mask_axes = []
 
     def show_mask(ax, image, mask):
@@ -213,8 +216,9 @@ def curves_figure(runs):
     Solid lines are validation (training for the lr), dashed lines training; one colour per run.
     The figure is 15 x 4.6 inches.
     """
-    fig, (ax_loss, ax_metric, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.6), layout="constrained")
-    colours = plt.get_cmap("tab10").colors
+    fig = Figure(figsize=(15, 4.6), layout="constrained")
+    ax_loss, ax_metric, ax_lr = fig.subplots(1, 3)
+    colours = matplotlib.colormaps["tab10"].colors
     metric_names = set()
     for k, (name, records) in enumerate(runs):
         c = colours[k % len(colours)]
@@ -260,8 +264,8 @@ def confusion_figure(cm, *, task, title):
     rows = cm.double().sum(1, keepdim=True)
     norm = (cm.double() / rows.clamp(min=1)).numpy()
     big = c > 10
-    fig, (ax_cm, ax_bar) = plt.subplots(1, 2, figsize=(16, 7) if big else (13, 5.2), layout="constrained",
-                                        gridspec_kw={"width_ratios": [1, 1.15] if big else [1, 1.1]})
+    fig = Figure(figsize=(16, 7) if big else (13, 5.2), layout="constrained")
+    ax_cm, ax_bar = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.15] if big else [1, 1.1]})
     im = ax_cm.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     names = [str(i) for i in range(c)] if big else [f"{i} {n}" for i, n in enumerate(CLASS_NAMES[:c])]
     ticks = range(0, c, 5) if big else range(c)
@@ -318,7 +322,7 @@ def arch_figure(rows, total, *, title, input_size):
     boxes = [("input", "RGB image", (3, input_size, input_size), 0)] + list(rows)
     n = len(boxes)
     height = 0.62 * n + 1.3
-    fig = plt.figure(figsize=(10, height))
+    fig = Figure(figsize=(10, height))
     ax = fig.add_axes([0, 0, 1, 1 - 0.6 / height])
     ax.set_xlim(0, 10)
     ax.set_ylim(n - 0.4, -0.9)
@@ -328,7 +332,7 @@ def arch_figure(rows, total, *, title, input_size):
     ax.text(3.0, -0.55, "stage", ha="center", fontsize=9, fontweight="bold", color="0.3")
     ax.text(6.85, -0.55, "output shape", ha="center", fontsize=9, fontweight="bold", color="0.3")
     ax.text(8.95, -0.55, "params", ha="center", fontsize=9, fontweight="bold", color="0.3")
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     for i, (name, desc, shape, params) in enumerate(boxes):
         frac = math.log2(max(channels[i], 1)) / max_log if max_log else 1
         w = 3.2 + 2.3 * frac

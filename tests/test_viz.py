@@ -4,7 +4,9 @@ P1 uses the session's tiny DenseNet run (conftest); P2 uses three 64x64 generate
 untrained VGG16-FCN32s with 16-channel fc6/fc7 saved as an hw1 checkpoint.
 """
 import json
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,22 @@ def seg_tiny(tmp_path_factory):
     return root / "validation", ckpts
 
 
+def test_drawing_selects_no_backend_and_keeps_no_figures():
+    """Figures are Figure objects made without pyplot: importing, drawing and saving switch no backend
+    and leave nothing in pyplot's figure manager to close."""
+    code = textwrap.dedent("""
+        import io, sys, matplotlib
+        def use(*args, **kwargs):
+            raise AssertionError("matplotlib.use called")
+        matplotlib.use = use
+        import viz, hw1.report
+        from hw1 import plots
+        plots.curves_figure([("a", [{"epoch": 1, "val_loss": 1.0}])]).savefig(io.BytesIO(), format="png")
+        assert "matplotlib.pyplot" not in sys.modules
+    """)
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+
+
 def test_features_writes_pca_and_tsne(cls_tiny_data, cls_tiny_run, tmp_path):
     run_dir = cls_tiny_run[0]
     ckpts = sorted(str(p) for p in run_dir.glob("epoch_*.pth"))
@@ -97,7 +115,6 @@ def test_masks_grid_size_and_exact_palette(seg_tiny, tmp_path):
                       for im in images])
     fig = plots.mask_grid(list(images), list(gts), preds, ids=ids, pred_titles=["a", "b", "c"])
     boxes = [ax.get_position() for ax in fig.mask_axes]  # figure fractions, independent of dpi
-    plots.plt.close(fig)
     assert len(boxes) == rows * (1 + len(ckpts))
     png = np.asarray(Image.open(written[0]).convert("RGB"))
     height, width = png.shape[:2]
