@@ -17,6 +17,7 @@ from hw1.config import ARCH_RANGES, between
 from hw1.data.cls import NUM_CLASSES
 from hw1.errors import UserError
 from hw1.models import get_spec, model_names
+from hw1.models.introspect import model_summary, summary_table
 from hw1.outputs import check_output, check_outputs
 from hw1.report import MASK_IDS, TITLE, write_report
 from hw1.report.inputs import checkpoint_model, cls_images, feature_figures, masks_figure, read_pair
@@ -82,8 +83,8 @@ def cmd_arch(args, device):
     except (TypeError, ValueError) as e:
         raise UserError(f"--model {args.model} --config {' '.join(args.config)}: {e}") from None
     size = args.input_size or spec.input_size
-    rows, total = plots.model_summary(model, size, spec)
-    print(plots.summary_table(rows, total, size))
+    rows, total = model_summary(model, size, spec)
+    print(summary_table(rows, total, size))
     shown = ", ".join(f"{k}={v}" for k, v in config.items())
     title = f"{args.model}" + (f" ({shown})" if shown else "")
     return plots.save_figure(plots.arch_figure(rows, total, title=title, input_size=size), args.paths[0],

@@ -53,6 +53,14 @@ def mean_iou(cm, classes=range(6)):
     return sum(present) / len(present) if present else float("nan")
 
 
+def image_miou(target, pred, num_classes):
+    """:func:`mean_iou` of one image's (H, W) class masks alone, e.g. to title a predicted mask.
+
+    Not the course's score of a set, which pools the pixels of all images into one matrix first.
+    """
+    return mean_iou(confusion_matrix(target, pred, num_classes))
+
+
 def summarize(cm, task):
     """The metrics logged per epoch and printed by eval.py, as plain floats and lists."""
     if task == "cls":

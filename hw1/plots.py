@@ -1,26 +1,28 @@
-"""Every figure of the report, as pure functions: arrays or models in, matplotlib figures out.
+"""Every figure of the report, as pure functions: arrays, matrices and rows in, matplotlib figures out.
 
-``viz.py`` is the command line over this module. Figures are drawn headless (the Agg backend is
-selected before pyplot is imported) at a fixed size, so a figure of ``figsize`` inches saved at
-``dpi`` is exactly ``figsize * dpi`` pixels (no ``bbox_inches="tight"``); :func:`save_figure`
-writes them atomically.
+``viz.py`` is the command line over this module; the features, predicted masks, confusion
+matrices and model stages the figures show come from the caller (:mod:`hw1.predict`,
+:mod:`hw1.scoring`, :mod:`hw1.models.introspect`). Figures are
+:class:`matplotlib.figure.Figure` objects made without pyplot, so no backend is selected and no
+figure is held open anywhere; each is drawn at a fixed size, so a figure of ``figsize`` inches
+saved at ``dpi`` is exactly ``figsize * dpi`` pixels (no ``bbox_inches="tight"``);
+:func:`save_figure` writes them atomically.
 """
 import math
 import textwrap
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, Patch, Rectangle  # noqa: E402
-
-from hw1.data.masks import CLASS_NAMES, PALETTE  # noqa: E402
-from hw1.io import atomic_path  # noqa: E402
-from hw1.data.images import normalize  # noqa: E402
+from hw1 import metrics
+from hw1.data.masks import CLASS_NAMES, NUM_CLASSES, PALETTE
+from hw1.io import atomic_path
+from hw1.models.introspect import format_params, format_shape
 
 MASK_COLORS = PALETTE / 255.0
 # Mask panels show white (barren) and black (unknown) classes: a thin grey frame separates them
@@ -31,7 +33,7 @@ _FRAME = "0.6"
 # --- saving ---------------------------------------------------------------------------------------
 
 def save_figure(fig, path, *, dpi=120, pdf=False):
-    """Write ``fig`` to ``path`` (PNG) and, with ``pdf``, beside it as ``.pdf``; close it; return the paths."""
+    """Write ``fig`` to ``path`` (PNG) and, with ``pdf``, beside it as ``.pdf``; return the paths."""
     path = Path(path)
     written = []
     for p, fmt in [(path, "png")] + ([(path.with_suffix(".pdf"), "pdf")] if pdf else []):
@@ -39,29 +41,21 @@ def save_figure(fig, path, *, dpi=120, pdf=False):
             # The temporary name ends in .tmp, so the format must be given.
             fig.savefig(tmp, format=fmt, dpi=dpi)
         written.append(p)
-    plt.close(fig)
     return written
 
 
 # --- features: PCA and t-SNE ---------------------------------------------------------------------
 
-@torch.inference_mode()
-def extract_features(model, images, *, device, batch_size=500):
-    """Penultimate features ``model.features(x)`` of uint8 images (N, 3, H, W): float32 numpy (N, D)."""
-    model.eval()
-    out = [model.features(normalize(batch.to(device))).float().cpu() for batch in images.split(batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
-
 def class_colors(num_classes):
     """``num_classes`` distinguishable RGBA colours: tab20, tab20b and tab20c give 60 (tab10 when <= 10)."""
     if num_classes <= 10:
-        return plt.get_cmap("tab10").colors[:num_classes]
+        return matplotlib.colormaps["tab10"].colors[:num_classes]
     # tab20b/tab20c come in groups of 4 shades of a hue; interleaving the three maps keeps
     # neighbouring class ids apart in hue.
-    colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors, *plt.get_cmap("tab20c").colors]
+    colours = [*matplotlib.colormaps["tab20"].colors, *matplotlib.colormaps["tab20b"].colors,
+               *matplotlib.colormaps["tab20c"].colors]
     if num_classes > len(colours):
-        colours = [plt.get_cmap("hsv")(i / num_classes) for i in range(num_classes)]
+        colours = [matplotlib.colormaps["hsv"](i / num_classes) for i in range(num_classes)]
     return colours[:num_classes]
 
 
@@ -120,7 +114,8 @@ def _class_colorbar(fig, mappable, axes, num_classes):
 def pca_figure(features, labels, *, num_classes, title):
     """One panel: 2-D PCA of (N, D) ``features`` coloured by class."""
     xy, ratio = embed_pca(features)
-    fig, ax = plt.subplots(figsize=(8, 7), layout="constrained")
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    ax = fig.subplots()
     sc = draw_embedding(ax, xy, labels, num_classes, title)
     ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.1f} % of variance)")
     ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.1f} % of variance)")
@@ -131,8 +126,8 @@ def pca_figure(features, labels, *, num_classes, title):
 def tsne_figure(features_list, labels, *, num_classes, titles, suptitle, perplexity=30.0):
     """One t-SNE panel per (N, D) feature array (e.g. the first, middle and last epoch)."""
     k = len(features_list)
-    fig, axes = plt.subplots(1, k, figsize=(5.5 * k + 1, 5.8), layout="constrained", squeeze=False)
-    axes = axes[0]
+    fig = Figure(figsize=(5.5 * k + 1, 5.8), layout="constrained")
+    axes = fig.subplots(1, k, squeeze=False)[0]
     for ax, feats, title in zip(axes, features_list, titles):
         sc = draw_embedding(ax, embed_tsne(feats, perplexity=perplexity), labels, num_classes, title)
         ax.set_xlabel("t-SNE 1")
@@ -159,13 +154,6 @@ def overlay(image, mask, alpha=0.5):
     return out.round().astype(np.uint8)
 
 
-def mask_iou(gt, pred, num_classes=7):
-    """mIoU over classes 0-5 of one image (classes absent from both are left out), as the course pools it."""
-    from hw1.metrics import confusion_matrix, mean_iou
-
-    return mean_iou(confusion_matrix(torch.from_numpy(np.array(gt)), torch.from_numpy(np.array(pred)), num_classes))
-
-
 def mask_grid(images, gts, preds, *, ids, pred_titles, overlay_alpha=None, panel=2.6):
     """Rows: satellite image, ground truth, then each prediction (``preds[j][i]`` for column j, row i).
 
@@ -174,7 +162,8 @@ def mask_grid(images, gts, preds, *, ids, pred_titles, overlay_alpha=None, panel
     ``overlay_alpha`` blends them over the image with class edges drawn. The figure is
     ``panel * (2 + len(preds))`` by ``panel * rows + 0.65 + 0.25 * legend_rows`` inches, where the
     class legend takes one row from 5 columns on (two below); its mask axes are listed in
-    ``fig.mask_axes`` (for tests that read the panels' pixels).
+    ``fig.mask_axes`` (for tests that read the panels' pixels). Each prediction's title gives that
+    image's mIoU over classes 0-5 (:func:`hw1.metrics.image_miou`).
     """
     rows, cols = len(images), 2 + len(preds)
     # the class legend below the grid: as many entries a row as fit the figure's width
@@ -182,9 +171,10 @@ def mask_grid(images, gts, preds, *, ids, pred_titles, overlay_alpha=None, panel
     legend_rows = math.ceil(len(CLASS_NAMES) / ncol)
     top, bottom = 0.35, 0.2 + 0.25 * legend_rows + 0.1
     height = panel * rows + top + bottom
-    fig, axes = plt.subplots(rows, cols, figsize=(panel * cols, height), squeeze=False,
-                             gridspec_kw={"left": 0.04, "right": 0.99, "top": 1 - top / height,
-                                          "bottom": bottom / height, "wspace": 0.04, "hspace": 0.16})
+    fig = Figure(figsize=(panel * cols, height))
+    axes = fig.subplots(rows, cols, squeeze=False,
+                        gridspec_kw={"left": 0.04, "right": 0.99, "top": 1 - top / height,
+                                     "bottom": bottom / height, "wspace": 0.04, "hspace": 0.16})
     fig.mask_axes = []
 
     def show_mask(ax, image, mask):
@@ -199,7 +189,9 @@ def mask_grid(images, gts, preds, *, ids, pred_titles, overlay_alpha=None, panel
         axes[i, 1].set_title("ground truth", fontsize=9)
         for j, (pred_rows, title) in enumerate(zip(preds, pred_titles)):
             show_mask(axes[i, 2 + j], image, pred_rows[i])
-            axes[i, 2 + j].set_title(f"{title}: mIoU {mask_iou(gt, pred_rows[i]):.3f}", fontsize=9)
+            miou = metrics.image_miou(torch.from_numpy(np.array(gt)), torch.from_numpy(np.array(pred_rows[i])),
+                                      NUM_CLASSES)
+            axes[i, 2 + j].set_title(f"{title}: mIoU {miou:.3f}", fontsize=9)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -224,8 +216,9 @@ def curves_figure(runs):
     Solid lines are validation (training for the lr), dashed lines training; one colour per run.
     The figure is 15 x 4.6 inches.
     """
-    fig, (ax_loss, ax_metric, ax_lr) = plt.subplots(1, 3, figsize=(15, 4.6), layout="constrained")
-    colours = plt.get_cmap("tab10").colors
+    fig = Figure(figsize=(15, 4.6), layout="constrained")
+    ax_loss, ax_metric, ax_lr = fig.subplots(1, 3)
+    colours = matplotlib.colormaps["tab10"].colors
     metric_names = set()
     for k, (name, records) in enumerate(runs):
         c = colours[k % len(colours)]
@@ -266,15 +259,13 @@ def confusion_figure(cm, *, task, title):
 
     ``cm`` is a (C, C) count matrix; the figure is 16 x 7 inches for 50 classes, 13 x 5.2 for 7.
     """
-    from hw1 import metrics
-
     cm = torch.as_tensor(cm)
     c = cm.shape[0]
     rows = cm.double().sum(1, keepdim=True)
     norm = (cm.double() / rows.clamp(min=1)).numpy()
     big = c > 10
-    fig, (ax_cm, ax_bar) = plt.subplots(1, 2, figsize=(16, 7) if big else (13, 5.2), layout="constrained",
-                                        gridspec_kw={"width_ratios": [1, 1.15] if big else [1, 1.1]})
+    fig = Figure(figsize=(16, 7) if big else (13, 5.2), layout="constrained")
+    ax_cm, ax_bar = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.15] if big else [1, 1.1]})
     im = ax_cm.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     names = [str(i) for i in range(c)] if big else [f"{i} {n}" for i, n in enumerate(CLASS_NAMES[:c])]
     ticks = range(0, c, 5) if big else range(c)
@@ -324,80 +315,14 @@ def confusion_figure(cm, *, task, title):
 
 # --- architecture --------------------------------------------------------------------------------
 
-def _count(modules):
-    return sum(p.numel() for m in modules for p in m.parameters())
-
-
-def model_stages(model, spec=None):
-    """``[(name, description, [modules]), ...]``: the model's top-level stages, in forward order.
-
-    The model's spec (:class:`hw1.models.spec.ModelSpec`) lists them; a spec without ``stages``
-    (or no spec) falls back to the model's top-level children. The output shape of a stage is the
-    output of its last module; its parameters are those of all its modules. Every parameter of the
-    model belongs to exactly one stage.
-    """
-    from hw1.models.spec import generic_stages
-
-    return (spec.stages if spec is not None and spec.stages else generic_stages)(model)
-
-
-def model_summary(model, input_size, spec=None):
-    """Rows ``(name, description, output shape (C, H, W) or (D,), params)`` for a (1, 3, S, S) input.
-
-    The forward pass runs on the meta device (shapes only, no arithmetic), so even the 512x512
-    FCN-ResNet101 costs nothing; parameters are counted before the move. The last row is the
-    model's output.
-    """
-    stages = model_stages(model, spec)
-    counted = sum(_count(mods) for _, _, mods in stages)
-    total = _count([model])
-    if counted != total:
-        raise AssertionError(f"stages hold {counted} of {total} parameters")
-    shapes = {}
-    hooks = [mods[-1].register_forward_hook(
-        lambda m, inp, out, name=name: shapes.__setitem__(name, tuple(out.shape[1:])))
-        for name, _, mods in stages]
-    meta = model.to("meta").eval()
-    try:
-        with torch.no_grad():
-            out = meta(torch.empty(1, 3, input_size, input_size, device="meta"))
-    finally:
-        for h in hooks:
-            h.remove()
-    out = out["out"] if isinstance(out, dict) else out
-    rows = [(name, desc, shapes.get(name), _count(mods)) for name, desc, mods in stages]
-    return rows + [("output", "logits", tuple(out.shape[1:]), 0)], total
-
-
-def format_params(n):
-    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} K" if n >= 1e3 else str(n)
-
-
-def format_shape(shape):
-    return "-" if shape is None else " x ".join(str(s) for s in shape)
-
-
-def summary_table(rows, total, input_size):
-    """The printed table: layer, description, output shape, params, then the total."""
-    header = ("layer", "what it does", "output shape", "params")
-    lines = [("input", "RGB image", f"3 x {input_size} x {input_size}", "")]
-    lines += [(n, d, format_shape(s), format_params(p) if p else "") for n, d, s, p in rows]
-    lines.append(("total", "", "", f"{format_params(total)} ({total:,})"))
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(4)]
-
-    def fmt(row):  # text columns left-aligned, the parameter column right-aligned
-        return "  ".join(f"{v:<{w}}" if i < 3 else f"{v:>{w}}" for i, (v, w) in enumerate(zip(row, widths)))
-
-    return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in lines])
-
-
 def arch_figure(rows, total, *, title, input_size):
     """A block diagram, top to bottom: one box per stage (width grows with its channels), its
-    output shape and parameter count beside it. The figure is 10 x (0.62 * boxes + 1.3) inches."""
+    output shape and parameter count beside it; ``rows`` and ``total`` as
+    :func:`hw1.models.introspect.model_summary` returns them. The figure is 10 x (0.62 * boxes + 1.3) inches."""
     boxes = [("input", "RGB image", (3, input_size, input_size), 0)] + list(rows)
     n = len(boxes)
     height = 0.62 * n + 1.3
-    fig = plt.figure(figsize=(10, height))
+    fig = Figure(figsize=(10, height))
     ax = fig.add_axes([0, 0, 1, 1 - 0.6 / height])
     ax.set_xlim(0, 10)
     ax.set_ylim(n - 0.4, -0.9)
@@ -407,7 +332,7 @@ def arch_figure(rows, total, *, title, input_size):
     ax.text(3.0, -0.55, "stage", ha="center", fontsize=9, fontweight="bold", color="0.3")
     ax.text(6.85, -0.55, "output shape", ha="center", fontsize=9, fontweight="bold", color="0.3")
     ax.text(8.95, -0.55, "params", ha="center", fontsize=9, fontweight="bold", color="0.3")
-    cmap = plt.get_cmap("viridis")
+    cmap = matplotlib.colormaps["viridis"]
     for i, (name, desc, shape, params) in enumerate(boxes):
         frac = math.log2(max(channels[i], 1)) / max_log if max_log else 1
         w = 3.2 + 2.3 * frac

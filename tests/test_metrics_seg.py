@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from hw1.data.masks import NUM_CLASSES, UNKNOWN
 from hw1.losses import SegLoss, class_weights
-from hw1.metrics import confusion_matrix, iou_per_class, mean_iou, summarize
+from hw1.metrics import confusion_matrix, image_miou, iou_per_class, mean_iou, summarize
 
 SCORED = range(6)  # the course averages classes 0-5; 6 (unknown) is not scored
 
@@ -94,6 +94,13 @@ def test_pooled_is_not_the_mean_of_per_image_scores():
     assert pooled == pytest.approx(brute_miou(*concat(pairs)), abs=1e-12)
     per_image = np.mean([brute_miou(g, p) for g, p in pairs])
     assert abs(pooled - per_image) > 0.3
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_image_miou_is_the_brute_force_of_that_image_alone(seed):
+    (gt, pred), = random_pairs(np.random.default_rng(seed), 1, p_gt=SKEWED_GT, p_pred=SKEWED_PRED)
+    miou = image_miou(torch.from_numpy(gt), torch.from_numpy(pred), NUM_CLASSES)
+    assert miou == pytest.approx(brute_miou(gt, pred), abs=1e-12)
 
 
 def test_unknown_ground_truth_counts_as_false_positive_of_the_predicted_class():

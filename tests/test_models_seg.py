@@ -357,11 +357,11 @@ def test_vgg_bn_imagenet_file_loads_into_the_fc_batch_norm_layout(tmp_path):
 
 @pytest.mark.parametrize("skips", ["none", "16s", "8s"])
 def test_architecture_stages_hold_every_parameter_of_each_variant(skips):
-    from hw1 import plots
     from hw1.models import get_spec
+    from hw1.models.introspect import model_summary
 
     model = _small(skips=skips)
-    rows, total = plots.model_summary(model, 64, get_spec("vgg16_fcn32s"))  # asserts every parameter is counted
+    rows, total = model_summary(model, 64, get_spec("vgg16_fcn32s"))  # asserts every parameter is counted
     names = [r[0] for r in rows]
     assert names[-1] == "output" and rows[-1][2] == (7, 64, 64)
     assert ("upscore" in names) == (skips == "none") and any(n.startswith("skips") for n in names) == (skips != "none")

@@ -18,6 +18,8 @@ import eval as eval_py
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.data.cls import cls_eval_transform, load_cls_split
 from hw1.errors import UserError
+from hw1.data.images import normalize
+from hw1.predict import extract_features, load_model
 from hw1.predict import main as predict_main
 from hw1.predict import predict_cls
 
@@ -182,6 +184,19 @@ def test_tta_predictions_are_the_mirror_averaged_argmax_in_predict_and_eval(cls_
                            "--device", "cpu", "--tta"])
     assert scored["acc"] == pytest.approx(acc)
     assert asked and all(asked)
+
+
+def test_extract_features_are_the_classifier_input_in_fp32(cls_tiny_checkpoint):
+    model = load_model(cls_tiny_checkpoint, "cls", torch.device("cpu"))
+    images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
+    feats = extract_features(model, images, device=torch.device("cpu"), batch_size=3)
+    assert feats.shape == (7, model.num_features) and feats.dtype == np.float32
+    assert np.isfinite(feats).all()
+    # the classifier's fp32 logits, even where the model's inference plan is bf16 autocast
+    with torch.no_grad():
+        logits = model(normalize(images)).numpy()
+    np.testing.assert_allclose(feats @ model.classifier.weight.detach().numpy().T
+                               + model.classifier.bias.detach().numpy(), logits, rtol=1e-4, atol=1e-4)
 
 
 def label_csvs(tmp_path, gt_text, pred_text):

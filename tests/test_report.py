@@ -147,8 +147,6 @@ def test_report_page_renders(full_report):
     assert_not_blank(page)
     # the embedded figure sits below the heading: its rows have dark pixels too
     assert (page[height // 3: 2 * height // 3, :, :3] < 100).any()
-    for fig in figs:
-        report.plt.close(fig)
 
 
 def test_missing_pieces_are_notes_with_commands(cls_tiny_run, cls_tiny_data, seg_tiny_run, tmp_path, capsys):

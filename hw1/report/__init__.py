@@ -21,7 +21,7 @@ from pathlib import Path
 from hw1.errors import UserError
 from hw1.io import atomic_write_text
 from hw1.report.blocks import fmt  # noqa: F401 (the report's number format, for callers)
-from hw1.report.layout import BODY, PAGE_H, PAGE_W, page_figures, plt, text_width, wrap, wrap_command, \
+from hw1.report.layout import BODY, PAGE_H, PAGE_W, page_figures, text_width, wrap, wrap_command, \
     write_pdf  # noqa: F401
 from hw1.report.markdown import markdown
 from hw1.report.runs import open_run, train_command, with_flag  # noqa: F401

@@ -9,7 +9,7 @@ from PIL import Image as PILImage
 from hw1 import plots
 from hw1.checkpoint import load_checkpoint
 from hw1.errors import UserError
-from hw1.predict import inference_model
+from hw1.predict import extract_features, inference_model
 
 
 def checkpoint_model(path, task, device):
@@ -47,7 +47,7 @@ def feature_figures(checkpoints, images, labels, *, data_name, num_classes, perp
     feats, titles = [], []
     for path in checkpoints:
         model, title, name = checkpoint_model(path, "cls", device)
-        feats.append(plots.extract_features(model, images, device=device))
+        feats.append(extract_features(model, images, device=device))
         titles.append(f"{title} ({Path(path).name})")
     desc = f"{name} penultimate features ({feats[-1].shape[1]}-d), {len(labels)} images of {data_name}"
     pca = plots.pca_figure(feats[-1], labels, num_classes=num_classes, title=f"PCA: {desc}, {titles[-1]}")

@@ -5,6 +5,7 @@ left, in inches, which :func:`draw` puts onto a matplotlib figure per page.
 """
 import functools
 
+import matplotlib.figure
 import numpy as np
 from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.backends.backend_pdf import PdfPages
@@ -13,11 +14,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from PIL import Image as PILImage
 
-from hw1 import plots
 from hw1.io import atomic_path
 from hw1.report.blocks import Code, Figure, Missing, Paragraph, Table
-
-plt = plots.plt  # pyplot with the headless backend plots.py selects
 
 PAGE_W, PAGE_H, MARGIN = 11.69, 8.27, 0.5  # inches
 WIDTH = PAGE_W - 2 * MARGIN
@@ -220,7 +218,7 @@ def page_figures(sections, *, footer, interpolation="none"):
         for k, page in enumerate(paginate(s, avail)):
             laid.append((s, k, head_h, page))
     for n, (s, k, head_h, page) in enumerate(laid, start=1):
-        fig = plt.figure(figsize=(PAGE_W, PAGE_H))
+        fig = matplotlib.figure.Figure(figsize=(PAGE_W, PAGE_H))
         heading = s.title + (" (continued)" if k else "")
         fig.text(MARGIN / PAGE_W, 1 - MARGIN / PAGE_H, heading, fontsize=s.heading_size, weight="bold",
                  va="top", parse_math=False)
@@ -268,6 +266,5 @@ def write_pdf(sections, path, *, title):
         with PdfPages(tmp, metadata={"Title": title}) as pdf:
             for fig in page_figures(sections, footer=title):
                 pdf.savefig(fig)
-                plt.close(fig)
                 pages += 1
     return pages

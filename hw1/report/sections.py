@@ -10,6 +10,7 @@ from hw1 import metrics, plots
 from hw1.data.masks import CLASS_NAMES, UNKNOWN
 from hw1.errors import UserError
 from hw1.models import build_model, get_spec
+from hw1.models.introspect import format_params, model_summary
 from hw1.report.blocks import Code, Figure, Missing, Paragraph, Section, Table, config_text, fmt, minutes, \
     transform_names
 from hw1.report.inputs import checkpoint_model, cls_images, feature_figures, masks_figure, read_pair
@@ -28,7 +29,7 @@ def details(run, summary):
         with torch.device("meta"):  # shapes and counts only: nothing is allocated or initialised
             model = build_model(run.model_name, **run.model_config, weights="none")
         total = sum(p.numel() for p in model.parameters())
-        rows.append(("parameters", f"{plots.format_params(total)} ({total:,})"))
+        rows.append(("parameters", f"{format_params(total)} ({total:,})"))
     if c is None:
         return rows + [("settings", "not recorded by the run (no args.json)")]
     rows.append(("initial weights", c.weights))
@@ -159,10 +160,10 @@ class ReportBuilder:
         else:
             source = f"drawn from the model_name and model_config of {run.newest_checkpoint()}"
         spec = get_spec(name)
-        with torch.device("meta"):  # a forward pass of shapes only, no arithmetic (plots.model_summary)
+        with torch.device("meta"):  # a forward pass of shapes only, no arithmetic (model_summary)
             model = spec.build(**config, weights="none")
         size = spec.input_size
-        rows, total = plots.model_summary(model, size, spec)
+        rows, total = model_summary(model, size, spec)
         shown = config_text(config)
         fig = plots.arch_figure(rows, total, title=name + (f" ({shown})" if config else ""), input_size=size)
         arch = shlex.join(["python", "viz.py", "arch", "--model", name]
