@@ -20,7 +20,9 @@ from hw1.models import get_spec, model_names
 from hw1.models.introspect import model_summary, summary_table
 from hw1.outputs import check_output, check_outputs
 from hw1.report import MASK_IDS, TITLE, write_report
-from hw1.report.inputs import checkpoint_model, cls_images, feature_figures, masks_figure, read_pair
+from hw1.report.evidence import checkpoint_features, checkpoint_model, cls_images, predicted_masks, \
+    read_pair  # noqa: F401 (tests read the images as the masks figure reads them)
+from hw1.report.figures import feature_figures, masks_figure
 from hw1.runtime import get_device
 from hw1.scoring import model_confusion
 from hw1.run_dir import RunDir
@@ -28,8 +30,8 @@ from hw1.run_dir import RunDir
 
 def cmd_features(args, device):
     images, labels = cls_images(args.data_dir, labels_csv=args.labels, per_class=args.per_class)
-    pca, tsne = feature_figures(args.checkpoints, images, labels, data_name=Path(args.data_dir).name,
-                                num_classes=args.num_classes, perplexity=args.perplexity, device=device)
+    features = checkpoint_features(args.checkpoints, images, labels, data=args.data_dir, device=device)
+    pca, tsne = feature_figures(features, num_classes=args.num_classes, perplexity=args.perplexity)
     return (plots.save_figure(pca, args.paths[0], dpi=args.dpi, pdf=args.pdf)
             + plots.save_figure(tsne, args.paths[1], dpi=args.dpi, pdf=args.pdf))
 
@@ -37,9 +39,8 @@ def cmd_features(args, device):
 def cmd_masks(args, device):
     if not Path(args.data_dir).is_dir():
         raise UserError(f"{args.data_dir}: folder not found")
-    pairs = [read_pair(args.data_dir, i, args.size) for i in args.ids]
-    fig = masks_figure(args.checkpoints, [p[0] for p in pairs], [p[1] for p in pairs], ids=args.ids, device=device,
-                       overlay_alpha=args.alpha if args.overlay else None)
+    masks = predicted_masks(args.checkpoints, args.data_dir, args.ids, size=args.size, device=device)
+    fig = masks_figure(masks, overlay_alpha=args.alpha if args.overlay else None)
     return plots.save_figure(fig, args.paths[0], dpi=args.dpi, pdf=args.pdf)
 
 

@@ -12,9 +12,9 @@ becomes a note that says what is missing and the command that makes it.
 
 The package: :mod:`~hw1.report.runs` reads the run folders, :mod:`~hw1.report.sections` makes the
 sections (:mod:`~hw1.report.blocks` are what they hold), :mod:`~hw1.report.layout` sets them on
-PDF pages, :mod:`~hw1.report.markdown` writes them as Markdown; :mod:`~hw1.report.inputs` holds the
-checkpoint-and-data steps that viz.py's ``features``, ``masks`` and ``confusion`` subcommands share
-with the report.
+PDF pages, :mod:`~hw1.report.markdown` writes them as Markdown; :mod:`~hw1.report.evidence` holds
+every step that reads a checkpoint or runs a model, and :mod:`~hw1.report.figures` draws what it
+measures, for the report and viz.py's ``features``, ``masks`` and ``confusion`` subcommands alike.
 """
 from pathlib import Path
 

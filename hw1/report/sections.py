@@ -4,19 +4,19 @@ import shlex
 from datetime import date
 from pathlib import Path
 
-import torch
 
-from hw1 import metrics, plots
+from hw1 import plots
 from hw1.data.masks import CLASS_NAMES, UNKNOWN
 from hw1.errors import UserError
-from hw1.models import build_model, get_spec
-from hw1.models.introspect import format_params, model_summary
+from hw1.models import get_spec
+from hw1.models.introspect import format_params
 from hw1.report.blocks import Code, Figure, Missing, Paragraph, Section, Table, config_text, fmt, minutes, \
     transform_names
-from hw1.report.inputs import checkpoint_model, cls_images, feature_figures, masks_figure, read_pair
+from hw1.report.evidence import architecture, checkpoint_features, cls_images, fresh_score, parameter_count, \
+    predicted_masks
+from hw1.report.figures import feature_figures, masks_figure
 from hw1.report.runs import COURSE_MODEL, DATA, METRIC, PART, stage_checkpoints, train_command, with_flag
 from hw1.run_dir import LAST
-from hw1.scoring import model_confusion
 from hw1.summary import summarize_run
 
 
@@ -26,9 +26,7 @@ def details(run, summary):
     rows = [("model", run.model_name or (c.model if c else None) or "-"),
             ("model config", config_text(run.model_config))]
     if run.model_name and run.model_config is not None:
-        with torch.device("meta"):  # shapes and counts only: nothing is allocated or initialised
-            model = build_model(run.model_name, **run.model_config, weights="none")
-        total = sum(p.numel() for p in model.parameters())
+        total = parameter_count(run.model_name, run.model_config)
         rows.append(("parameters", f"{format_params(total)} ({total:,})"))
     if c is None:
         return rows + [("settings", "not recorded by the run (no args.json)")]
@@ -159,13 +157,10 @@ class ReportBuilder:
             source = f"drawn with the builder's defaults of {name} (no run gives its configuration)"
         else:
             source = f"drawn from the model_name and model_config of {run.newest_checkpoint()}"
-        spec = get_spec(name)
-        with torch.device("meta"):  # a forward pass of shapes only, no arithmetic (model_summary)
-            model = spec.build(**config, weights="none")
-        size = spec.input_size
-        rows, total = model_summary(model, size, spec)
+        arch = architecture(name, config)
+        size = arch.input_size
         shown = config_text(config)
-        fig = plots.arch_figure(rows, total, title=name + (f" ({shown})" if config else ""), input_size=size)
+        fig = plots.arch_figure(arch.rows, arch.total, title=name + (f" ({shown})" if config else ""), input_size=size)
         arch = shlex.join(["python", "viz.py", "arch", "--model", name]
                           + (["--config", *(f"{k}={v}" for k, v in config.items())] if config else []))
         s.blocks.append(self.figure(s, fig, f"{run.label}: {source}; output shapes for a {size}x{size} input. "
@@ -196,11 +191,10 @@ class ReportBuilder:
             if isinstance(data, Missing):
                 continue
             if data is not None and (ckpt := run.best_checkpoint()) is not None:
-                model, epoch, _ = checkpoint_model(ckpt, task, self.device)
-                cm = model_confusion(model, data[0], task=task, device=self.device, labels_csv=data[1])
-                result = metrics.summarize(cm, task)
+                fresh = fresh_score(ckpt, task, *data, self.device)
+                result = fresh.result
                 per_class = [fmt(v) for v in result["iou"][:6]] if seg else []
-                rows.append([run.label, f"fresh evaluation of {ckpt.name} ({epoch}) on {data[0]}"
+                rows.append([run.label, f"fresh evaluation of {ckpt.name} ({fresh.epoch}) on {data[0]}"
                              + (" at full size" if seg else ""), fmt(result[METRIC[task]]), *per_class])
         what = "mIoU over classes 0-5 (the course's metric: one confusion matrix pooled over all pixels)" if seg \
             else "accuracy over all validation images"
@@ -253,9 +247,9 @@ class ReportBuilder:
         folder, csv = data
         images, labels = cls_images(folder, labels_csv=csv, per_class=self.per_class)
         subset = f"the first {self.per_class} images of each class" if self.per_class else "all images"
-        pca_fig, tsne_fig = feature_figures([p for _, _, p in stages], images, labels, data_name=folder.name,
-                                            num_classes=get_spec(run.model_name).num_classes,
-                                            perplexity=self.perplexity, device=self.device)
+        features = checkpoint_features([p for _, _, p in stages], images, labels, data=folder, device=self.device)
+        pca_fig, tsne_fig = feature_figures(features, num_classes=get_spec(run.model_name).num_classes,
+                                            perplexity=self.perplexity)
         stage_text = ", ".join(f"{stage} = epoch {e}" for stage, e, _ in stages)
         pca.blocks.append(self.figure(pca, pca_fig, f"{run.label} ({run.path}), {stages[-1][2].name}: the two "
                                                f"principal components of the penultimate features of {subset} of "
@@ -280,9 +274,7 @@ class ReportBuilder:
         absent = [i for i in self.mask_ids if i not in ids]
         if stages and ids:
             size = run.config.size if run.config else None
-            pairs = [read_pair(folder, i, size) for i in ids]
-            fig = masks_figure([p for _, _, p in stages], [p[0] for p in pairs], [p[1] for p in pairs], ids=ids,
-                               device=self.device)
+            fig = masks_figure(predicted_masks([p for _, _, p in stages], folder, ids, size=size, device=self.device))
             at = f", predicted at {size}x{size} (the size the run trained at)" if size else ""
             stage_text = ", ".join(f"{stage} = epoch {e}" for stage, e, _ in stages)
             s.blocks.append(self.figure(s, fig, f"{run.label} ({run.path}): {stage_text}{at}. Each prediction's "
