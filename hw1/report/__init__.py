@@ -10,11 +10,13 @@ from the run folders (``metrics.jsonl``, ``args.json``, checkpoints) or measured
 evaluation on the data; a piece that cannot be made (no run, no middle-epoch checkpoint, no data)
 becomes a note that says what is missing and the command that makes it.
 
-The package: :mod:`~hw1.report.runs` reads the run folders, :mod:`~hw1.report.sections` makes the
-sections (:mod:`~hw1.report.blocks` are what they hold), :mod:`~hw1.report.layout` sets them on
-PDF pages, :mod:`~hw1.report.markdown` writes them as Markdown; :mod:`~hw1.report.evidence` holds
-every step that reads a checkpoint or runs a model, and :mod:`~hw1.report.figures` draws what it
-measures, for the report and viz.py's ``features``, ``masks`` and ``confusion`` subcommands alike.
+The package: :mod:`~hw1.report.runs` reads the run folders, :mod:`~hw1.report.evidence` holds every
+step that reads a checkpoint or runs a model, :mod:`~hw1.report.builder` gathers each section's data
+and :mod:`~hw1.report.sections` makes the section from it (:mod:`~hw1.report.blocks` are what they
+hold, :mod:`~hw1.report.details` the implementation-details table, :mod:`~hw1.report.notes` the
+notes on what is missing, :mod:`~hw1.report.figures` draws what the evidence measured, for viz.py's
+``features`` and ``masks`` subcommands too); :mod:`~hw1.report.layout` sets the sections on PDF
+pages, :mod:`~hw1.report.markdown` writes them as Markdown.
 """
 from pathlib import Path
 
@@ -25,7 +27,8 @@ from hw1.report.layout import BODY, PAGE_H, PAGE_W, page_figures, text_width, wr
     write_pdf  # noqa: F401
 from hw1.report.markdown import markdown
 from hw1.report.runs import open_run, train_command, with_flag  # noqa: F401
-from hw1.report.sections import ReportBuilder, title_section
+from hw1.report.builder import ReportBuilder
+from hw1.report.sections import title_section
 
 TITLE = "DLCV 2022 hw1 report"
 MASK_IDS = ("0013", "0062", "0104")

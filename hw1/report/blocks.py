@@ -28,8 +28,9 @@ class Missing:
 
 @dataclass
 class Figure:
-    path: Path  # the PNG, written when the section is made
     caption: str
+    drawing: object = None  # the matplotlib Figure, until the report writes it as ``path``
+    path: Path | None = None  # the PNG
 
 
 @dataclass

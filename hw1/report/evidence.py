@@ -35,6 +35,8 @@ def checkpoint_model(path, task, device):
 
 @dataclass
 class Architecture:
+    name: str
+    config: dict  # the builder arguments given (its defaults for the rest)
     rows: list  # (name, description, output shape, params) per stage (hw1.models.introspect.model_summary)
     total: int  # parameters
     input_size: int
@@ -46,7 +48,7 @@ def architecture(name, config):
     with torch.device("meta"):  # a forward pass of shapes only, no arithmetic (model_summary)
         model = spec.build(**config, weights="none")
     rows, total = model_summary(model, spec.input_size, spec)
-    return Architecture(rows, total, spec.input_size)
+    return Architecture(name, config, rows, total, spec.input_size)
 
 
 def parameter_count(name, config):
