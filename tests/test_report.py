@@ -4,6 +4,7 @@ pixels, the notes on what is missing and the one-line errors for bad run folders
 P1 uses conftest's tiny DenseNet run (epochs 1, 2 and 4 kept); P2 trains a 3-epoch
 VGG16-FCN32s with 16-channel fc6/fc7 on three 64x64 generated scenes (a few seconds on one thread).
 """
+import dataclasses
 import json
 import re
 import shutil
@@ -127,6 +128,9 @@ def test_report_numbers_come_from_the_runs(full_report, cls_tiny_run, seg_tiny_r
     assert md.count("fresh evaluation of best.pth") == 2
     args = json.loads((seg_tiny_run[1] / "args.json").read_text())
     assert f"| epochs, batch | {len(seg_records)} of 3 epochs, batch {args['batch_size']} |" in md
+    # the details table's rows come from the config: no --ema, no checkpoint exported from the run
+    assert md.count("| weight average (EMA) | none: the checkpoints hold the trained weights") == 2
+    assert md.count("| test-time augmentation | none: no checkpoint in checkpoints/ is exported from this run") == 2
     assert args["command"] in md
     # the t-SNE shows the first, middle and last saved epoch of the P1 run
     assert "first = epoch 1, middle = epoch 2, last = epoch 4" in md
@@ -228,6 +232,37 @@ def test_commands_for_missing_pieces(cls_tiny_run):
     none = report.open_run("-", "seg", "B")
     assert report.train_command(none, "data") == \
         "python train_seg.py --model resnet101_fcn --data-dir data/p2_data --out-dir runs/resnet101_fcn"
+
+
+def test_details_rows_come_from_the_config(cls_tiny_run, tmp_path, monkeypatch):
+    """EMA from the config, flip TTA from the inference entry of a checkpoint exported from the run
+    (found by its exported_from, relative to where the export ran), rows in the declared order."""
+    from hw1.checkpoint import export_checkpoint
+    from hw1.report import details, evidence
+
+    run = report.open_run(str(cls_tiny_run[0]), "cls", "A")
+    shipped = tmp_path / "checkpoints"
+    shipped.mkdir()
+    (shipped / "partial.pth").write_bytes(b"an interrupted download")
+    monkeypatch.chdir(run.path.parent)  # the export and the report run from the same folder
+    export_checkpoint(Path(run.path.name) / "best.pth", shipped / "p1.pth", tta=True)
+    found = evidence.exports(run.path, shipped)
+    assert [(e.path.name, str(e.source), e.tta) for e in found] == [("p1.pth", f"{run.path.name}/best.pth", True)]
+    assert evidence.exports(tmp_path, shipped) == []
+
+    ema_run = dataclasses.replace(run, config=run.config.replace(ema=0.99))
+    rows = details.details(details.RunFacts(ema_run, parameters=3066, exports=found))
+    assert [k for k, _ in rows] == ["model", "model config", "parameters", "initial weights", "optimizer",
+                                    "learning rate", "weight average (EMA)", "epochs, batch", "augmentation",
+                                    "loss", "test-time augmentation", "runtime", "device"]
+    values = dict(rows)
+    assert values["weight average (EMA)"].startswith("decay 0.99 per optimizer step: the checkpoints hold the "
+                                                     "average, and the validation scores are the average's")
+    assert values["test-time augmentation"].startswith(f"{shipped / 'p1.pth'} (exported from best.pth) predicts "
+                                                       f"with flip TTA")
+    # without args.json only what the checkpoint says about the model
+    bare = details.details(details.RunFacts(dataclasses.replace(run, config=None)))
+    assert [k for k, _ in bare] == ["model", "model config", "settings"]
 
 
 def test_wrapping_keeps_lines_inside_the_width():

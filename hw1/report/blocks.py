@@ -52,12 +52,3 @@ def fmt(value, digits=4):
 
 def config_text(config):
     return ", ".join(f"{k}={v}" for k, v in config.items() if k != "num_classes") if config else "-"
-
-
-def transform_names(compose):
-    """Names of a v2.Compose's augmentation steps (dtype conversion and normalisation left out)."""
-    return [type(t).__name__ for t in compose.transforms if type(t).__name__ not in ("ToDtype", "Normalize")]
-
-
-def minutes(seconds):
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"

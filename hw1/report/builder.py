@@ -6,7 +6,7 @@ from hw1 import plots
 from hw1.errors import UserError
 from hw1.report import evidence, notes, sections
 from hw1.report.blocks import Figure, Missing, Section
-from hw1.report.details import details
+from hw1.report.details import RunFacts, details
 from hw1.report.runs import PART, stage_checkpoints
 from hw1.summary import summarize_run
 
@@ -92,7 +92,7 @@ class ReportBuilder:
                 summary = None
             known = run.model_name and run.model_config is not None
             parameters = evidence.parameter_count(run.model_name, run.model_config) if known else None
-            self._details[run.path] = details(run, parameters, summary)
+            self._details[run.path] = details(RunFacts(run, parameters, summary, evidence.exports(run.path)))
         return self._details[run.path]
 
     def features(self, run, titles):

@@ -15,7 +15,7 @@ from hw1.checkpoint import load_checkpoint
 from hw1.errors import UserError
 from hw1.models import build_model, get_spec
 from hw1.models.introspect import model_summary
-from hw1.predict import extract_features, inference_model, segment
+from hw1.predict import CHECKPOINTS, extract_features, inference_model, segment
 from hw1.scoring import model_confusion
 
 
@@ -55,6 +55,35 @@ def parameter_count(name, config):
     with torch.device("meta"):  # shapes and counts only: nothing is allocated or initialised
         model = build_model(name, **config, weights="none")
     return sum(p.numel() for p in model.parameters())
+
+
+# --- how a run's model is shipped ----------------------------------------------------------------------
+
+@dataclass
+class Export:
+    path: Path  # the exported checkpoint (python -m hw1.checkpoint SRC DST)
+    source: Path  # the run's checkpoint it was exported from
+    tta: bool  # whether hw1.predict and eval.py predict with flip TTA by default (its "inference" entry)
+
+
+def exports(run_path, folder=CHECKPOINTS):
+    """The checkpoints in ``folder`` (the shipped ones by default) exported from a file of the run folder
+    ``run_path``, by their ``exported_from``."""
+    run_path = Path(run_path).resolve()
+    found = []
+    for path in sorted(Path(folder).glob("*.pth")):
+        try:
+            # mmap: only the entries beside the weights are read, even of a checkpoint of hundreds of MB
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # a partial download or a foreign file: not an export of this run either way
+            continue
+        source = ckpt.get("exported_from") if isinstance(ckpt, dict) else None
+        if not isinstance(source, str):
+            continue
+        # exported_from is as the export was given it: relative to where it ran, the repository as a rule
+        if any((base / source).resolve().parent == run_path for base in (Path.cwd(), CHECKPOINTS.parent)):
+            found.append(Export(path, Path(source), bool(ckpt.get("inference", {}).get("tta", False))))
+    return found
 
 
 # --- scores measured afresh ---------------------------------------------------------------------------
