@@ -35,8 +35,9 @@ def get_args_parser():
     g.add_argument("--growth-rate", type=int, help="(default: %(default)s)")
     g.add_argument("--compression", type=float, help="(default: %(default)s)")
     g.add_argument("--drop-rate", type=float, help="(default: %(default)s)")
-    g.add_argument("--stem-pool", action="store_true",
-                   help="BN-ReLU-maxpool after the stem: dense blocks at 16x16 and below, a quarter of the FLOPs")
+    g.add_argument("--stem-pool", action=argparse.BooleanOptionalAction,
+                   help="BN-ReLU-maxpool after the stem: dense blocks at 16x16 and below, a quarter of the FLOPs "
+                        "(--no-stem-pool turns off a recipe's)")
     g = p.add_argument_group("convnext")
     g.add_argument("--variant", help="(default: %(default)s)")
     g.add_argument("--img-size", type=int, help="input is upsampled to this (default: %(default)s)")

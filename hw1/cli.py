@@ -46,7 +46,8 @@ def add_training_args(parser, config_cls):
     g.add_argument("--min-lr", type=float, help="lr at the end of the cosine (default: %(default)s)")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
     g.add_argument("--ema", type=float, metavar="DECAY",
-                   help="evaluate and ship an exponential moving average of the weights (decay per step, e.g. 0.999)")
+                   help="evaluate and ship an exponential moving average of the weights (decay per step, e.g. 0.999; "
+                        "0 turns off a recipe's average)")
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"],

@@ -134,8 +134,8 @@ class TrainConfig:
             p.append(("--min-lr", self.min_lr, "in [0, --lr]"))
         if self.grad_clip is not None and not self.grad_clip > 0:
             p.append(("--grad-clip", self.grad_clip, "above 0"))
-        if self.ema is not None and not 0 < self.ema < 1:
-            p.append(("--ema", self.ema, "in (0, 1)"))
+        if self.ema is not None and not 0 <= self.ema < 1:
+            p.append(("--ema", self.ema, "in [0, 1) (0: no average)"))
         if self.micro_batch is not None and self.micro_batch < 0:
             p.append(("--micro-batch", self.micro_batch, "0 (whole batches) or more"))
         if self.save_epochs and self.epochs and self.epochs >= 1:

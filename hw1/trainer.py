@@ -109,10 +109,12 @@ def load_resume(config, *, model_name, model_config):
     if missing:
         raise UserError(f"{path}: cannot resume from it: it has no {', '.join(missing)} (weights only?); "
                         "pass it as --weights to start a new run from its weights")
-    if ckpt["model_name"] != model_name or ckpt["model_config"] != model_config:
-        raise UserError(f"{path}: checkpoint is {ckpt['model_name']} {ckpt['model_config']}, "
-                        f"not {model_name} {model_config}")
     saved = ckpt.get("args") or {}
+    if ckpt["model_name"] != model_name or ckpt["model_config"] != model_config:
+        recipe = saved.get("recipe")
+        hint = f"; the run was made with --recipe {recipe}, resume with it" if recipe and recipe != config.recipe else ""
+        raise UserError(f"{path}: checkpoint is {ckpt['model_name']} {ckpt['model_config']}, "
+                        f"not {model_name} {model_config}{hint}")
     for flag in RESUME_FLAGS:
         if flag in saved and saved[flag] != getattr(config, flag):
             raise UserError(f"{path}: written with --{flag.replace('_', '-')} {saved[flag]}, this run has "

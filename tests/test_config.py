@@ -103,6 +103,27 @@ def test_the_recipe_fills_what_no_flag_sets():
     assert _config(train_cls, ["--resume", "runs/x/last.pth", "--out-dir", "y"], ClsConfig).out_dir == "y"
 
 
+def test_flags_turn_off_what_a_recipe_turns_on():
+    cpu = _config(train_cls, ["--recipe", "cpu"], ClsConfig)
+    assert cpu.ema == 0.998 and cpu.stem_pool
+    off = _config(train_cls, ["--recipe", "cpu", "--ema", "0", "--no-stem-pool"], ClsConfig)
+    assert off.ema == 0 and not off.stem_pool and off.depth == cpu.depth
+
+
+def test_resuming_a_recipe_run_without_its_recipe_says_so(cls_tiny_run, tmp_path):
+    import torch
+
+    from hw1.errors import UserError
+    from hw1.trainer import load_resume
+
+    ckpt = torch.load(cls_tiny_run[0] / "last.pth", weights_only=True)
+    ckpt["args"]["recipe"], ckpt["model_config"]["depth"] = "cpu", 52
+    torch.save(ckpt, tmp_path / "last.pth")
+    config = ClsConfig(model="densenet", epochs=4, resume=str(tmp_path / "last.pth"))
+    with pytest.raises(UserError, match="the run was made with --recipe cpu, resume with it"):
+        load_resume(config, model_name="densenet", model_config={**ckpt["model_config"], "depth": 10})
+
+
 def test_parser_defaults_are_the_config_defaults():
     parsed = vars(train_cls.get_args_parser().parse_args([]))
     defaults = ClsConfig.flag_defaults()
