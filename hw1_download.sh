@@ -29,7 +29,16 @@ dest, table = sys.argv[1], sys.argv[2]
 entries = [line.split() for line in table.splitlines() if line.strip()]
 if not entries or any(len(e) != 3 or "FILL-IN" in " ".join(e) for e in entries):
     sys.exit("error: hw1_download.sh: fill in CHECKPOINTS with '<file name> <URL> <SHA-256>' lines first")
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the temporary file is removed
+# unwind on SIGTERM and Ctrl-C, so that the temporary file is removed; one line, no traceback
+
+
+def stop(signum, frame):
+    print("interrupted" if signum == signal.SIGINT else "terminated", file=sys.stderr)
+    sys.exit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
 
 
 def sha256_of(path):

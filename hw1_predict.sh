@@ -30,5 +30,10 @@ if [ ! -f "$checkpoint" ]; then
 fi
 python="$here/.venv/bin/python"
 [ -x "$python" ] || python=python3
+# without the packages, a one-line hint rather than Python's ModuleNotFoundError traceback
+if ! "$python" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('torch', 'torchvision', 'PIL', 'numpy')))" 2>/dev/null; then
+    echo "error: $python lacks torch, torchvision, pillow or numpy; set up with 'python3 -m venv $here/.venv && $here/.venv/bin/pip install -r $here/requirements.txt'" >&2
+    exit 2
+fi
 echo "$script: checkpoint $checkpoint" >&2
 PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m hw1.predict "$task" "$2" "$3" --checkpoint "$checkpoint"

@@ -29,27 +29,9 @@ def get_args_parser():
     p.add_argument("--aug", choices=AUGMENTATIONS,
                    help="seed: crop+flip, AutoAugment, RandomErasing; light: crop+flip (default: %(default)s)")
     p.add_argument("--demo", action="store_true",
-                   help="train a small DenseNet on generated digits (no course data), then predict and score")
-    g = p.add_argument_group("densenet")
-    g.add_argument("--depth", type=int, help="DenseNet-BC depth, 6n+4 (default: %(default)s)")
-    g.add_argument("--growth-rate", type=int, help="(default: %(default)s)")
-    g.add_argument("--compression", type=float, help="(default: %(default)s)")
-    g.add_argument("--drop-rate", type=float, help="(default: %(default)s)")
-    g.add_argument("--stem-pool", action="store_true",
-                   help="BN-ReLU-maxpool after the stem: dense blocks at 16x16 and below, a quarter of the FLOPs")
-    g = p.add_argument_group("convnext")
-    g.add_argument("--variant", help="(default: %(default)s)")
-    g.add_argument("--img-size", type=int, help="input is upsampled to this (default: %(default)s)")
-    p = add_training_args(p, ClsConfig)
-    p.set_defaults(model="densenet")
-    return p
-
-
-# The demo: generated digits and a small DenseNet, sized to finish in about a minute on 2 cores.
-# Explicit flags still win over these (they are parser defaults, not overrides). A demo run
-# replaces a previous demo run, never another run (without --overwrite).
-DEMO_DEFAULTS = {"data_dir": "hw1_data/demo_cls", "out_dir": "runs/demo_cls", "depth": 22, "growth_rate": 12,
-                 "epochs": 15, "batch_size": 64, "aug": "none"}
+                   help="train a small DenseNet on generated digits (no course data), then predict and score: "
+                        "densenet's recipe 'demo'")
+    return add_training_args(p, ClsConfig)
 
 
 def data_root(config):
@@ -66,7 +48,7 @@ def load_splits(config):
 
 
 def main(argv=None):
-    config = start_run("train_cls.py", get_args_parser(), argv, DEMO_DEFAULTS, make_cls_demo, ClsConfig)
+    config = start_run("train_cls.py", get_args_parser(), argv, make_cls_demo, ClsConfig)
     data_root(config)  # a missing data folder is refused before a model is built or a file written
     record = train(config, load_splits)
     if config.demo and dist.is_main():

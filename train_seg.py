@@ -11,16 +11,9 @@ from hw1.cli import add_training_args, require_layout, run, start_run
 from hw1.config import SegConfig
 from hw1.data.scenes import make_seg_demo
 from hw1.data.seg import load_seg_split, seg_eval_transform, seg_train_transform
+from hw1.losses import CLASS_WEIGHTS
 from hw1.models import model_names
 from hw1.trainer import train
-
-# The demo trains from scratch on 2 CPU cores in a few minutes: VGG16-BN (plain VGG barely moves in
-# so few steps) with narrow fc6/fc7, on 64 generated 128x128 scenes. A demo run replaces a
-# previous demo run, never another run (without --overwrite).
-DEMO_DEFAULTS = {"data_dir": "hw1_data/demo_seg", "out_dir": "runs/demo_seg", "model": "vgg16_fcn32s",
-                 "weights": "none", "batch_norm": True, "fc_channels": 512, "epochs": 20, "batch_size": 8,
-                 "crop_size": 128, "lr": 1e-3}
-
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,28 +26,15 @@ def get_args_parser():
                    help="smallest crop area fraction before resizing to --crop-size (default: %(default)s)")
     p.add_argument("--aux-weight", type=float,
                    help="resnet101_fcn: weight of the auxiliary head's loss; 0 builds no aux head (default: 0)")
-    p.add_argument("--fc-channels", type=int,
-                   help="vgg16_fcn32s: width of fc6/fc7; the ImageNet weights need 4096 (default: %(default)s)")
-    p.add_argument("--batch-norm", action="store_true",
-                   help="vgg16_fcn32s: VGG16-BN trunk (trains far better from scratch; imagenet = vgg16_bn weights)")
-    p.add_argument("--width", type=float,
-                   help="vgg16_fcn32s: channel multiplier of the 13 trunk convolutions; the ImageNet weights "
-                        "need 1 (default: %(default)s)")
-    p.add_argument("--fc-batch-norm", action="store_true", help="vgg16_fcn32s: batch norm after fc6 and fc7")
-    p.add_argument("--skips", choices=["none", "16s", "8s"],
-                   help="vgg16_fcn32s: FCN-16s (pool4) or FCN-8s (pool4 + pool3) skip heads (default: %(default)s)")
-    p.add_argument("--dropout", type=float, help="vgg16_fcn32s: dropout after fc6 and fc7 (default: %(default)s)")
-    p.add_argument("--class-weights", choices=["none", "enet", "inv-sqrt"],
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS,
                    help="weight the loss per class by its share of the training pixels: enet = 1/ln(1.02 + share), "
                         "inv-sqrt = 1/sqrt(share), milder (default: %(default)s)")
     p.add_argument("--size", type=int,
                    help="resize every image and mask to this on load; the checkpoint records it and "
                         "prediction resizes to it, then upsamples the logits to each image's own size")
-    p.add_argument("--demo", action="store_true", help="train a small run on generated scenes (no course data)")
-    # lr, weight decay, the optimizer, epochs and weights default to the model's recipe
-    p = add_training_args(p, SegConfig)
-    p.set_defaults(model="vgg16_fcn32s")
-    return p
+    p.add_argument("--demo", action="store_true",
+                   help="train a small run on generated scenes (no course data): vgg16_fcn32s's recipe 'demo'")
+    return add_training_args(p, SegConfig)
 
 
 def data_root(config):
@@ -70,7 +50,7 @@ def load_splits(config):
 
 
 def main(argv=None):
-    config = start_run("train_seg.py", get_args_parser(), argv, DEMO_DEFAULTS, make_seg_demo, SegConfig)
+    config = start_run("train_seg.py", get_args_parser(), argv, make_seg_demo, SegConfig)
     data_root(config)  # a missing data folder is refused before a model is built or a file written
     return train(config, load_splits)
 

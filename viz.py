@@ -8,12 +8,11 @@
     python viz.py report --cls-runs RUN_A RUN_B --seg-runs RUN_A RUN_B --data-dir hw1_data --out report.pdf
 """
 import argparse
-import ast
 from pathlib import Path
 
 from hw1 import plots
-from hw1.cli import ABOVE_0, AT_LEAST_1, check_numbers, command_line, run
-from hw1.config import ARCH_RANGES, between
+from hw1.cli import ABOVE_0, AT_LEAST_1, check_numbers, command_line, parse_key_values, run
+from hw1.config import SIDE_RANGES, between
 from hw1.data.cls import NUM_CLASSES
 from hw1.errors import UserError
 from hw1.models import get_spec, model_names
@@ -63,24 +62,12 @@ def cmd_confusion(args, device):
                              pdf=args.pdf)
 
 
-def parse_config(items):
-    config = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--config {item}: expected KEY=VALUE, e.g. depth=40")
-        try:
-            config[key.replace("-", "_")] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            config[key.replace("-", "_")] = value  # a bare word such as variant=convnext_small
-    return config
-
-
 def cmd_arch(args, device):
-    config = parse_config(args.config)
+    config = parse_key_values(args.config, "--config")
     spec = get_spec(args.model)
     try:
-        model = spec.build(**{"num_classes": spec.num_classes, **config}, weights="none")
+        # the builder's defaults fill what --config leaves out: the figure shows what training builds
+        model = spec.build(**spec.model_config(config), weights="none")
     except (TypeError, ValueError) as e:
         raise UserError(f"--model {args.model} --config {' '.join(args.config)}: {e}") from None
     size = args.input_size or spec.input_size
@@ -225,7 +212,7 @@ def main(argv=None):
     args = check_numbers(get_args_parser().parse_args(argv), {
         "dpi": between(1, 1200), "perplexity": ABOVE_0, "num_classes": between(1, 1000), "batch_size": AT_LEAST_1,
         "per_class": (lambda v: v >= 0, "0 (all) or more"), "input_size": between(32, 4096),
-        "size": ARCH_RANGES["size"], "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]")})
+        "size": SIDE_RANGES["size"], "alpha": (lambda v: 0 <= v <= 1, "in [0, 1]")})
     args.invocation = command_line("viz.py", argv)
     check_paths(args)
     device = get_device(args.device)

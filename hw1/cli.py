@@ -1,5 +1,7 @@
 """What train_cls.py and train_seg.py share: their common flags and how a script reports errors."""
 import argparse
+import ast
+import dataclasses
 import logging
 import math
 import os
@@ -14,15 +16,14 @@ from hw1.errors import UserError
 
 
 def add_training_args(parser, config_cls):
-    """Flags common to both training scripts, with the defaults of ``config_cls`` (a TrainConfig).
+    """Flags common to both training scripts, then one flag per hyperparameter of the task's models
+    (:func:`add_model_args`); call it last.
 
-    A field that defaults to None (``--lr``, ``--epochs``, ...) is filled from the model's recipe;
-    the help then says so instead of printing "None".
+    No flag has an argparse default: what the user did not type is absent from the parsed
+    namespace, and :func:`hw1.config.resolve` lays the typed flags over the dataclass's defaults
+    and the model's recipes, once. The help shows those defaults (a field that defaults to None,
+    ``--lr``, ``--epochs``, ... says "the model's recipe").
     """
-
-    def default(name):
-        return "the model's recipe" if getattr(config_cls, name) is None else "%(default)s"
-
     g = parser.add_argument_group("data and output")
     g.add_argument("--data-dir", help="the extracted course data (default: %(default)s)")
     g.add_argument("--out-dir", help="run folder (default: runs/<model>; with --resume, the checkpoint's folder)")
@@ -32,21 +33,22 @@ def add_training_args(parser, config_cls):
     g.add_argument("--save-epochs", type=int, nargs="*",
                    help="epochs whose checkpoint is kept as epoch_NNN.pth (default: first, middle, last)")
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--recipe", help="a named set of defaults of the model (its spec's presets, e.g. densenet's cpu); "
-                                    "explicit flags still win")
-    g.add_argument("--epochs", type=int, help=f"(default: {default('epochs')})")
+    g.add_argument("--recipe", help="a named recipe of the model, e.g. densenet's or vgg16_fcn32s's cpu: defaults "
+                                    "for its flags and hyperparameters; typed flags still win")
+    g.add_argument("--epochs", type=int, help="(default: %(default)s)")
     g.add_argument("--batch-size", type=int, help="(default: %(default)s)")
-    g.add_argument("--opt", choices=["sgd", "adamw"], help=f"(default: {default('opt')})")
-    g.add_argument("--lr", type=float, help=f"peak learning rate (default: {default('lr')})")
+    g.add_argument("--opt", choices=["sgd", "adamw"], help="(default: %(default)s)")
+    g.add_argument("--lr", type=float, help="peak learning rate (default: %(default)s)")
     g.add_argument("--momentum", type=float, help="SGD momentum (default: %(default)s)")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
-    g.add_argument("--weight-decay", type=float, help=f"(default: {default('weight_decay')})")
+    g.add_argument("--weight-decay", type=float, help="(default: %(default)s)")
     g.add_argument("--no-wd-norm", action="store_true", help="no weight decay on norm layers and biases")
     g.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default: %(default)s)")
     g.add_argument("--min-lr", type=float, help="lr at the end of the cosine (default: %(default)s)")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
     g.add_argument("--ema", type=float, metavar="DECAY",
-                   help="evaluate and ship an exponential moving average of the weights (decay per step, e.g. 0.999)")
+                   help="evaluate and ship an exponential moving average of the weights (decay per step, e.g. 0.999; "
+                        "0 turns off a recipe's average)")
     g = parser.add_argument_group("runtime")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
     g.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"],
@@ -63,8 +65,69 @@ def add_training_args(parser, config_cls):
                                     "command's flags; see docs/training.md, Resume, on what may change")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--debug", action="store_true", help="show full tracebacks")
-    parser.set_defaults(**config_cls.flag_defaults())
+    from hw1.models import get_spec, model_names
+
+    add_model_args(parser, [get_spec(n) for n in model_names(config_cls.task)])
+    fields = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    for action in parser._actions:
+        if action.dest in fields and action.help:
+            default = fields[action.dest]
+            shown = "the model's recipe" if default is None else default
+            action.help = action.help.replace("%(default)s", str(shown).replace("%", "%%"))
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS
     return parser
+
+
+def add_model_args(parser, specs):
+    """A flag for each hyperparameter of ``specs``: their builders' keyword-only arguments, typed
+    by their defaults (``--stem-pool`` / ``--no-stem-pool`` for a bool, the choices of a
+    ``Literal``), with each model's default in the help; and ``--model-config KEY=VALUE ...`` for
+    any of them. A flag the chosen model does not take is refused when the config is made."""
+    from hw1.models.spec import choices_of
+
+    uses = {}
+    for spec in specs:
+        for name, param in spec.hyperparameters().items():
+            uses.setdefault(name, []).append((spec, param))
+    g = parser.add_argument_group("model (its builder's arguments; each model has its own defaults)")
+    for name, pairs in uses.items():
+        param = pairs[0][1]
+        text = next((spec.help[name] for spec, _ in pairs if name in spec.help), "")
+        defaults = ", ".join(f"{spec.name} {p.default}" for spec, p in pairs)
+        kwargs = {"help": f"{text} (default: {defaults})".strip().replace("%", "%%"), "dest": name}
+        if isinstance(param.default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif choices_of(param):
+            kwargs["choices"] = choices_of(param)
+        else:
+            kwargs["type"] = type(param.default)
+        g.add_argument("--" + name.replace("_", "-"), **kwargs)
+    g.add_argument("--model-config", nargs="+", metavar="KEY=VALUE", dest="model_config_items",
+                   help="hyperparameters by their builder's names, e.g. depth=40 growth_rate=12")
+    return parser
+
+
+def parse_key_values(items, flag="--model-config"):
+    """``{key: value}`` of ``KEY=VALUE`` strings, each value a Python literal or else a word."""
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} {item}: expected KEY=VALUE, e.g. depth=40")
+        try:
+            values[key.replace("-", "_")] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            values[key.replace("-", "_")] = value  # a bare word such as variant=convnext_small
+    return values
+
+
+def split_hyperparameters(typed, specs):
+    """(the typed flags without the hyperparameters, the hyperparameters) of a parsed namespace's dict."""
+    names = {n for spec in specs for n in spec.hyperparameters()}
+    hyper = {k: typed.pop(k) for k in list(typed) if k in names}
+    hyper = {k: v for k, v in hyper.items() if v is not None}  # a flag with a None default, not typed
+    return typed, {**hyper, **parse_key_values(typed.pop("model_config_items", None) or [])}
 
 
 AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
@@ -95,41 +158,21 @@ def command_line(script, argv):
     return shlex.join([*launcher, script, *(sys.argv[1:] if argv is None else argv)])
 
 
-def parse_args(parser, argv, demo_defaults):
-    """Parse ``argv``; with ``--recipe`` or ``--demo``, parse again over the named preset or
-    ``demo_defaults`` (set as parser defaults, so that explicit flags still win)."""
-    args = parser.parse_args(argv)
-    defaults = {}
-    if getattr(args, "recipe", None):
-        from hw1.models import get_spec
-
-        presets = get_spec(args.model).presets
-        if args.recipe not in presets:
-            raise UserError(f"--recipe {args.recipe}: {args.model} has " +
-                            (f"the recipes {', '.join(sorted(presets))}" if presets else "no named recipes"))
-        defaults.update(presets[args.recipe])
-    if args.demo:
-        defaults.update(demo_defaults)
-    if defaults:
-        parser.set_defaults(**defaults)
-        args = parser.parse_args(argv)
-    return args
-
-
-def start_run(script, parser, argv, demo_defaults, make_demo, config_cls):
+def start_run(script, parser, argv, make_demo, config_cls):
     """A training script's first steps; returns its validated config (a ``config_cls``).
 
-    The flags become a config, the model's recipe fills what they leave open, and every value is
-    checked before anything is written or decoded. Under torchrun the process group is joined
-    before anything is written, so that with ``--demo`` rank 0 alone writes the demo data
-    (``make_demo(data_dir)``) and the other ranks then find it.
+    The typed flags, over the model's recipes, become the config (:func:`hw1.config.resolve`),
+    and every value is checked before anything is written or decoded. Under torchrun the process
+    group is joined before anything is written, so that with ``--demo`` rank 0 alone writes the
+    demo data (``make_demo(data_dir)``) and the other ranks then find it.
     """
     from hw1 import distributed as dist  # torch.distributed, for the training scripts only
-    from hw1.models import get_spec
+    from hw1.config import resolve
+    from hw1.models import get_spec, model_names
 
-    args = parse_args(parser, argv, demo_defaults)
-    config = config_cls.from_dict(vars(args)).replace(command=command_line(script, argv))
-    config = config.with_recipe(get_spec(config.model).recipe).validate()
+    typed, hyper = split_hyperparameters(vars(parser.parse_args(argv)),
+                                         [get_spec(n) for n in model_names(config_cls.task)])
+    config = resolve(config_cls, typed, hyper, command=command_line(script, argv)).validate()
     dist.setup(config.device)
     if config.demo:
         with dist.main_first():

@@ -1,9 +1,11 @@
 """The training configuration: one typed object from the command line to args.json.
 
-argparse fills it (its defaults are the dataclass's), the model's recipe fills the fields left
-None (:meth:`TrainConfig.with_recipe`), :meth:`TrainConfig.validate` checks every value before any
-data is decoded or written, and it is saved as it is (``args.json``, a checkpoint's ``args``) and
-read back as fields (:meth:`TrainConfig.from_dict`).
+:func:`resolve` makes it in one pass: the dataclass's defaults, then the model's recipes (its
+``default``, then the one ``--recipe`` or ``--demo`` names), then the flags the user typed. The
+model's hyperparameters are no fields here: they are the builder's keyword-only arguments
+(:mod:`hw1.models.spec`), held as ``model_config`` with every default filled in.
+:meth:`TrainConfig.validate` checks every value before any data is decoded or written; the config
+is saved as it is (``args.json``, a checkpoint's ``args``) and read back (:meth:`TrainConfig.from_dict`).
 """
 import dataclasses
 import math
@@ -17,20 +19,16 @@ def between(lo, hi):
     return (lambda v: lo <= v <= hi, f"in [{lo}, {hi}]")
 
 
-# The ranges of the architecture flags, which the training configs and the bench check alike. The
-# upper bounds are far past any model that trains here; past them a model could not even be built
-# for the check that it runs (a DenseNet of depth 10**12 has 10**11 layers).
-ARCH_RANGES = {
-    "depth": (lambda v: 10 <= v <= 400 and (v - 4) % 6 == 0, "6n+4 in [10, 400] (10, 16, 22, ..., 100)"),
-    "growth_rate": between(1, 256),
-    "img_size": between(1, 1024),
+# The ranges of the data flags that set an input's side, which the training configs and the bench
+# check alike (a model's own hyperparameters have theirs in its spec).
+SIDE_RANGES = {
     "crop_size": between(1, 4096),
     "size": between(1, 4096),
-    "fc_channels": between(1, 65536),
-    "width": (lambda v: 0 < v <= 4, "in (0, 4]"),
 }
 MAX_WORKERS = 256
 
+# fields and builder arguments that are no flags of the training scripts
+NOT_FLAGS = ("demo", "debug", "resume", "num_classes")
 # fields that record how a run ran rather than flags of the training scripts
 RECORDS = ("command", "device_name", "torch_version", "world_size")
 # torch.manual_seed takes 64 bits, and the run adds the rank and 1000 x the epoch to the seed
@@ -41,6 +39,7 @@ SEED_LIMIT = 2 ** 62
 class TrainConfig:
     """What both training scripts take. None means "the model's recipe" or "chosen at run time"."""
     model: str | None = None
+    model_config: dict = field(default_factory=dict)
     epochs: int | None = None
     weights: str | None = None
     data_dir: str = ""
@@ -79,17 +78,22 @@ class TrainConfig:
     task = None  # "cls" or "seg", set by the subclasses
 
     @classmethod
-    def flag_defaults(cls):
-        """``{field: default}`` of the command-line flags (what ``parser.set_defaults`` takes)."""
-        return {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-                for f in dataclasses.fields(cls) if f.name not in RECORDS}
-
-    @classmethod
     def from_dict(cls, values):
-        """A config from a parsed Namespace's ``vars`` or a saved ``args.json``; unknown keys are ignored
-        (so that an older or newer args.json still reads)."""
+        """A config from a saved ``args.json`` (or a checkpoint's ``args``); unknown keys are ignored
+        (so that an older or newer args.json still reads). An args.json written when the
+        hyperparameters were fields of their own (``depth``, ``skips``) has them gathered into
+        ``model_config``."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        fields = {k: v for k, v in values.items() if k in names}
+        if "model_config" not in values and values.get("model"):
+            from hw1.models import get_spec
+
+            try:
+                params = get_spec(values["model"]).hyperparameters()
+            except ValueError:  # a model of another version
+                params = {}
+            fields["model_config"] = {k: v for k, v in values.items() if k in params}
+        return cls(**fields)
 
     def to_dict(self):
         """Plain data, as args.json and checkpoints hold it."""
@@ -97,13 +101,6 @@ class TrainConfig:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
-
-    def with_recipe(self, recipe):
-        """Fields left None taken from ``recipe``; the run folder resolved (the resumed checkpoint's own
-        folder with ``--resume``, else ``runs/<model>``)."""
-        filled = {k: v for k, v in recipe.items() if getattr(self, k, 0) is None}
-        out_dir = self.out_dir or (str(Path(self.resume).parent) if self.resume else f"runs/{self.model}")
-        return self.replace(**filled, out_dir=out_dir)
 
     def problems(self):
         """``[(flag, value, what it must be)]`` of invalid values; the subclasses add their own."""
@@ -134,8 +131,8 @@ class TrainConfig:
             p.append(("--min-lr", self.min_lr, "in [0, --lr]"))
         if self.grad_clip is not None and not self.grad_clip > 0:
             p.append(("--grad-clip", self.grad_clip, "above 0"))
-        if self.ema is not None and not 0 < self.ema < 1:
-            p.append(("--ema", self.ema, "in (0, 1)"))
+        if self.ema is not None and not 0 <= self.ema < 1:
+            p.append(("--ema", self.ema, "in [0, 1) (0: no average)"))
         if self.micro_batch is not None and self.micro_batch < 0:
             p.append(("--micro-batch", self.micro_batch, "0 (whole batches) or more"))
         if self.save_epochs and self.epochs and self.epochs >= 1:
@@ -145,12 +142,28 @@ class TrainConfig:
         return p
 
     def range_problems(self, names):
-        """The problems of the fields ``names`` under :data:`ARCH_RANGES` (None: unset, passes)."""
-        return [("--" + n.replace("_", "-"), getattr(self, n), ARCH_RANGES[n][1]) for n in names
-                if getattr(self, n) is not None and not ARCH_RANGES[n][0](getattr(self, n))]
+        """The problems of the fields ``names`` under :data:`SIDE_RANGES` (None: unset, passes)."""
+        return [("--" + n.replace("_", "-"), getattr(self, n), SIDE_RANGES[n][1]) for n in names
+                if getattr(self, n) is not None and not SIDE_RANGES[n][0](getattr(self, n))]
+
+    def spec(self):
+        from hw1.models import get_spec
+
+        return get_spec(self.model)
 
     def validate(self):
-        """Raise a one-line :class:`UserError` for the first invalid value, or for a device that cannot run."""
+        """Raise a one-line :class:`UserError` for the first invalid value, or for a device that cannot run.
+
+        ``model_config`` becomes the builder's arguments with the defaults filled in (and those
+        derived from this config, e.g. the auxiliary head of ``--aux-weight``), so that args.json
+        and the checkpoints say exactly what was built.
+        """
+        from hw1.models.spec import ArgError
+
+        try:
+            self.model_config = self.spec().model_config(self.model_config, self)
+        except ArgError as e:
+            raise UserError(f"--{e.name.replace('_', '-')} {e.value}: {e.must}") from None
         problems = self.problems()
         if problems:
             flag, value, must = problems[0]
@@ -161,10 +174,18 @@ class TrainConfig:
         return self
 
     def flags(self):
-        """The training script's flags that reproduce this config (records, resume and unset values left out)."""
+        """The training script's flags that reproduce this config (records, resume and unset values
+        left out; the hyperparameters that differ from the builder's defaults)."""
+        values = {k: v for k, v in self.to_dict().items() if k not in ("model_config", "recipe")}
+        hidden = set(NOT_FLAGS)
+        if self.model:
+            spec = self.spec()
+            hidden |= set(spec.hidden)
+            defaults = spec.model_config()
+            values.update({k: v for k, v in self.model_config.items() if defaults.get(k) != v})
         tokens = []
-        for key, value in self.to_dict().items():
-            if key in RECORDS or key in ("demo", "debug", "resume") or value is None or value is False:
+        for key, value in values.items():
+            if key in RECORDS or key in hidden or value is None or value is False:
                 continue
             flag = "--" + key.replace("_", "-")
             tokens += [flag] if value is True else [flag, *map(str, value)] if isinstance(value, list) \
@@ -179,15 +200,7 @@ class ClsConfig(TrainConfig):
     batch_size: int = 128
     label_smoothing: float = 0.1
     aug: str = "seed"
-    # densenet
-    depth: int = 100
-    growth_rate: int = 24
-    compression: float = 0.5
-    drop_rate: float = 0.0
-    stem_pool: bool = False
-    # convnext
-    variant: str = "convnext_tiny"
-    img_size: int = 224
+    model: str = "densenet"
 
     task = "cls"
 
@@ -195,11 +208,6 @@ class ClsConfig(TrainConfig):
         p = super().problems()
         if not 0 <= self.label_smoothing < 1:
             p.append(("--label-smoothing", self.label_smoothing, "in [0, 1)"))
-        if not 0 <= self.drop_rate < 1:
-            p.append(("--drop-rate", self.drop_rate, "in [0, 1)"))
-        p += self.range_problems(("depth", "growth_rate", "img_size"))
-        if not 0 < self.compression <= 1:
-            p.append(("--compression", self.compression, "in (0, 1]"))
         return p
 
     def input_size(self):
@@ -222,30 +230,25 @@ class SegConfig(TrainConfig):
     crop_size: int = 512
     min_scale: float = 0.25
     aux_weight: float = 0.0
-    fc_channels: int = 4096
-    batch_norm: bool = False
-    width: float = 1.0
-    fc_batch_norm: bool = False
-    skips: str = "none"
-    dropout: float = 0.5
     class_weights: str = "none"
     size: int | None = None
+    model: str = "vgg16_fcn32s"
 
     task = "seg"
 
     def problems(self):
         p = super().problems()
-        p += self.range_problems(("crop_size", "size", "fc_channels", "width"))
+        p += self.range_problems(("crop_size", "size"))
         if not 0 < self.min_scale <= 1:
             p.append(("--min-scale", self.min_scale, "in (0, 1]"))
         if self.aux_weight < 0:
             p.append(("--aux-weight", self.aux_weight, "0 or more"))
-        if not 0 <= self.dropout < 1:
-            p.append(("--dropout", self.dropout, "in [0, 1)"))
-        if self.skips not in ("none", "16s", "8s"):
-            p.append(("--skips", self.skips, "none, 16s or 8s"))
-        if self.class_weights not in ("none", "enet", "inv-sqrt"):
-            p.append(("--class-weights", self.class_weights, "none, enet or inv-sqrt"))
+        elif self.aux_weight > 0 and "aux_loss" not in self.spec().hidden:
+            p.append(("--aux-weight", self.aux_weight, f"0: {self.model} has no auxiliary head"))
+        from hw1.losses import CLASS_WEIGHTS
+
+        if self.class_weights not in CLASS_WEIGHTS:
+            p.append(("--class-weights", self.class_weights, ", ".join(CLASS_WEIGHTS)))
         return p
 
     def input_size(self):
@@ -266,6 +269,37 @@ class SegConfig(TrainConfig):
 
 
 CONFIGS = {"cls": ClsConfig, "seg": SegConfig}
+
+
+def resolve(config_cls, typed, hyperparameters=None, *, command=None):
+    """The run's config from the flags the user ``typed`` (``{field: value}``, only those given):
+    the dataclass's defaults, then the model's ``default`` recipe, then the recipe that ``--recipe``
+    (or ``--demo``: the recipe ``demo``) names, then the typed flags, in that order and once.
+
+    ``hyperparameters`` are the model's builder arguments the user typed; a recipe's go under
+    them. The result is not validated yet (:meth:`TrainConfig.validate`).
+    """
+    from hw1.models import get_spec
+
+    typed = dict(typed)
+    spec = get_spec(typed.get("model") or config_cls.model)
+    name = "demo" if typed.get("demo") else typed.get("recipe")
+    if typed.get("demo") and typed.get("recipe"):
+        raise UserError(f"--demo and --recipe {typed['recipe']}: choose one (--demo is the recipe 'demo' on "
+                        "generated data)")
+    named = sorted(r for r in spec.recipes if r != "default")
+    if name is not None and name not in named:
+        raise UserError(f"--{'demo' if name == 'demo' else 'recipe ' + name}: {spec.name} has "
+                        + (f"the recipes {', '.join(named)}" if named else "no named recipes"))
+    recipe = {**spec.recipes.get("default", {}), **(spec.recipes[name] if name else {})}
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    params = spec.hyperparameters()
+    values = {**{k: v for k, v in recipe.items() if k in fields}, **typed}
+    model_config = {**{k: v for k, v in recipe.items() if k in params}, **(hyperparameters or {})}
+    out_dir = values.get("out_dir") or (str(Path(values["resume"]).parent) if values.get("resume")
+                                        else f"runs/{spec.name}")
+    return config_cls(**{**values, "model": spec.name, "out_dir": out_dir, "command": command,
+                         "model_config": model_config})
 
 
 def config_of(task, values):

@@ -50,7 +50,8 @@ class RunDir:
         found = {}
         for p in sorted(self.path.glob("epoch_*.pth")):
             m = EPOCH.fullmatch(p.name)
-            if m:
+            # only the names a run writes: a user's epoch_5.pth is not one (--overwrite leaves it)
+            if m and p.name == epoch_name(int(m.group(1))):
                 found[int(m.group(1))] = p
         return found
 
@@ -88,8 +89,8 @@ class RunDir:
             if not required:
                 return []
             raise UserError(f"{path}: not found (a run folder written by train_cls.py / train_seg.py has one)")
-        text = path.read_text()
-        lines = text.splitlines()
+        lines = path.read_text().splitlines()
+        last = max((n for n, line in enumerate(lines, start=1) if line.strip()), default=0)
         records = []
         for n, line in enumerate(lines, start=1):
             if not line.strip():
@@ -97,7 +98,9 @@ class RunDir:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                if n == len(lines) and not text.endswith("\n"):
+                # the last line alone can be cut short: by a run stopped while appending it (a
+                # newline may follow it, added by hand or by a tool); one before it is damage
+                if n == last:
                     log.warning("%s: line %d is cut short (a run stopped while writing it); ignoring it", path, n)
                     continue
                 raise UserError(f"{path}: line {n} is not JSON") from None

@@ -109,10 +109,13 @@ def load_resume(config, *, model_name, model_config):
     if missing:
         raise UserError(f"{path}: cannot resume from it: it has no {', '.join(missing)} (weights only?); "
                         "pass it as --weights to start a new run from its weights")
-    if ckpt["model_name"] != model_name or ckpt["model_config"] != model_config:
-        raise UserError(f"{path}: checkpoint is {ckpt['model_name']} {ckpt['model_config']}, "
-                        f"not {model_name} {model_config}")
     saved = ckpt.get("args") or {}
+    # both filled in with the builder's defaults: a checkpoint that left a default out compares equal
+    if ckpt["model_name"] != model_name or filled(ckpt) != model_config:
+        recipe = saved.get("recipe")
+        hint = f"; the run was made with --recipe {recipe}, resume with it" if recipe and recipe != config.recipe else ""
+        raise UserError(f"{path}: checkpoint is {ckpt['model_name']} {ckpt['model_config']}, "
+                        f"not {model_name} {model_config}{hint}")
     for flag in RESUME_FLAGS:
         if flag in saved and saved[flag] != getattr(config, flag):
             raise UserError(f"{path}: written with --{flag.replace('_', '-')} {saved[flag]}, this run has "
@@ -124,6 +127,17 @@ def load_resume(config, *, model_name, model_config):
         raise UserError(f"{path}: checkpoint of epoch {ckpt['epoch']}, past --epochs {config.epochs}; "
                         f"resume with --epochs {ckpt['epoch']} or more")
     return ckpt
+
+
+def filled(ckpt):
+    """The checkpoint's ``model_config`` with its builder's defaults filled in, or as it is when
+    it does not fit the builder (the comparison with this run's then fails and says so)."""
+    from hw1.models.spec import ArgError
+
+    try:
+        return get_spec(ckpt["model_name"]).model_config(ckpt["model_config"])
+    except (ArgError, ValueError):
+        return ckpt["model_config"]
 
 
 def restore(ckpt, path, *, model, optimizer, scheduler, scaler, seed, steps_per_epoch):
@@ -183,7 +197,7 @@ def train(config, load_splits):
     spec = get_spec(config.model)
     setup_logging()
     seed_everything(config.seed)
-    model_config = spec.model_config(config)
+    model_config = config.model_config  # the builder's arguments, defaults filled in (validate)
     check_buildable(spec, model_config, config.input_size())
     resume = load_resume(config, model_name=spec.name, model_config=model_config)
     if resume is not None and resume["epoch"] == config.epochs:

@@ -127,13 +127,16 @@ def test_stem_pool_reaches_the_benched_model():
     args = parse_args(["--depth", "16", "--growth-rate", "6", "--stem-pool"])
     config, shape, classes, _ = model_setup("densenet", args)
     assert config["stem_pool"] is True and shape == (3, 32, 32) and classes == 50
-    assert "stem_pool" not in model_setup("densenet", parse_args([]))[0]
+    assert model_setup("densenet", parse_args([]))[0]["stem_pool"] is False
 
 
 def test_defaults_follow_the_training_script():
-    train = train_cls.get_args_parser().parse_args([])
+    from hw1.cli import start_run
+    from hw1.config import ClsConfig
+
+    train = start_run("train_cls.py", train_cls.get_args_parser(), [], None, ClsConfig)
     args = parse_args([])
-    assert (args.depth, args.growth_rate, args.img_size) == (train.depth, train.growth_rate, train.img_size)
+    assert model_setup("densenet", args)[0] == {**train.model_config, "weights": "none"}
     assert DATA_BATCH == train.batch_size
     assert args.e2e_workers == train.workers
     cpu = torch.device("cpu")
@@ -146,8 +149,9 @@ def test_batch_sizes_per_model_and_for_all():
     assert parse_args(["--batch-size", "3", "convnext=5"]).batch_size == {
         "densenet": 3, "convnext": 5, "vgg16_fcn32s": 3, "resnet101_fcn": 3}
     quick = parse_args(["--quick", "--batch-size", "densenet=7"])
-    assert quick.batch_size == {**QUICK_BATCH, "densenet": 7} and quick.depth == 40
-    assert parse_args(["--quick", "--depth", "100"]).depth == 100  # explicit flags win over the preset
+    assert quick.batch_size == {**QUICK_BATCH, "densenet": 7} and quick.hyperparameters["depth"] == 40
+    # explicit flags win over the preset
+    assert parse_args(["--quick", "--depth", "100"]).hyperparameters["depth"] == 100
     with pytest.raises(SystemExit):
         parse_args(["--batch-size", "alexnet=2"])
 

@@ -83,8 +83,7 @@ def test_invalid_seg_values(flags, message, tmp_path, capsys):
 
 
 def _config(script, argv, config_cls):
-    return start_run(f"{script.__name__}.py", script.get_args_parser(), argv, script.DEMO_DEFAULTS,
-                     make_cls_demo, config_cls)
+    return start_run(f"{script.__name__}.py", script.get_args_parser(), argv, make_cls_demo, config_cls)
 
 
 def test_the_recipe_fills_what_no_flag_sets():
@@ -103,12 +102,69 @@ def test_the_recipe_fills_what_no_flag_sets():
     assert _config(train_cls, ["--resume", "runs/x/last.pth", "--out-dir", "y"], ClsConfig).out_dir == "y"
 
 
-def test_parser_defaults_are_the_config_defaults():
-    parsed = vars(train_cls.get_args_parser().parse_args([]))
-    defaults = ClsConfig.flag_defaults()
-    assert {k: parsed[k] for k in defaults} == {**defaults, "model": "densenet"}
-    assert set(parsed) == set(defaults)  # every flag is a field of the config and the other way round
-    assert set(vars(train_seg.get_args_parser().parse_args([]))) == set(SegConfig.flag_defaults())
+def test_flags_turn_off_what_a_recipe_turns_on():
+    cpu = _config(train_cls, ["--recipe", "cpu"], ClsConfig)
+    assert cpu.ema == 0.998 and cpu.model_config["stem_pool"]
+    off = _config(train_cls, ["--recipe", "cpu", "--ema", "0", "--no-stem-pool"], ClsConfig)
+    assert off.ema == 0 and not off.model_config["stem_pool"] and off.model_config["depth"] == 52
+
+
+def test_resuming_a_recipe_run_without_its_recipe_says_so(cls_tiny_run, tmp_path):
+    import torch
+
+    from hw1.errors import UserError
+    from hw1.trainer import load_resume
+
+    ckpt = torch.load(cls_tiny_run[0] / "last.pth", weights_only=True)
+    ckpt["args"]["recipe"], ckpt["model_config"]["depth"] = "cpu", 52
+    torch.save(ckpt, tmp_path / "last.pth")
+    config = ClsConfig(model="densenet", epochs=4, resume=str(tmp_path / "last.pth"))
+    with pytest.raises(UserError, match="the run was made with --recipe cpu, resume with it"):
+        load_resume(config, model_name="densenet", model_config={**ckpt["model_config"], "depth": 10})
+
+
+def test_one_overlay_defaults_then_recipes_then_typed_flags():
+    """No flag has a parser default: what is not typed comes from the dataclass, then the model's
+    recipes, in one pass; the hyperparameters from the builder's signature."""
+    assert vars(train_cls.get_args_parser().parse_args([])) == {}
+    assert vars(train_seg.get_args_parser().parse_args(["--skips", "8s"])) == {"skips": "8s"}
+    plain = _config(train_cls, [], ClsConfig)
+    assert plain.model_config == {"depth": 100, "growth_rate": 24, "compression": 0.5, "bn_size": 4,
+                                  "drop_rate": 0.0, "stem_pool": False, "num_classes": 50}
+    assert (plain.batch_size, plain.lr, plain.aug) == (ClsConfig.batch_size, 0.1, "seed")
+    cpu = _config(train_cls, ["--recipe", "cpu", "--epochs", "3", "--depth", "40"], ClsConfig)
+    assert (cpu.epochs, cpu.lr, cpu.model_config["depth"], cpu.model_config["stem_pool"]) == (3, 0.2, 40, True)
+    demo = _config(train_cls, ["--demo", "--epochs", "3"], ClsConfig)
+    assert (demo.epochs, demo.model_config["depth"], demo.aug, demo.out_dir) == (3, 22, "none", "runs/demo_cls")
+    seg_demo = _config(train_seg, ["--demo", "--lr", "0.5"], SegConfig)
+    assert seg_demo.lr == 0.5 and seg_demo.model_config["batch_norm"] and seg_demo.crop_size == 128
+    # --model-config and a flag of the model's own say the same
+    assert _config(train_cls, ["--model-config", "depth=40", "stem_pool=True"], ClsConfig).model_config == \
+        _config(train_cls, ["--depth", "40", "--stem-pool"], ClsConfig).model_config
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "convnext", "--stem-pool"], "--stem-pool True: convnext takes no stem_pool (it takes variant, "
+                                              "img_size)"),
+    (["--model-config", "depth=11"], "--depth 11: must be 6n+4"),
+    (["--model-config", "depth=40.5"], "--depth 40.5: must be an integer"),
+    (["--model-config", "colour=red"], "--colour red: densenet takes no colour"),
+    (["--recipe", "gpu"], "--recipe gpu: densenet has the recipes cpu, demo"),
+    (["--demo", "--recipe", "cpu"], "--demo and --recipe cpu: choose one"),
+])
+def test_hyperparameters_the_model_does_not_take_are_refused(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(train_cls.main, [*argv, "--data-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "run")])
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_aux_weight_needs_a_model_with_an_auxiliary_head(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(train_seg.main, ["--aux-weight", "0.4", "--data-dir", str(tmp_path), "--weights", "none"])
+    assert "--aux-weight 0.4: must be 0: vgg16_fcn32s has no auxiliary head" in capsys.readouterr().err
+    resnet = _config(train_seg, ["--model", "resnet101_fcn", "--aux-weight", "0.4"], SegConfig)
+    assert resnet.model_config == {"aux_loss": True, "num_classes": 7}
 
 
 def test_config_is_saved_as_it_is(cls_tiny_run):
@@ -118,7 +174,7 @@ def test_config_is_saved_as_it_is(cls_tiny_run):
     saved = json.loads((run_dir / "args.json").read_text())
     config = config_of("cls", saved)
     assert isinstance(config, ClsConfig) and config.to_dict() == saved
-    assert config.depth == 10 and config.epochs == 4 and config.device_name.startswith("CPU")
+    assert config.model_config["depth"] == 10 and config.epochs == 4 and config.device_name.startswith("CPU")
     cpu = torch.device("cpu")  # resolved as the run ran: this CPU's defaults for DenseNet
     assert config.channels_last == channels_last_default(None, "densenet", cpu) is not None
     assert config.micro_batch == micro_batch_default(None, "densenet", cpu)
@@ -126,5 +182,8 @@ def test_config_is_saved_as_it_is(cls_tiny_run):
     assert ckpt["args"] == saved
     # an args.json of another version still reads: unknown keys are ignored, missing ones default
     assert config_of("cls", {**saved, "renamed_flag": 1}).to_dict() == saved
-    assert config_of("cls", {"model": "densenet"}).depth == 100
+    assert config_of("cls", {"model": "densenet"}).model_config == {}
+    # an args.json from when the hyperparameters were fields of their own
+    assert config_of("cls", {"model": "densenet", "depth": 52, "stem_pool": True}).model_config == \
+        {"depth": 52, "stem_pool": True}
     assert config_of("seg", {}) is None

@@ -1,6 +1,8 @@
 """hw1.data.cls and hw1.data.demo: file names, label CSVs, decoding odd images, transforms, demo data."""
 import csv
 import logging
+import os
+import warnings
 
 import numpy as np
 import pytest
@@ -159,6 +161,45 @@ def test_non_image_files_are_skipped_with_a_warning(tmp_path, caplog):
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "notes.txt" in warnings[0].getMessage()
     assert "1 non-image" in warnings[0].getMessage()
+
+
+def test_entries_named_like_images_that_are_not_files_are_skipped_with_a_warning(tmp_path, caplog):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    _solid("RGB", (32, 32), (0, 0, 0)).save(folder / "2_a.png")
+    (folder / "3_dir.png").mkdir()
+    os.mkfifo(folder / "4_fifo.png")
+    with caplog.at_level(logging.WARNING):
+        assert load_cls_split(folder).files == ["2_a.png"]
+    assert "skipped 2 name(s) of an image that are not files" in caplog.text and "3_dir.png" in caplog.text
+
+
+def test_a_very_large_image_warns_naming_the_file_and_a_larger_one_is_an_error(tmp_path, caplog, monkeypatch):
+    from hw1.data.images import read_rgb
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL warns past this and refuses past twice it
+    _solid("RGB", (12, 12), (1, 2, 3)).save(tmp_path / "big.png")
+    _solid("RGB", (15, 15), (1, 2, 3)).save(tmp_path / "huge.png")
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's own warning, without the file's name, is not shown
+        assert read_rgb(tmp_path / "big.png").shape == (12, 12, 3)
+    assert f"{tmp_path / 'big.png'}: a very large image" in caplog.text
+    with pytest.raises(UserError, match=r"huge.png: cannot read image \(Image size"):
+        read_rgb(tmp_path / "huge.png")
+
+
+def test_exif_orientation_is_not_applied(tmp_path):
+    """Pixels are read as stored: the course's masks are aligned to the stored pixels, not to a
+    camera's orientation tag (the course's images have none)."""
+    from hw1.data.images import read_rgb
+
+    image = np.zeros((4, 8, 3), np.uint8)
+    image[0, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(image).save(tmp_path / "tagged.png", exif=exif)
+    assert Image.open(tmp_path / "tagged.png").getexif()[0x0112] == 6
+    assert (read_rgb(tmp_path / "tagged.png") == image).all()
 
 
 def test_empty_and_missing_folders(tmp_path):

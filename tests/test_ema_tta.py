@@ -130,17 +130,19 @@ def test_stem_pool_runs_the_blocks_at_half_the_side():
 
 
 def test_recipe_fills_defaults_and_explicit_flags_win(monkeypatch):
-    from hw1.cli import parse_args
+    from hw1.cli import start_run
+    from hw1.config import ClsConfig
     from hw1.models import densenet
 
-    preset = densenet.SPEC.presets["cpu"]
-    args = parse_args(train_cls.get_args_parser(), ["--recipe", "cpu"], train_cls.DEMO_DEFAULTS)
-    for key, value in preset.items():
-        assert getattr(args, key) == value, key
-    args = parse_args(train_cls.get_args_parser(), ["--recipe", "cpu", "--epochs", "3"], train_cls.DEMO_DEFAULTS)
-    assert args.epochs == 3
+    def config(*argv):
+        return start_run("train_cls.py", train_cls.get_args_parser(), list(argv), None, ClsConfig)
+
+    recipe = config("--recipe", "cpu")
+    for key, value in densenet.SPEC.recipes["cpu"].items():
+        assert recipe.model_config.get(key, getattr(recipe, key, None)) == value, key
+    assert config("--recipe", "cpu", "--epochs", "3").epochs == 3
     with pytest.raises(UserError, match="--recipe gpu: densenet has the recipes cpu"):
-        parse_args(train_cls.get_args_parser(), ["--recipe", "gpu"], train_cls.DEMO_DEFAULTS)
+        config("--recipe", "gpu")
 
 
 def test_recipe_is_recorded_in_args_json(cls_tiny_data, cls_tiny_train_argv, tmp_path):
@@ -148,4 +150,4 @@ def test_recipe_is_recorded_in_args_json(cls_tiny_data, cls_tiny_train_argv, tmp
     train_cls.main(cls_tiny_train_argv(cls_tiny_data, tmp_path / "r", "--recipe", "cpu", "--stem-pool",
                                        "--ema", "0.5", epochs=1))
     args = json.loads((tmp_path / "r" / "args.json").read_text())
-    assert args["recipe"] == "cpu" and args["depth"] == 10 and args["epochs"] == 1
+    assert args["recipe"] == "cpu" and args["model_config"]["depth"] == 10 and args["epochs"] == 1

@@ -78,12 +78,12 @@ def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path, caplog):
         assert [r["epoch"] for r in folder.read_metrics()] == [1, 2]
     assert "line 3 is cut short" in caplog.text
     assert [r["epoch"] for r in folder.read_metrics(upto_epoch=1)] == [1]
-    # a broken line that is not the last one (or a last line that was written whole) is an error
+    # a newline after the torn line (added by a tool or by hand) does not make it an error that
+    # would block every resume; a broken line before the last one is damage, and an error
+    folder.metrics.write_text(lines[0] + "\n" + '{"epoch": 2\n\n')
+    assert [r["epoch"] for r in folder.read_metrics()] == [1]
     folder.metrics.write_text('{"epoch": 1\n' + lines[1] + "\n")
     with pytest.raises(UserError, match="line 1 is not JSON"):
-        folder.read_metrics()
-    folder.metrics.write_text(lines[0] + "\n" + '{"epoch": 2\n')
-    with pytest.raises(UserError, match="line 2 is not JSON"):
         folder.read_metrics()
     folder.metrics.write_text(lines[0] + "\n" + '{"lr": 1}\n')
     with pytest.raises(UserError, match="line 2 has no 'epoch'"):
@@ -91,6 +91,15 @@ def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path, caplog):
     assert RunDir(tmp_path / "none").read_metrics(required=False) == []
     with pytest.raises(UserError, match="not found"):
         RunDir(tmp_path / "none").read_metrics()
+
+
+def test_overwrite_leaves_files_of_names_a_run_never_writes(tmp_path):
+    folder = RunDir(tmp_path)
+    for name in ("epoch_005.pth", "epoch_5.pth", "epoch_0005.pth", "last.pth"):
+        (tmp_path / name).write_bytes(b"x")
+    assert set(folder.epoch_files()) == {5}
+    folder.clear()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0005.pth", "epoch_5.pth"]
 
 
 def test_resume_after_a_crash_while_appending(two_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path):

@@ -270,8 +270,9 @@ def test_train_seg_checkpoints_load_weights_only(seg_run):
     best = torch.load(out_dir / "best.pth", map_location="cpu", weights_only=True)
     for ckpt in (last, best):
         assert ckpt["model_name"] == "vgg16_fcn32s" and ckpt["task"] == "seg"
-        assert ckpt["model_config"] == {"num_classes": NUM_CLASSES, "fc_channels": FC, "batch_norm": False}
-        assert ckpt["args"]["fc_channels"] == FC and ckpt["args"]["model"] == "vgg16_fcn32s"
+        assert ckpt["model_config"] == {"num_classes": NUM_CLASSES, "fc_channels": FC, "batch_norm": False,
+                                        "width": 1.0, "fc_batch_norm": False, "skips": "none", "dropout": 0.5}
+        assert ckpt["args"]["model_config"] == ckpt["model_config"] and ckpt["args"]["model"] == "vgg16_fcn32s"
         assert ckpt["model"]["fc6.weight"].shape == (FC, 512, 7, 7)
         assert ckpt["model"]["score.weight"].shape == (NUM_CLASSES, FC, 1, 1)
     assert last["epoch"] == 2

@@ -71,7 +71,8 @@ def test_metrics_jsonl(cls_tiny_run, cls_tiny_data):
 def test_args_json(cls_tiny_run, cls_tiny_data):
     run_dir, _ = cls_tiny_run
     args = json.loads((run_dir / "args.json").read_text())
-    assert args["model"] == "densenet" and args["depth"] == 10 and args["growth_rate"] == 4
+    assert args["model"] == "densenet" and args["model_config"]["depth"] == 10
+    assert args["model_config"] == torch.load(run_dir / "last.pth", weights_only=True)["model_config"]
     assert args["epochs"] == 4 and args["lr"] == 0.05 and args["batch_size"] == 8 and args["aug"] == "none"
     assert args["data_dir"] == str(cls_tiny_data) and args["out_dir"] == str(run_dir)
     assert args["weights"] == "none" and args["resume"] is None
@@ -85,8 +86,9 @@ def test_checkpoints(cls_tiny_run, cls_tiny_data):
     assert {"model", "optimizer", "scheduler", "scaler", "epoch", "best", "rng", "model_name", "model_config",
             "args", "task", "metrics"} <= set(last)
     assert last["model_name"] == "densenet" and last["task"] == "cls"
-    assert last["model_config"] == {"depth": 10, "growth_rate": 4, "compression": 0.5, "drop_rate": 0.0,
-                                    "num_classes": 50}
+    # the builder's arguments with its defaults filled in
+    assert last["model_config"] == {"depth": 10, "growth_rate": 4, "compression": 0.5, "bn_size": 4, "drop_rate": 0.0,
+                                    "stem_pool": False, "num_classes": 50}
     assert isinstance(last["args"], dict) and last["args"]["epochs"] == 4
     assert last["epoch"] == 4 and last["metrics"] == records[-1]
     assert last["scheduler"]["last_step"] == 4 * steps
@@ -198,8 +200,8 @@ def test_resume_with_nothing_left_to_train_writes_nothing(cls_tiny_run, cls_tiny
     (["--model", "convnext", "--img-size", "16", "--weights", "none"], "cannot be built and run on 32x32"),
     (["--growth-rate", "1", "--compression", "0.01"], "cannot be built and run on 32x32"),
 ])
-def test_a_model_that_cannot_build_or_run_is_refused_before_any_work(flags, message, cls_tiny_train_argv, tmp_path):
-    argv = cls_tiny_train_argv(tmp_path / "no_data", tmp_path / "run", *flags)
+def test_a_model_that_cannot_build_or_run_is_refused_before_any_work(flags, message, cls_tiny_data, tmp_path):
+    argv = ["--data-dir", str(cls_tiny_data), "--out-dir", str(tmp_path / "run"), *flags]
     with pytest.raises(UserError, match=message):
         train_cls.main(argv)
     assert not (tmp_path / "run").exists()

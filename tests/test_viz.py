@@ -21,6 +21,7 @@ if str(REPO) not in sys.path:
 import viz  # noqa: E402
 from hw1 import plots  # noqa: E402
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
+from hw1.cli import parse_key_values  # noqa: E402
 from hw1.data.masks import PALETTE  # noqa: E402
 from hw1.data.scenes import make_seg_demo  # noqa: E402
 from hw1.errors import UserError  # noqa: E402
@@ -168,7 +169,7 @@ def test_curves_overlays_runs(cls_tiny_run, tmp_path):
     written = viz.main(["curves", str(cls_tiny_run[0]), str(seg_run), "--labels", "cls", "seg",
                         "--out-dir", str(tmp_path), "--dpi", str(DPI)])
     assert png_size(written[0]) == px(15, 4.6)
-    (seg_run / "metrics.jsonl").write_text("{not json\n")
+    (seg_run / "metrics.jsonl").write_text("{not json\n" + json.dumps(lines[0]) + "\n")
     with pytest.raises(UserError, match=r"metrics.jsonl: line 1"):
         viz.main(["curves", str(seg_run), "--out-dir", str(tmp_path)])
     with pytest.raises(UserError, match="metrics.jsonl: not found"):
@@ -196,6 +197,18 @@ def test_confusion_figure_handles_absent_class(tmp_path):
     assert png_size(path) == px(13, 5.2)
 
 
+def test_arch_draws_what_training_builds(tmp_path, capsys):
+    """Without --config, the builder's defaults: the growth rate training uses (one home for it)."""
+    import train_cls
+    from hw1.cli import start_run
+    from hw1.config import ClsConfig
+
+    viz.main(["arch", "--model", "densenet", "--out-dir", str(tmp_path), "--dpi", str(DPI)])
+    trained = start_run("train_cls.py", train_cls.get_args_parser(), [], None, ClsConfig)
+    built = build_model("densenet", weights="none", **trained.model_config)
+    assert f"{sum(p.numel() for p in built.parameters()):,}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("model,config,size", [
     ("densenet", ["depth=10", "growth_rate=4"], 32),
     ("vgg16_fcn32s", ["fc_channels=16", "batch_norm=True"], 64),
@@ -204,9 +217,9 @@ def test_arch_figure_and_table(model, config, size, tmp_path, capsys):
     written = viz.main(["arch", "--model", model, "--config", *config, "--input-size", str(size),
                         "--out-dir", str(tmp_path), "--dpi", str(DPI)])
     table = capsys.readouterr().out
-    built = build_model(model, weights="none", **viz.parse_config(config))
+    built = build_model(model, weights="none", **parse_key_values(config))
     rows, total = model_summary(built, size, get_spec(model))
-    assert total == sum(p.numel() for p in build_model(model, weights="none", **viz.parse_config(config)).parameters())
+    assert total == sum(p.numel() for p in built.parameters())
     assert f"{total:,}" in table
     n = len(rows) + 1  # + the input box
     assert png_size(written[0]) == px(10, 0.62 * n + 1.3)

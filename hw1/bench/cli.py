@@ -38,14 +38,16 @@ import torchvision
 
 from hw1.bench.data import DATA_BATCH, bench_data, p1_train_folder
 from hw1.bench.models import (BASELINE, CONFIGS, DEFAULT, TRAIN_FLOPS_NOTE, bench_model, default_config_name,
-                              trainer_defaults)
+                              model_config_of, trainer_defaults)
 from hw1.bench.reference import bench_reference
 from hw1.bench.timing import matmul_peak
-from hw1.cli import AT_LEAST_1, check_numbers, require_layout
-from hw1.config import ARCH_RANGES, MAX_WORKERS, ClsConfig, SegConfig, between
+from hw1.cli import AT_LEAST_1, add_model_args, check_numbers, require_layout, split_hyperparameters
+from hw1.config import MAX_WORKERS, SIDE_RANGES, ClsConfig, SegConfig, between
 from hw1.data.cls import cls_train_transform, load_cls_split
+from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
-from hw1.models import model_names
+from hw1.models import get_spec, model_names
+from hw1.models.spec import ArgError
 from hw1.outputs import check_output
 from hw1.runtime import (cpu_cores, cpu_flags, cpu_has_fast_bf16, cpu_kind, cpu_model, device_name, get_device,
                          setup_logging)
@@ -107,7 +109,8 @@ def run_parts(args, device, argv):
     step = densenet_step_img_s(results, device)
     if "data" in results and step:
         results["data"]["densenet_step_img_s"] = step
-        results["data"]["densenet"] = {"depth": args.depth, "growth_rate": args.growth_rate, "stem_pool": args.stem_pool,
+        densenet = model_config_of("densenet", args)
+        results["data"]["densenet"] = {**{k: densenet[k] for k in ("depth", "growth_rate", "stem_pool")},
                                        "config": default_config_name(device)}
         results["data"]["goal_ratio"] = 5
         for r in results["data"]["workers"].values():
@@ -195,21 +198,8 @@ def get_args_parser():
                                               "never a file already there unless named here)")
     p.add_argument("--overwrite", action="store_true", help="let --out replace a file that is not a JSON output")
     p.add_argument("--matmul-size", type=int, default=None, help="n of the peak matmul (default: 2048 CPU, 8192 CUDA)")
-    g = p.add_argument_group("models (the training scripts' defaults)")
-    g.add_argument("--depth", type=int, default=ClsConfig.depth, help="DenseNet-BC depth, 6n+4 (default: %(default)s)")
-    g.add_argument("--growth-rate", type=int, default=ClsConfig.growth_rate, help="DenseNet growth rate (default: %(default)s)")
-    g.add_argument("--stem-pool", action="store_true", help="DenseNet with the pooled stem (train_cls.py --stem-pool)")
-    g.add_argument("--variant", default=ClsConfig.variant, help="(default: %(default)s)")
-    g.add_argument("--img-size", type=int, default=ClsConfig.img_size, help="ConvNeXt's internal resolution (default: %(default)s)")
-    g.add_argument("--crop-size", type=int, default=SegConfig.crop_size, help="P2 training crop (default: %(default)s)")
-    g.add_argument("--width", type=float, default=SegConfig.width,
-                   help="VGG16-FCN's trunk channel multiplier (train_seg.py --width; default: %(default)s)")
-    g.add_argument("--fc-channels", type=int, default=SegConfig.fc_channels, help="VGG16-FCN's fc6/fc7 width "
-                   "(default: %(default)s)")
-    g.add_argument("--batch-norm", action="store_true", help="VGG16-FCN with VGG16-BN's trunk")
-    g.add_argument("--fc-batch-norm", action="store_true", help="VGG16-FCN with batch norm after fc6/fc7")
-    g.add_argument("--skips", choices=["none", "16s", "8s"], default=SegConfig.skips,
-                   help="VGG16-FCN's skip heads (default: %(default)s)")
+    p.add_argument("--crop-size", type=int, default=SegConfig.crop_size, help="P2 training crop (default: %(default)s)")
+    add_model_args(p, [get_spec(n) for n in model_names()])  # each model takes the hyperparameters it has
     g = p.add_argument_group("P1 data pipeline and the reference")
     g.add_argument("--data-dir", help=f"P1 data, a folder with train_50/ in it (default: {ClsConfig.data_dir}, or "
                                       "generated digits where that has no train_50/)")
@@ -227,7 +217,7 @@ def get_args_parser():
 # numeric flags checked once parsed (the --quick preset included), before anything runs
 ARG_RULES = {
     "steps": AT_LEAST_1, "repeats": AT_LEAST_1, "warmup": (lambda v: v >= 0, "0 or more"),
-    **{k: ARCH_RANGES[k] for k in ("depth", "growth_rate", "img_size", "crop_size", "width", "fc_channels")},
+    "crop_size": SIDE_RANGES["crop_size"],
     "threads": between(1, 1024), "matmul_size": between(1, 32768), "workers": between(0, MAX_WORKERS),
     "data_batches": AT_LEAST_1, "e2e_steps": AT_LEAST_1, "e2e_batch_size": AT_LEAST_1,
     "e2e_workers": between(0, MAX_WORKERS),
@@ -241,6 +231,12 @@ def parse_args(argv):
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)
     check_numbers(args, ARG_RULES)
+    _, args.hyperparameters = split_hyperparameters(dict(vars(args)), [get_spec(n) for n in model_names()])
+    for name in args.models:  # a value out of a model's range is a one-line error before anything runs
+        try:
+            model_config_of(name, args)
+        except ArgError as e:
+            raise UserError(f"--{e.name.replace('_', '-')} {e.value}: {e.must}") from None
     if args.data_dir is None:  # train_cls.py's default; p1_train_folder generates digits where it has no data
         args.data_dir = ClsConfig.data_dir
     else:  # a folder named on the command line must hold the data: no silent stand-in for a mistyped path

@@ -21,11 +21,6 @@ from hw1.schedule import CosineSchedule
 
 log = logging.getLogger(__name__)
 
-# the flags of this bench that set a model's training config (the rest are train_cls/seg defaults)
-MODEL_FLAGS = ("depth", "growth_rate", "stem_pool", "variant", "img_size", "crop_size", "width", "fc_channels",
-               "batch_norm", "fc_batch_norm", "skips")
-
-
 class Config(NamedTuple):
     channels_last: bool
     amp: str  # an --amp mode, resolved by hw1.runtime.amp_dtype
@@ -58,16 +53,23 @@ TRAIN_FLOPS_NOTE = ("train FLOPs = 3 x forward (backward ~ 2 x forward); FlopCou
 def model_setup(name, args):
     """(build config, input (C, H, W), number of classes, loss) of ``name`` as training uses it by default.
 
-    The model's spec and the training config with this bench's model flags give them: P1 models
-    take their spec's input size (ConvNeXt upsamples inside the model to ``--img-size``), P2 models
-    the training crop ``--crop-size``.
+    The model's spec and this bench's hyperparameter flags (``args.hyperparameters``, those the
+    model takes) give them: P1 models take their spec's input size (ConvNeXt upsamples inside the
+    model to ``--img-size``), P2 models the training crop ``--crop-size``.
     """
     spec = get_spec(name)
-    train = TRAIN_CONFIGS[spec.task].from_dict({"model": name, **{k: getattr(args, k) for k in MODEL_FLAGS}})
-    config = {**spec.model_config(train), "weights": "none"}
+    train = TRAIN_CONFIGS[spec.task](model=name)
+    config = {**model_config_of(name, args), "weights": "none"}
     side = spec.input_size if spec.task == "cls" else args.crop_size
     # train_seg.py's default: no auxiliary head, so SegLoss is plain cross-entropy over labelled pixels
     return config, (3, side, side), spec.num_classes, train.criterion()
+
+
+def model_config_of(name, args):
+    """The builder arguments of model ``name`` under this bench's hyperparameter flags (those it takes)."""
+    spec = get_spec(name)
+    params = spec.hyperparameters()
+    return spec.model_config({k: v for k, v in args.hyperparameters.items() if k in params})
 
 
 def synthetic_batch(shape, num_classes, batch_size, *, task, device, seed=0):

@@ -86,7 +86,7 @@ def bench_reference(ours_dataset, folder, args, device, models):
     ours_cfg, ref_cfg = CONFIGS[ours_name], CONFIGS[BASELINE]
     config, shape, num_classes, criterion = model_setup("densenet", args)
     ours = build_model("densenet", **config)
-    ref = reference_densenet(depth=args.depth, growth_rate=args.growth_rate, stem_pool=args.stem_pool)
+    ref = reference_densenet(depth=config["depth"], growth_rate=config["growth_rate"], stem_pool=config["stem_pool"])
     batch = batch_size_of("densenet", args, device)
     images, targets = synthetic_batch(shape, num_classes, batch, task="cls", device=device)
     timing = dict(criterion=criterion, images=images, targets=targets, device=device, steps=args.steps,

@@ -1,5 +1,7 @@
 """Reading images the same way everywhere: RGB uint8, any PIL mode and bit depth converted, errors naming the file."""
+import contextlib
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +21,14 @@ STD = (0.229, 0.224, 0.225)
 def folder_files(folder):
     """Sorted files of ``folder`` (links followed), hidden names and subfolders left out.
 
-    A link that leads nowhere (a missing target, or a loop) is skipped with a warning naming it:
-    it would otherwise be an input silently missing from the output.
+    A link that leads nowhere (a missing target, or a loop) and anything named like an image that
+    is not a file (a folder ``x.png``, a FIFO) are skipped with a warning naming them: each would
+    otherwise be an input silently missing from the output.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: folder not found")
-    files, broken = [], []
+    files, broken, odd = [], [], []
     for p in sorted(folder.iterdir()):
         if p.name.startswith("."):
             continue
@@ -33,10 +36,38 @@ def folder_files(folder):
             files.append(p)
         elif p.is_symlink() and not p.exists():
             broken.append(p.name)
+        elif p.suffix.lower() in IMG_EXTS:
+            odd.append(p.name)
     if broken:
         log.warning("%s: skipped %d link(s) that lead nowhere (missing target or a loop), e.g. %s",
                     folder, len(broken), broken[0])
+    if odd:
+        log.warning("%s: skipped %d name(s) of an image that are not files (a folder, a FIFO), e.g. %s",
+                    folder, len(odd), odd[0])
     return files
+
+
+@contextlib.contextmanager
+def open_image(path, what="image"):
+    """``Image.open(path)``, its errors and warnings naming ``path`` (a ``what``).
+
+    PIL warns about an image of more than ~89 M pixels (a possible decompression bomb) through
+    ``warnings`` without saying which file; the warning is logged with the file's name instead.
+    Past twice that PIL refuses the image, which is the one-line error here. EXIF orientation is
+    not applied: pixels are read as stored, as the course's masks are aligned to them.
+    """
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                yield im
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UserError(f"{path}: cannot read {what} ({e})".splitlines()[0]) from None
+    for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            log.warning("%s: a very large %s (%s)", path, what, str(w.message).splitlines()[0])
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def list_images(folder):
@@ -100,28 +131,22 @@ def read_rgb(path, size=None, *, draft=False, with_size=False):
     ``with_size``, returns (array, the file's own (H, W)).
     """
     hw = (size, size) if isinstance(size, int) else size
-    try:
-        with Image.open(path) as im:
-            own = (im.height, im.width)
-            if hw is not None and draft:
-                # draft keeps the decoded image at least as large as asked
-                im.draft(None, (hw[1], hw[0]))
-            im = to_rgb(im, path)
-            if hw is not None:
-                im = _bilinear(im, hw)
-            image = np.array(im, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: cannot read image ({e})".splitlines()[0]) from None
+    with open_image(path) as im:
+        own = (im.height, im.width)
+        if hw is not None and draft:
+            # draft keeps the decoded image at least as large as asked
+            im.draft(None, (hw[1], hw[0]))
+        im = to_rgb(im, path)
+        if hw is not None:
+            im = _bilinear(im, hw)
+        image = np.array(im, dtype=np.uint8)
     return (image, own) if with_size else image
 
 
 def image_size(path):
     """(H, W) of an image file, read from its header."""
-    try:
-        with Image.open(path) as im:
-            return im.height, im.width
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: cannot read image ({e})".splitlines()[0]) from None
+    with open_image(path) as im:
+        return im.height, im.width
 
 
 def normalize(images):

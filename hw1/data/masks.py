@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from hw1.data.images import to_rgb
-from hw1.errors import UserError
+from hw1.data.images import open_image, to_rgb
 from hw1.io import atomic_path
 
 CLASS_NAMES = ("urban", "agriculture", "rangeland", "forest", "water", "barren", "unknown")
@@ -55,11 +54,8 @@ def class_to_rgb(idx):
 
 def read_mask(path):
     """(H, W) uint8 class indices of a mask image (any mode and bit depth, :func:`hw1.data.images.to_rgb`)."""
-    try:
-        with Image.open(path) as im:
-            rgb = np.asarray(to_rgb(im, path))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise UserError(f"{path}: cannot read mask ({e})".splitlines()[0]) from None
+    with open_image(path, "mask") as im:
+        rgb = np.asarray(to_rgb(im, path))
     return rgb_to_class(rgb)
 
 

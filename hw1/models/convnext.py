@@ -3,6 +3,8 @@
 The 32x32 images are upsampled inside the model to ``img_size`` (224, the pretrained resolution)
 so the data pipeline stays at 32x32 and the resize runs batched on the device.
 """
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +43,8 @@ class ConvNeXtClassifier(nn.Module):
         return self.net.classifier[2](self.features(x))
 
 
-def convnext(*, variant="convnext_tiny", num_classes=50, img_size=224, weights="imagenet"):
+def convnext(*, variant: Literal[tuple(VARIANTS)] = "convnext_tiny", img_size: int = 224, num_classes=50,
+             weights="imagenet"):
     """ConvNeXt ``variant`` with a ``num_classes`` head.
 
     ``weights``: ``imagenet`` (torchvision's IMAGENET1K_V1 from the torch hub cache, downloaded
@@ -80,6 +83,7 @@ def stages(model):
 
 SPEC = ModelSpec(
     name="convnext", task="cls", builder=convnext, num_classes=NUM_CLASSES, input_size=IMG_SIZE,
-    recipe={**SEED_RECIPE, "epochs": 20, "weights": "imagenet"},
-    builder_args=lambda c: {"variant": c.variant, "img_size": c.img_size},
+    recipes={"default": {**SEED_RECIPE, "epochs": 20, "weights": "imagenet"}},
+    ranges={"img_size": (lambda v: 1 <= v <= 1024, "in [1, 1024]")},
+    help={"variant": "torchvision's ConvNeXt size", "img_size": "inputs are upsampled to this inside the model"},
     bench_batch={"cuda": 128, "cpu": 8}, stages=stages)

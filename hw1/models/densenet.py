@@ -120,8 +120,8 @@ class DenseNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-def densenet(*, depth=100, growth_rate=12, compression=0.5, bn_size=4, drop_rate=0.0, num_classes=50,
-             stem_pool=False, weights="none"):
+def densenet(*, depth: int = 100, growth_rate: int = 24, compression: float = 0.5, bn_size: int = 4,
+             drop_rate: float = 0.0, stem_pool: bool = False, num_classes=50, weights="none"):
     """DenseNet-BC trained from scratch (``weights`` accepts only ``none`` or a local state dict)."""
     model = DenseNet(depth=depth, growth_rate=growth_rate, compression=compression, bn_size=bn_size,
                      drop_rate=drop_rate, num_classes=num_classes, stem_pool=stem_pool)
@@ -159,12 +159,25 @@ def stages(model):
 CPU_RECIPE = {"depth": 52, "growth_rate": 24, "stem_pool": True, "aug": "light", "epochs": 30, "ema": 0.998,
               "lr": 0.2, "weight_decay": 5e-4, "workers": 1}
 
+# --demo: a small DenseNet on generated digits, sized to finish in about a minute on 2 cores. A demo
+# run replaces a previous demo run, never another run (without --overwrite).
+DEMO_RECIPE = {"data_dir": "hw1_data/demo_cls", "out_dir": "runs/demo_cls", "depth": 22, "growth_rate": 12,
+               "epochs": 15, "batch_size": 64, "aug": "none"}
+
 SPEC = ModelSpec(
     name="densenet", task="cls", builder=densenet, num_classes=NUM_CLASSES, input_size=IMG_SIZE,
-    recipe={**SEED_RECIPE, "epochs": 50, "weights": "none"},
-    builder_args=lambda c: {"depth": c.depth, "growth_rate": c.growth_rate, "compression": c.compression,
-                            "drop_rate": c.drop_rate,
-                            # only when set, so that the checkpoints written before it existed still resume
-                            **({"stem_pool": True} if c.stem_pool else {})},
-    presets={"cpu": CPU_RECIPE},
+    recipes={"default": {**SEED_RECIPE, "epochs": 50, "weights": "none"}, "cpu": CPU_RECIPE, "demo": DEMO_RECIPE},
+    ranges={
+        # the upper bounds are far past any model that trains here; past them a model could not even
+        # be built for the check that it runs (a DenseNet of depth 10**12 has 10**11 layers)
+        "depth": (lambda v: 10 <= v <= 400 and (v - 4) % 6 == 0, "6n+4 in [10, 400] (10, 16, 22, ..., 100)"),
+        "growth_rate": (lambda v: 1 <= v <= 256, "in [1, 256]"),
+        "compression": (lambda v: 0 < v <= 1, "in (0, 1]"),
+        "bn_size": (lambda v: 1 <= v <= 16, "in [1, 16]"),
+        "drop_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    },
+    help={"depth": "DenseNet-BC depth, 6n+4", "growth_rate": "channels each dense layer adds",
+          "compression": "channel factor of each transition", "bn_size": "bottleneck width, in growth rates",
+          "drop_rate": "dropout after each dense layer",
+          "stem_pool": "BN-ReLU-maxpool after the stem: dense blocks at 16x16 and below, a quarter of the FLOPs"},
     bench_batch={"cuda": 128, "cpu": 128}, stages=stages)

@@ -3,6 +3,8 @@
 Both return ``{"out": logits}`` with logits of shape (N, num_classes, H, W) for an (N, 3, H, W)
 input of any size, as torchvision's segmentation models do.
 """
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -182,8 +184,9 @@ def _vgg16_to_fcn(state_dict):
     return renamed
 
 
-def vgg16_fcn32s(*, num_classes=7, weights="none", dropout=0.5, fc_channels=4096, batch_norm=False, width=1.0,
-                 fc_batch_norm=False, skips="none"):
+def vgg16_fcn32s(*, fc_channels: int = 4096, batch_norm: bool = False, width: float = 1.0,
+                 fc_batch_norm: bool = False, skips: Literal[VGG16FCN32s.SKIPS] = "none", dropout: float = 0.5,
+                 num_classes=7, weights="none"):
     """VGG16-FCN32s (FCN-16s/8s with ``skips``); ``weights``: ``imagenet``, ``none`` or a PATH.
 
     A PATH holds a torchvision vgg16 (vgg16_bn with ``batch_norm``) state dict (``features.*``,
@@ -232,7 +235,7 @@ class ResNet101FCN(nn.Module):
         return out
 
 
-def resnet101_fcn(*, num_classes=7, weights="none", aux_loss=False):
+def resnet101_fcn(*, aux_loss: bool = False, num_classes=7, weights="none"):
     """FCN-ResNet101; ``weights``: ``coco``, ``imagenet-backbone``, ``none`` or a PATH.
 
     A PATH holds a torchvision fcn_resnet101 state dict (COCO format: ``backbone.*``,
@@ -305,8 +308,6 @@ def resnet101_fcn_stages(model):
     return rows
 
 
-_VGG_DEFAULTS = {"width": 1.0, "fc_batch_norm": False, "skips": "none", "dropout": 0.5}
-
 # ``--recipe cpu``: model A from scratch in under 2 hours on 2 CPU cores (no pretrained weights
 # here). Chosen by 6-epoch pilots of a proxy (this recipe at 128x128, 6 epochs) on the real data,
 # one setting changed at a time, scored at 512x512 on the validation set
@@ -323,18 +324,31 @@ CPU_RECIPE = {"weights": "none", "batch_norm": True, "fc_batch_norm": True, "wid
               "opt": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "warmup_epochs": 1, "batch_size": 16,
               "epochs": 60, "ema": 0.998}
 
+# --demo: VGG16-BN-FCN32s from scratch (batch norm is what lets it learn in so few steps) with narrow
+# fc6/fc7, on 64 generated 128x128 scenes. A demo run replaces a previous demo run, never another
+# run (without --overwrite).
+DEMO_RECIPE = {"data_dir": "hw1_data/demo_seg", "out_dir": "runs/demo_seg", "weights": "none", "batch_norm": True,
+               "fc_channels": 512, "epochs": 20, "batch_size": 8, "crop_size": 128, "lr": 1e-3}
+
 # P2 images are 512x512. VGG without batch norm wants Adam's per-weight steps; the ResNet follows
 # torchvision's segmentation reference (SGD, lr 0.02 at batch 16 -> 0.01 at 8).
 VGG16_FCN32S = ModelSpec(
     name="vgg16_fcn32s", task="seg", builder=vgg16_fcn32s, num_classes=NUM_CLASSES, input_size=512,
-    recipe={"opt": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "epochs": 30, "weights": "imagenet"},
-    builder_args=lambda c: {"fc_channels": c.fc_channels, "batch_norm": c.batch_norm,
-                            # only when not the default, so that the checkpoints written before they
-                            # existed still resume (resume compares model configs)
-                            **{k: getattr(c, k) for k, default in _VGG_DEFAULTS.items() if getattr(c, k) != default}},
-    presets={"cpu": CPU_RECIPE}, bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages)
+    recipes={"default": {"opt": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "epochs": 30, "weights": "imagenet"},
+             "cpu": CPU_RECIPE, "demo": DEMO_RECIPE},
+    ranges={"fc_channels": (lambda v: 1 <= v <= 65536, "in [1, 65536]"),
+            "width": (lambda v: 0 < v <= 4, "in (0, 4]"),
+            "dropout": (lambda v: 0 <= v < 1, "in [0, 1)")},
+    help={"fc_channels": "width of fc6/fc7; the ImageNet weights need 4096",
+          "batch_norm": "VGG16-BN trunk (trains far better from scratch; imagenet = vgg16_bn weights)",
+          "width": "channel multiplier of the 13 trunk convolutions; the ImageNet weights need 1",
+          "fc_batch_norm": "batch norm after fc6 and fc7",
+          "skips": "FCN-16s (pool4) or FCN-8s (pool4 + pool3) skip heads",
+          "dropout": "dropout after fc6 and fc7"},
+    bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages)
 RESNET101_FCN = ModelSpec(
     name="resnet101_fcn", task="seg", builder=resnet101_fcn, num_classes=NUM_CLASSES, input_size=512,
-    recipe={"opt": "sgd", "lr": 0.01, "weight_decay": 1e-4, "epochs": 30, "weights": "coco"},
-    builder_args=lambda c: {"aux_loss": c.aux_weight > 0},
+    recipes={"default": {"opt": "sgd", "lr": 0.01, "weight_decay": 1e-4, "epochs": 30, "weights": "coco"}},
+    # the auxiliary head is built when its loss has a weight (train_seg.py --aux-weight)
+    hidden=("aux_loss",), derived=lambda config: {"aux_loss": config.aux_weight > 0},
     bench_batch={"cuda": 8, "cpu": 2}, stages=resnet101_fcn_stages)
