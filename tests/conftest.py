@@ -1,8 +1,13 @@
 """Shared fixtures. P1 (classification): a tiny generated data set in the course layout and a tiny
 DenseNet trained on it once per session (its run folder is reused by the predict / eval tests).
+P2: an untrained tiny VGG16-FCN32s checkpoint. Failing command lines of several modules, run side by
+side as real processes. The ``reliability`` marker.
 """
 import contextlib
 import csv
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +19,12 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the top-level scripts (train_cls.py, eval.py) are imported as modules
     sys.path.insert(0, str(REPO))
+
+
+def pytest_configure(config):
+    # `pytest -m reliability` runs exactly the cases that docs/reliability.md lists.
+    config.addinivalue_line("markers", "reliability: a failure case listed in docs/reliability.md")
+
 
 # --- P1: one intra-op thread ----------------------------------------------------------------------
 # The tests share 2 cores with a training job; two OpenMP threads spinning against it make these
@@ -108,3 +119,110 @@ def cls_tiny_run(cls_tiny_data, tmp_path_factory):
 def cls_tiny_checkpoint(cls_tiny_run):
     """Path of the tiny run's ``best.pth``."""
     return cls_tiny_run[0] / "best.pth"
+
+
+# --- P1 and P2: a one-epoch run, an untrained segmenter, failing command lines ----------------------
+
+SEG_CONFIG = {"num_classes": 7, "fc_channels": 8, "batch_norm": False}
+
+
+@pytest.fixture(scope="session")
+def seg_checkpoint(tmp_path_factory):
+    """An untrained VGG16-FCN32s (fc6/fc7 8 channels wide) in the hw1 checkpoint format."""
+    from hw1.models import build_model
+
+    model = build_model("vgg16_fcn32s", **SEG_CONFIG, weights="none")
+    path = tmp_path_factory.mktemp("seg_ckpt") / "seg.pth"
+    torch.save({"model": model.state_dict(), "model_name": "vgg16_fcn32s", "model_config": SEG_CONFIG,
+                "task": "seg"}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cls_one_epoch_run(cls_tiny_data, cls_tiny_train_argv, tmp_path_factory):
+    """Run folder of a 1-epoch tiny DenseNet run (no epoch_NNN.pth). Read-only: copy it to change it."""
+    import train_cls
+
+    out = tmp_path_factory.mktemp("one_epoch")
+    with cls_one_torch_thread():
+        train_cls.main(cls_tiny_train_argv(cls_tiny_data, out, "--save-epochs", epochs=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def cli_runs(tmp_path_factory, cls_tiny_data, cls_one_epoch_run, seg_checkpoint):
+    """Failing command lines of several test modules, run as real processes at once;
+    ``{case: (CompletedProcess, paths)}``. Cases: ``corrupt_png``, ``malformed_csv`` and ``non_utf8_name``
+    (test_predict_eval_cls.py), ``truncated_jpeg`` (test_seg_pipeline.py), ``features_of_one_image``
+    (test_viz.py).
+
+    Each starts Python and imports torch (seconds), so they run in parallel, once per session.
+    """
+    from helpers import contents, noise, script_env, truncate
+    from hw1.data.masks import write_mask
+    from hw1.outputs import MASK_MARK
+
+    root = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    cases = {}
+
+    # P1 prediction over a folder with a corrupt PNG, where an earlier prediction CSV exists.
+    images = root / "cls_images"
+    images.mkdir()
+    shutil.copy(cls_tiny_data / "val_50" / "0_0.png", images / "0_0.png")
+    (images / "1_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    csv_out = root / "pred.csv"
+    csv_out.write_text("filename,label\nold.png,1\n")
+    cases["corrupt_png"] = ([sys.executable, "-m", "hw1.predict", "cls", images, csv_out,
+                             "--checkpoint", cls_one_epoch_run / "last.pth", "--device", "cpu"],
+                            {"bad": images / "1_bad.png", "out": csv_out})
+
+    # P2 prediction where the second image is a truncated JPEG and the output folder has old masks.
+    sats = root / "sat_images"
+    sats.mkdir()
+    for i in range(2):
+        noise(rng, 40, 40).save(sats / f"000{i}_sat.jpg", quality=90)
+    truncate(sats / "0001_sat.jpg")
+    masks_out = root / "masks"
+    write_mask(np.zeros((40, 40), np.int64), masks_out / "0000_mask.png", text=MASK_MARK)  # an earlier prediction
+    cases["truncated_jpeg"] = ([sys.executable, "-m", "hw1.predict", "seg", sats, masks_out,
+                                "--checkpoint", seg_checkpoint, "--device", "cpu"],
+                               {"bad": sats / "0001_sat.jpg", "out": masks_out})
+
+    # Scoring against a ground-truth CSV that lists a file twice, where an earlier --json exists.
+    gt = root / "gt.csv"
+    gt.write_text("filename,label\na.png,1\nb.png,2\na.png,3\n")
+    pred = root / "p.csv"
+    pred.write_text("filename,label\na.png,1\nb.png,2\n")
+    json_out = root / "metrics.json"
+    json_out.write_text('{"acc": 0.5}\n')
+    cases["malformed_csv"] = ([sys.executable, "eval.py", "--task", "cls", "--pred", pred, "--gt", gt,
+                               "--json", json_out], {"bad": gt, "out": json_out})
+
+    # P1 prediction over a folder with a file name that is not UTF-8 (a CSV cannot hold it).
+    odd = root / "odd_names"
+    odd.mkdir()
+    shutil.copy(cls_tiny_data / "val_50" / "0_0.png", odd / "0_0.png")
+    shutil.copy(cls_tiny_data / "val_50" / "0_1.png", os.fsdecode(os.fsencode(odd) + b"/caf\xe9.png"))
+    cases["non_utf8_name"] = ([sys.executable, "-m", "hw1.predict", "cls", odd, root / "odd.csv",
+                               "--checkpoint", cls_one_epoch_run / "last.pth", "--device", "cpu"],
+                              {"out": root / "odd.csv"})
+
+    # PCA and t-SNE of the features of a single image.
+    one = root / "one_image"
+    one.mkdir()
+    shutil.copy(cls_tiny_data / "val_50" / "0_0.png", one / "0_0.png")
+    cases["features_of_one_image"] = ([sys.executable, "viz.py", "features", "--checkpoints",
+                                       cls_one_epoch_run / "last.pth", "--data-dir", one, "--out-dir", root / "fig",
+                                       "--device", "cpu"], {"bad": one, "out": root / "fig"})
+
+    before = {name: contents(paths.get("out")) for name, (_, paths) in cases.items()}
+    procs = {name: subprocess.Popen([str(a) for a in argv], cwd=REPO, env=script_env(), text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name, (argv, _) in cases.items()}
+    results = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=180)
+        completed = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        results[name] = (completed, {**cases[name][1], "before": before[name]})
+    return results

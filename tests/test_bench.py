@@ -84,6 +84,7 @@ def test_generated_images_stand_in_for_missing_data(tmp_path):
     assert source == "generated" and folder.is_dir() and any(folder.glob("*_*.png"))
 
 
+@pytest.mark.reliability
 def test_a_data_dir_named_but_missing_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no course data here, and nothing may be written
     missing = tmp_path / "missing"
@@ -166,6 +167,7 @@ def test_default_is_each_models_training_configuration_and_micro_batches_split_o
     assert config_names(["channels_last+mb64", "channels_last"], cpu, "densenet", 64) == ["fp32", "channels_last"]
 
 
+@pytest.mark.reliability
 def test_default_out_is_a_new_file_never_a_record_already_there(tmp_path, monkeypatch):
     import datetime
 

@@ -1,10 +1,19 @@
 """The shared command-line helpers: demo defaults, the course folder check, error reporting."""
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
 import pytest
 import torch
 
 import train_cls
 import train_seg
+from conftest import REPO
+from helpers import noise, script_env
 from hw1.cli import command_line, require_layout, run
+from hw1.data.cls import read_labels_csv
 from hw1.errors import UserError
 
 
@@ -21,6 +30,7 @@ def test_command_line_quotes_arguments():
     assert command_line("train_cls.py", ["--out-dir", "a b"]) == "python train_cls.py --out-dir 'a b'"
 
 
+@pytest.mark.reliability
 def test_run_turns_user_errors_into_one_line_and_status_2(capsys):
     def main(argv):
         raise UserError("x.png: broken")
@@ -55,6 +65,7 @@ NUMERIC_FLAG_ERRORS = [
 ]
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("command,argv,message", NUMERIC_FLAG_ERRORS,
                          ids=[f"{c} {' '.join(a)}" for c, a, _ in NUMERIC_FLAG_ERRORS])
 def test_numeric_flags_out_of_range_are_one_line_exit_2(command, argv, message, tmp_path, capsys, monkeypatch):
@@ -157,3 +168,42 @@ def test_every_numeric_flag_is_checked_before_any_work(kind, main, prefix, base,
     else:
         assert flag in last or "invalid int value" in last, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing written
+
+
+# --- signals and a closed stdout, in real processes -----------------------------------------------
+
+
+@pytest.mark.reliability
+@pytest.mark.usefixtures("cls_one_thread")
+def test_closed_stdout_ends_quietly_after_the_csv_is_written(cls_one_epoch_run, cls_tiny_data, tmp_path):
+    out = tmp_path / "pred.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "hw1.predict", "cls", str(cls_tiny_data / "val_50"), str(out),
+                             "--checkpoint", str(cls_one_epoch_run / "last.pth"), "--device", "cpu"],
+                            cwd=REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # as `| head` that has exited before the process prints
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert err == ""
+    assert len(read_labels_csv(out)) == 12
+
+
+@pytest.mark.reliability
+@pytest.mark.usefixtures("cls_one_thread")
+def test_sigterm_during_predict_seg_leaves_no_staged_masks(seg_checkpoint, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(300):
+        noise(rng, 64, 64).save(images / f"{i:04d}_sat.jpg")
+    out = tmp_path / "masks"
+    proc = subprocess.Popen([sys.executable, "-m", "hw1.predict", "seg", str(images), str(out),
+                             "--checkpoint", str(seg_checkpoint), "--device", "cpu"],
+                            cwd=REPO, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(next(p.iterdir(), None) for p in tmp_path.glob(".masks.*.tmp")):  # a first mask is staged
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.terminate()  # SIGTERM, as `timeout` sends
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and err == "terminated\n", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no masks folder, no staging folder

@@ -50,6 +50,7 @@ CLS_INVALID = [
 ]
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("flags,message", CLS_INVALID, ids=[" ".join(f) for f, _ in CLS_INVALID])
 def test_invalid_values_are_one_line_before_any_data(flags, message, tmp_path, capsys):
     data = tmp_path / "demo_data"
@@ -73,6 +74,7 @@ SEG_INVALID = [
 ]
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("flags,message", SEG_INVALID, ids=[" ".join(f) for f, _ in SEG_INVALID])
 def test_invalid_seg_values(flags, message, tmp_path, capsys):
     argv = ["--data-dir", str(tmp_path / "missing"), "--out-dir", str(tmp_path / "run"), *flags]

@@ -1,7 +1,9 @@
 """hw1.data.cls and hw1.data.demo: file names, label CSVs, decoding odd images, transforms, demo data."""
 import csv
+import json
 import logging
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -9,6 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+import train_cls
+import train_seg
+from helpers import cli_error, noise, tree, write_pairs
 from hw1.data.cls import (IMG_SIZE, MEAN, STD, cls_eval_transform, cls_train_transform, label_from_name,
                           list_images, load_cls_split, read_labels_csv, read_rgb)
 from hw1.data.demo import make_cls_demo
@@ -46,6 +51,7 @@ def test_read_labels_csv(tmp_path):
     assert read_labels_csv(crlf) == {"x.png": 4}
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("text, match", [
     ("name,label\na.png,1\n", "header"),
     ("a.png,1\nb.png,2\n", "header"),
@@ -120,6 +126,7 @@ def test_load_split_csv_missing_a_file(tmp_path):
     assert "gt.csv" in str(info.value)
 
 
+@pytest.mark.reliability
 def test_odd_images_are_converted_and_resized(tmp_path):
     folder = tmp_path / "odd"
     folder.mkdir()
@@ -147,6 +154,7 @@ def test_read_rgb_keeps_size_without_resize(tmp_path):
     assert read_rgb(path, size=32).shape == (32, 32, 3)
 
 
+@pytest.mark.reliability
 def test_non_image_files_are_skipped_with_a_warning(tmp_path, caplog):
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -202,6 +210,7 @@ def test_exif_orientation_is_not_applied(tmp_path):
     assert (read_rgb(tmp_path / "tagged.png") == image).all()
 
 
+@pytest.mark.reliability
 def test_empty_and_missing_folders(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -215,6 +224,7 @@ def test_empty_and_missing_folders(tmp_path):
     assert str(missing) in str(info.value)
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, b"", b"hello"])
 def test_corrupt_image_names_the_file(tmp_path, content):
     folder = tmp_path / "bad"
@@ -286,3 +296,91 @@ def test_make_cls_demo(tmp_path):
     assert make_cls_demo(root) == root
     assert (root / "val_gt.csv").stat().st_mtime_ns == stamp
     assert not (root / "train_50" / train[0].name).exists()
+
+
+# --- label CSVs and labels that are not clean -----------------------------------------------------
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("content, problem", [
+    pytest.param(b"\xff\xfe\x00\x01\x89PNG", "not a UTF-8 text file", id="binary"),
+    pytest.param("filename,label\ncaf\xe9.png,1\n".encode("latin-1"), "not a UTF-8 text file", id="latin-1"),
+    pytest.param(b"filename,label\na.png,1\na.png,1\n", "line 3: a.png is listed twice", id="duplicate"),
+    pytest.param(b"filename,label\n" + b"x" * 200_000 + b",1\n", "not a readable CSV", id="huge-field"),
+    pytest.param(b"filename,label\na.png,\xc2\xb2\n", "line 2: expected", id="unicode-digit"),
+    pytest.param(None, "not a file", id="folder"),
+])
+def test_label_csv_that_is_not_a_clean_table(tmp_path, content, problem):
+    path = tmp_path / "gt.csv"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=problem) as info:
+        read_labels_csv(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.reliability
+def test_label_csv_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "gt.csv"
+    path.write_bytes("\ufefffilename,label\r\na.png,1\r\n".encode())  # as spreadsheet programs save it
+    assert read_labels_csv(path) == {"a.png": 1}
+
+
+@pytest.mark.reliability
+def test_label_outside_the_50_classes(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("0_a.png", "50_b.png"):
+        noise(rng, 32, 32).save(folder / name)
+    with pytest.raises(UserError, match="label 50 is outside 0..49") as info:
+        load_cls_split(folder)
+    assert str(info.value).startswith(str(folder / "50_b.png"))
+    csv = tmp_path / "gt.csv"
+    csv.write_text("filename,label\n0_a.png,-1\n50_b.png,3\n")
+    with pytest.raises(UserError, match="label of 0_a.png -1 is outside 0..49") as info:
+        load_cls_split(folder, labels_csv=csv)
+    assert str(info.value).startswith(str(csv))
+
+
+
+# --- demo data never replaces other data ----------------------------------------------------------
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("task", ["cls", "seg"])
+def test_demo_refuses_a_folder_of_other_data(task, cls_tiny_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    if task == "cls":  # real-looking P1 images without val_gt.csv, a layout training accepts
+        shutil.copytree(cls_tiny_data, data)
+        (data / "val_gt.csv").unlink()
+        main = train_cls.main
+    else:
+        write_pairs(data / "train", [(8, 8)] * 2)
+        write_pairs(data / "validation", [(8, 8)])
+        main = train_seg.main
+    before = tree(data)
+    err = cli_error(capsys, main, ["--demo", "--data-dir", str(data), "--out-dir", str(tmp_path / "run"),
+                                   "--device", "cpu", "--workers", "0", "--no-progress"])
+    first = "train/0000_mask.png" if task == "seg" else "train_50/0_0.png"
+    assert err.startswith(f"error: {data}: holds files the demo did not write ({first}, ")
+    assert tree(data) == before and not (tmp_path / "run").exists()
+
+
+@pytest.mark.reliability
+def test_demo_writes_into_an_empty_folder_and_redoes_only_its_own(tmp_path):
+    root = tmp_path / "demo"
+    root.mkdir()
+    make_cls_demo(root)
+    assert json.loads((root / ".cls_demo.json").read_text()) == {"val_fraction": 0.2, "seed": 0, "complete": True}
+    first = {p.name for p in (root / "val_50").iterdir()}
+    # Its own folder, asked for other data (as an interrupted demo, whose marker is not complete,
+    # is): the demo rewrites it, and no file of the first one is left over.
+    make_cls_demo(root, val_fraction=0.5, seed=1)
+    val_names = {line.split(",")[0] for line in (root / "val_gt.csv").read_text().splitlines()[1:]}
+    assert {p.name for p in (root / "val_50").iterdir()} == val_names != first
+    assert len(list((root / "train_50").iterdir())) + len(val_names) == 1797
+    assert json.loads((root / ".cls_demo.json").read_text()) == {"val_fraction": 0.5, "seed": 1, "complete": True}

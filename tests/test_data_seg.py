@@ -9,12 +9,14 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+from helpers import write_pairs
 from hw1.data.masks import (CLASS_NAMES, NUM_CLASSES, PALETTE, UNKNOWN, class_to_rgb, read_mask,
                             rgb_to_class, write_mask)
 from hw1.data.scenes import make_seg_demo
 from hw1.data.seg import (MEAN, STD, RandomRot90, SegDataset, load_seg_split, scan_pairs,
                           seg_eval_transform, seg_train_transform)
 from hw1.errors import UserError
+from hw1.scoring import list_masks
 
 REAL_P2 = Path(__file__).resolve().parents[1] / "hw1_data" / "p2_data"
 
@@ -44,6 +46,7 @@ def test_course_colours():
         assert rgb_to_class(np.array([[colour]], dtype=np.uint8))[0, 0] == cls
 
 
+@pytest.mark.reliability
 def test_threshold_at_128():
     # 128 counts as "on" and 127 as "off", channel by channel.
     rgb = np.array([[[128, 255, 255], [127, 255, 255], [0, 128, 0], [0, 127, 0],
@@ -51,11 +54,13 @@ def test_threshold_at_128():
     assert rgb_to_class(rgb).tolist() == [[5, 0, 3, 6, 4, 5, 6]]
 
 
+@pytest.mark.reliability
 def test_red_is_unknown():
     rgb = np.array([[[255, 0, 0], [200, 30, 90], [128, 127, 127]]], dtype=np.uint8)
     assert rgb_to_class(rgb).tolist() == [[UNKNOWN] * 3]
 
 
+@pytest.mark.reliability
 def test_near_colours():
     rgb = np.array([[[250, 3, 252], [5, 240, 8], [20, 200, 230], [240, 230, 10],
                      [10, 20, 140], [140, 135, 200], [60, 70, 90]]], dtype=np.uint8)
@@ -103,6 +108,7 @@ def test_scan_pairs_sorted_and_ignores_others(tmp_path):
     assert pairs[1] == ("0002", tmp_path / "0002_sat.jpg", tmp_path / "0002_mask.png")
 
 
+@pytest.mark.reliability
 def test_scan_pairs_unpaired(tmp_path):
     _touch(tmp_path, "0000_sat.jpg", "0000_mask.png", "0001_sat.jpg", "0007_mask.png")
     with pytest.raises(UserError, match=r"2 file\(s\).*0001_sat.jpg, 0007_mask.png"):
@@ -115,6 +121,7 @@ def test_scan_pairs_many_unpaired_shows_a_few(tmp_path):
         scan_pairs(tmp_path)
 
 
+@pytest.mark.reliability
 def test_scan_pairs_empty_and_missing(tmp_path):
     _touch(tmp_path / "empty", "readme.txt")
     with pytest.raises(UserError, match="empty: no xxxx_sat.jpg"):
@@ -177,6 +184,7 @@ def test_load_seg_split_can_keep_masks_at_full_size(demo):
     assert np.array_equal(small.images[0].permute(1, 2, 0).numpy(), resize_rgb(read_rgb(first), 12))
 
 
+@pytest.mark.reliability
 def test_load_converts_grayscale_rgba_palette(tmp_path):
     mask = np.zeros((8, 8), dtype=np.uint8)
     _write_pair(tmp_path, 0, Image.new("L", (8, 8), 100), mask)
@@ -190,6 +198,7 @@ def test_load_converts_grayscale_rgba_palette(tmp_path):
     assert ds.images[2, :, 0, 0].tolist() == [250, 0, 0]
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_load_corrupt_image(tmp_path, damage):
     mask = np.zeros((64, 64), dtype=np.uint8)
@@ -211,6 +220,7 @@ def test_load_corrupt_mask(tmp_path):
         load_seg_split(tmp_path)
 
 
+@pytest.mark.reliability
 def test_load_size_mismatches(tmp_path):
     _write_pair(tmp_path, 0, Image.new("RGB", (8, 8)), np.zeros((8, 8), dtype=np.uint8))
     _write_pair(tmp_path, 1, Image.new("RGB", (8, 6)), np.zeros((6, 8), dtype=np.uint8))
@@ -334,3 +344,25 @@ def test_real_p2_data():
             assert im.size == (512, 512) and im.mode == "RGB"
         mask = read_mask(mask_path)
         assert mask.shape == (512, 512) and mask.max() <= UNKNOWN
+
+
+# --- other files in pair and mask folders ---------------------------------------------------------
+
+
+@pytest.mark.reliability
+@pytest.mark.usefixtures("cls_one_thread")
+def test_other_files_in_p2_folders_are_skipped_with_a_warning(tmp_path, caplog):
+    folder = write_pairs(tmp_path / "pairs", [(8, 8)])
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "0000_sat.png").write_bytes(b"")  # a satellite image with the wrong extension
+    (folder / ".DS_Store").write_bytes(b"\0")
+    with caplog.at_level("WARNING"):
+        assert [i for i, _, _ in scan_pairs(folder)] == ["0000"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{folder}: skipped 2 file(s) not named xxxx_sat.jpg or xxxx_mask.png, e.g. 0000_sat.png"]
+    caplog.clear()
+    # Scoring mask folders: the satellite JPEGs beside the masks are expected, other files are not.
+    with caplog.at_level("WARNING"):
+        assert list(list_masks(folder)) == ["0000"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{folder}: skipped 1 file(s) that are not .png masks, e.g. notes.txt"]

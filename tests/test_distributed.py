@@ -114,6 +114,7 @@ def test_two_process_resume_is_exact(ddp_cls_run, odd_cls_data, tmp_path):
     assert without_timing(records(resumed)) == without_timing(records(out))
 
 
+@pytest.mark.reliability
 def test_batch_that_does_not_split_is_a_one_line_error(odd_cls_data, tmp_path):
     result = torchrun("train_cls.py", *cls_argv(odd_cls_data, tmp_path / "run", "--batch-size", "7"))
     assert result.returncode != 0

@@ -42,6 +42,7 @@ def test_ema_rejects_a_decay_outside_0_1():
         EMA(nn.Linear(1, 1), decay=1.0)
 
 
+@pytest.mark.reliability
 def test_ema_run_ships_the_average_and_resumes_exactly(cls_tiny_data, cls_tiny_train_argv, tmp_path, monkeypatch):
     argv = cls_tiny_train_argv(cls_tiny_data, tmp_path / "ema", "--ema", "0.8", epochs=3)
     reference = train_cls.main(argv)

@@ -2,12 +2,15 @@
 is a bar on a terminal and plain log lines elsewhere."""
 import copy
 import io
+import subprocess
 import sys
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import CLS_TINY_MODEL_ARGS, REPO, make_cls_tiny
+from helpers import script_env
 from hw1 import engine
 from hw1.schedule import CosineSchedule
 
@@ -56,6 +59,7 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("stderr", [Terminal, io.StringIO], ids=["terminal", "log-file"])
 def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(stderr, monkeypatch, caplog):
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))
@@ -68,3 +72,21 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(stderr, monkeypatch
     else:  # one plain line every 2 steps but the last (the epoch's own line is the trainer's)
         assert written == ""
         assert [m.split("  loss")[0] for m in caplog.messages] == ["epoch 7  step 2/6", "epoch 7  step 4/6"]
+
+
+# --- a log that is not a terminal, in a real process ----------------------------------------------
+
+
+@pytest.mark.reliability
+def test_a_log_that_is_not_a_terminal_gets_lines_not_bars(tmp_path):
+    data = make_cls_tiny(tmp_path / "data", train_per_class=40, val_per_class=1)  # 120 steps of 1 image
+    argv = [*CLS_TINY_MODEL_ARGS, "--data-dir", data, "--out-dir", tmp_path / "run", "--epochs", "1", "--aug", "none",
+            "--batch-size", "1", "--micro-batch", "0", "--device", "cpu", "--amp", "none", "--workers", "0"]
+    result = subprocess.run([sys.executable, "train_cls.py", *map(str, argv)], cwd=REPO, env=script_env(),
+                            capture_output=True, text=True, timeout=180)  # stderr is a pipe, as in `> log 2>&1`
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "it/s" not in result.stderr  # no progress bar
+    lines = result.stderr.splitlines()
+    steps = [line.split(" INFO ")[1].split("  loss")[0] for line in lines if "  step " in line]
+    assert steps == ["epoch 1  step 100/120"]
+    assert sum(" INFO epoch 1/1  loss " in line for line in lines) == 1

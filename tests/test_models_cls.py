@@ -3,12 +3,15 @@
 Pretrained weights can't be downloaded here: the "pretrained" ConvNeXt file is a randomly
 initialised torchvision model saved by the test, and the offline path is forced by monkeypatching.
 """
+import re
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 from torchvision.models import ConvNeXt_Tiny_Weights
 
+from helpers import save_code_running_checkpoint
 from hw1.errors import UserError
 from hw1.models import build_model, get_spec, model_names
 from hw1.models.convnext import HEAD, ConvNeXtClassifier, convnext
@@ -270,3 +273,18 @@ def test_convnext_imagenet_keyword_offline_names_the_hub_file(tmp_path, monkeypa
     assert calls, "the download was never attempted"
     assert str(target) in message and "\n" not in message, message
     assert ConvNeXt_Tiny_Weights.IMAGENET1K_V1.url in message
+
+
+# --- a code-running file in the hub cache ---------------------------------------------------------
+
+
+@pytest.mark.reliability
+def test_code_running_file_in_the_hub_cache_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = hub_file(ConvNeXt_Tiny_Weights.IMAGENET1K_V1)
+    cached.parent.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    save_code_running_checkpoint(cached, marker)
+    with pytest.raises(UserError, match=rf"{re.escape(str(cached))}: not a loadable state dict"):
+        build_model("convnext", weights="imagenet")
+    assert not marker.exists()

@@ -10,11 +10,13 @@ from PIL import Image
 
 import eval as eval_script
 import viz
+from helpers import cli_error
 from hw1 import outputs, summary
 from hw1.checkpoint import export_checkpoint
 from hw1.data.masks import write_mask
 from hw1.errors import UserError
 from hw1.outputs import MASK_MARK, check_output, check_outputs, problem
+from hw1.predict import main as predict_main
 from hw1.predict import predict_cls
 
 
@@ -162,3 +164,31 @@ def test_bench_out_over_a_run_file(cls_tiny_run):
 
     args = cls_tiny_run[0] / "args.json"
     one_line_refusal(lambda: bench_main(["--quick", "--out", str(args)]), args)
+
+
+# --- outputs that cannot be written ---------------------------------------------------------------
+
+
+@pytest.mark.reliability
+@pytest.mark.usefixtures("cls_one_thread")
+@pytest.mark.parametrize("case", ["csv-onto-a-folder", "masks-onto-a-file", "json-onto-a-folder"])
+def test_unwritable_output(case, cls_one_epoch_run, cls_tiny_data, seg_checkpoint, tmp_path, capsys):
+    val = cls_tiny_data / "val_50"
+    if case == "csv-onto-a-folder":
+        target = tmp_path / "pred.csv"
+        target.mkdir()
+        argv = ["cls", val, target, "--checkpoint", cls_one_epoch_run / "last.pth"]
+        main, problem = predict_main, "is a folder; write the CSV to a file path"
+    elif case == "masks-onto-a-file":
+        target = tmp_path / "masks"
+        target.write_text("a file")
+        main, argv, problem = predict_main, ["seg", val, target, "--checkpoint", seg_checkpoint], "exists and is not a folder"
+    else:
+        target = tmp_path / "m.json"
+        target.mkdir()
+        gt = cls_tiny_data / "val_gt.csv"
+        main, argv, problem = eval_script.main, ["--task", "cls", "--pred", gt, "--gt", gt, "--json", target], \
+            "is a folder; write the JSON to a file path"
+    err = cli_error(capsys, main, [str(a) for a in [*argv, *(["--device", "cpu"] if main is predict_main else [])]])
+    assert err.startswith(f"error: {target}: {problem}")
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]  # nothing else written beside it

@@ -15,13 +15,14 @@ import torch
 from PIL import Image
 
 import eval as eval_py
+from helpers import assert_one_line_error, cli_error, contents, noise
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
-from hw1.data.cls import cls_eval_transform, load_cls_split
+from hw1.data.cls import cls_eval_transform, load_cls_split, read_labels_csv
 from hw1.errors import UserError
 from hw1.data.images import normalize
 from hw1.predict import extract_features, load_model
 from hw1.predict import main as predict_main
-from hw1.predict import predict_cls
+from hw1.predict import predict_cls, predict_seg
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 
@@ -106,6 +107,7 @@ def test_predict_cli_subprocess(cls_tiny_checkpoint, odd_folder, tmp_path):
     assert out.read_text() == reference.read_text()
 
 
+@pytest.mark.reliability
 def test_predict_cli_missing_folder(cls_tiny_checkpoint, tmp_path):
     missing = tmp_path / "no_such_folder"
     out = tmp_path / "out.csv"
@@ -240,6 +242,7 @@ def test_eval_pred_missing_a_file(tmp_path):
     assert str(extra) in str(info.value)
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("gt_label, pred_label", [(0, 51), (49, 50), (3, -1)])
 def test_eval_pred_label_out_of_range(tmp_path, gt_label, pred_label):
     gt, pred = label_csvs(tmp_path, f"filename,label\na.png,{gt_label}\nb.png,3\n",
@@ -256,6 +259,7 @@ def test_eval_gt_label_out_of_range_names_the_gt_csv(tmp_path):
     assert str(info.value).startswith(str(gt))
 
 
+@pytest.mark.reliability
 def test_eval_argument_errors(cls_tiny_checkpoint, capsys):
     with pytest.raises(UserError, match="--data-dir"):
         eval_py.main(["--task", "cls", "--checkpoint", str(cls_tiny_checkpoint)])
@@ -279,6 +283,7 @@ class _MakesADirectoryWhenUnpickled:
         return os.mkdir, (self.path,)
 
 
+@pytest.mark.reliability
 def test_checkpoint_that_runs_code_is_refused(odd_folder, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
@@ -297,6 +302,7 @@ def test_checkpoint_that_runs_code_is_refused(odd_folder, tmp_path):
     assert marker.is_dir()
 
 
+@pytest.mark.reliability
 def test_truncated_checkpoint_is_corrupt(cls_tiny_checkpoint, tmp_path):
     data = cls_tiny_checkpoint.read_bytes()
     path = tmp_path / "half.pth"
@@ -306,6 +312,7 @@ def test_truncated_checkpoint_is_corrupt(cls_tiny_checkpoint, tmp_path):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("content", [
     pytest.param(b"", id="empty"),
     pytest.param(b"not a checkpoint at all" * 10, id="text"),
@@ -331,6 +338,7 @@ def test_garbage_checkpoint_is_called_corrupt(tmp_path, content):
         load_checkpoint(path)
 
 
+@pytest.mark.reliability
 def test_checkpoints_that_are_not_hw1_ones(tmp_path):
     plain = tmp_path / "plain.pth"
     torch.save({"weight": torch.zeros(2)}, plain)
@@ -421,6 +429,7 @@ def test_a_checkpoint_exported_with_tta_is_used_with_it_unless_told_not_to(cls_t
     assert score(shipped, "--no-tta") == score(cls_tiny_checkpoint) and score(cls_tiny_checkpoint)[1] == set()
 
 
+@pytest.mark.reliability
 def test_export_never_replaces_a_training_checkpoint_unless_told(cls_tiny_checkpoint, tmp_path):
     from hw1.checkpoint import export_checkpoint
 
@@ -439,6 +448,7 @@ def test_export_never_replaces_a_training_checkpoint_unless_told(cls_tiny_checkp
     assert train.read_bytes() == cls_tiny_checkpoint.read_bytes()
 
 
+@pytest.mark.reliability
 def test_predict_cls_never_writes_its_csv_over_an_image(cls_tiny_checkpoint, cls_tiny_data, tmp_path):
     folder = tmp_path / "val"
     folder.mkdir()
@@ -449,3 +459,62 @@ def test_predict_cls_never_writes_its_csv_over_an_image(cls_tiny_checkpoint, cls
     with pytest.raises(UserError, match=f"{target}: would replace a file of the input folder"):
         predict_cls(folder, target, checkpoint=cls_tiny_checkpoint, device="cpu")
     assert target.read_bytes() == before
+
+
+# --- failed runs keep the previous output; odd file names -----------------------------------------
+
+
+@pytest.mark.reliability
+def test_cli_corrupt_png_keeps_the_previous_csv(cli_runs):
+    result, paths = cli_runs["corrupt_png"]
+    assert_one_line_error(result, paths["bad"], "cannot read image")
+    assert contents(paths["out"]) == paths["before"]
+    assert [p.name for p in paths["out"].parent.glob(".pred.csv.*")] == []  # no temporary file left
+
+
+@pytest.mark.reliability
+def test_cli_malformed_gt_csv_keeps_the_previous_json(cli_runs):
+    result, paths = cli_runs["malformed_csv"]
+    assert_one_line_error(result, paths["bad"], "line 4: a.png is listed twice (first on line 2)")
+    assert contents(paths["out"]) == paths["before"]
+
+
+@pytest.mark.reliability
+def test_predict_empty_folder_keeps_the_previous_csv(cls_one_epoch_run, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "pred.csv"
+    out.write_text("filename,label\nold.png,1\n")
+    err = cli_error(capsys, predict_main, ["cls", str(empty), str(out), "--checkpoint",
+                                           str(cls_one_epoch_run / "last.pth"), "--device", "cpu"])
+    assert f"{empty}: no .png/.jpg images" in err
+    assert out.read_text() == "filename,label\nold.png,1\n"
+
+
+@pytest.mark.reliability
+def test_names_that_are_not_utf8_are_one_line_for_a_csv_and_kept_for_masks(cli_runs, seg_checkpoint, tmp_path):
+    result, paths = cli_runs["non_utf8_name"]
+    assert_one_line_error(result, "caf\\xe9.png: file name is not UTF-8 text")
+    assert not paths["out"].exists()
+    # Masks need no CSV: the mask of such an image keeps its name's bytes.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    noise(np.random.default_rng(0), 8, 8).save(os.fsdecode(os.fsencode(folder) + b"/caf\xe9.png"), format="PNG")
+    written = predict_seg(folder, tmp_path / "masks", checkpoint=seg_checkpoint, device="cpu")
+    assert [os.fsencode(p.name) for p in written] == [b"caf\xe9.png"] and written[0].is_file()
+
+
+@pytest.mark.reliability
+def test_file_names_keep_their_leading_spaces(cls_one_epoch_run, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for name in (" 1_a.png", "1_a.png"):
+        noise(rng, 32, 32).save(folder / name)
+    rows = predict_cls(folder, tmp_path / "pred.csv", checkpoint=cls_one_epoch_run / "last.pth", device="cpu")
+    assert [name for name, _ in rows] == [" 1_a.png", "1_a.png"]
+    assert read_labels_csv(tmp_path / "pred.csv") == dict(rows)  # the CSV names both files as they are
+    gt = tmp_path / "gt.csv"
+    gt.write_text("filename,label\n 1_a.png,3\n1_a.png, 4\n")  # a space before a label is still allowed
+    assert read_labels_csv(gt) == {" 1_a.png": 3, "1_a.png": 4}
+    assert load_cls_split(folder, labels_csv=gt).labels.tolist() == [3, 4]

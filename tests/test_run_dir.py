@@ -8,13 +8,14 @@ Resume semantics: weights, optimizer moments, step count and RNG come from the c
 hyperparameters are the command's. The cosine is rebuilt from this command's --lr / --epochs /
 --warmup-epochs / --min-lr and continued at the step after the checkpoint's epoch, and --lr,
 --weight-decay, --momentum apply from the first resumed step. --opt and --no-wd-norm must not
-change (tests/test_reliability.py::test_resume_into_a_run_it_does_not_fit); --epochs below the
-checkpoint's epoch is refused.
+change (test_resume_into_a_run_it_does_not_fit below); --epochs below the checkpoint's epoch is
+refused.
 """
 import json
 import logging
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -25,6 +26,8 @@ import pytest
 import torch
 
 import train_cls
+from conftest import REPO
+from helpers import cli_error, script_env, tree
 from hw1.cli import run
 from hw1.errors import UserError
 from hw1.run_dir import RunDir
@@ -70,6 +73,7 @@ def error_of(capsys, argv):
 
 # --- metrics.jsonl -------------------------------------------------------------------------------
 
+@pytest.mark.reliability
 def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path, caplog):
     folder = RunDir(tmp_path)
     lines = [json.dumps({"epoch": 1, "lr": 0.1}), json.dumps({"epoch": 2, "lr": 0.05})]
@@ -102,6 +106,7 @@ def test_overwrite_leaves_files_of_names_a_run_never_writes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0005.pth", "epoch_5.pth"]
 
 
+@pytest.mark.reliability
 def test_resume_after_a_crash_while_appending(two_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path):
     run_dir = copy_run(two_epoch_run, tmp_path / "run")
     with open(run_dir / "metrics.jsonl", "a") as f:
@@ -116,6 +121,7 @@ def snapshot(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+@pytest.mark.reliability
 def test_a_new_run_into_a_folder_holding_one_is_refused(two_epoch_run, cls_tiny_data, cls_tiny_train_argv,
                                                          tmp_path, capsys):
     run_dir = copy_run(two_epoch_run, tmp_path / "run")
@@ -141,6 +147,7 @@ def test_a_folder_without_a_recorded_epoch_is_no_run(cls_tiny_data, cls_tiny_tra
     assert [r["epoch"] for r in records(run_dir)] == [1] and (run_dir / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.reliability
 def test_two_runs_cannot_write_into_one_folder(cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys):
     run_dir = tmp_path / "run"
     with RunDir(run_dir).lock():
@@ -195,6 +202,7 @@ def test_resume_with_more_epochs_extends_the_cosine(two_epoch_run, cls_tiny_data
     assert json.loads((run_dir / "args.json").read_text())["epochs"] == 4
 
 
+@pytest.mark.reliability
 def test_resume_applies_a_changed_lr_and_weight_decay(two_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path):
     steps = steps_per_epoch(cls_tiny_data)
     out = tmp_path / "changed"
@@ -224,6 +232,7 @@ def test_resume_with_fewer_epochs_than_done_is_refused(two_epoch_run, cls_tiny_d
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.reliability
 def test_resume_into_a_folder_holding_another_run_is_refused(two_epoch_run, cls_tiny_data, cls_tiny_train_argv,
                                                              tmp_path, capsys):
     other = copy_run(two_epoch_run, tmp_path / "other")
@@ -239,6 +248,7 @@ def test_resume_into_a_folder_holding_another_run_is_refused(two_epoch_run, cls_
     assert json.loads((other / "args.json").read_text())["resume"] == str(ckpt)
 
 
+@pytest.mark.reliability
 def test_demo_never_replaces_a_real_run_but_replaces_a_demo_run(two_epoch_run, tmp_path, capsys):
     real = copy_run(two_epoch_run, tmp_path / "real")
     before = snapshot(real)
@@ -252,6 +262,7 @@ def test_demo_never_replaces_a_real_run_but_replaces_a_demo_run(two_epoch_run, t
     assert [r["epoch"] for r in records(tmp_path / "mine")] == [1]
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("where", ["under_a_file", "proc"])
 def test_an_out_dir_that_cannot_be_created_is_one_line(where, cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys):
     if where == "under_a_file":
@@ -261,3 +272,50 @@ def test_an_out_dir_that_cannot_be_created_is_one_line(where, cls_tiny_data, cls
         out = Path("/proc/hw1_run")
     err = error_of(capsys, cls_tiny_train_argv(cls_tiny_data, out, epochs=1))
     assert err.startswith(f"error: {out}: cannot create the run folder (")
+
+
+# --- a resume that does not fit; a full disk at the metrics append --------------------------------
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("flags,problem", [
+    (["--no-wd-norm"], "written with --no-wd-norm False, this run has True"),
+    (["--opt", "adamw"], "written with --opt sgd, this run has adamw"),
+    (["drop-optimizer"], "cannot resume from it: it has no optimizer"),
+])
+def test_resume_into_a_run_it_does_not_fit(cls_one_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys,
+                                          flags, problem):
+    ckpt_path = cls_one_epoch_run / "last.pth"
+    if flags == ["drop-optimizer"]:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        del ckpt["optimizer"]
+        ckpt_path, flags = tmp_path / "weights_only.pth", []
+        torch.save(ckpt, ckpt_path)
+    out = tmp_path / "new_run"
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, out, "--resume", str(ckpt_path),
+                                                                *flags, epochs=2))
+    assert err == f"error: {ckpt_path}: {problem}" + (": resume with the same optimizer flags\n" if "this run" in problem
+                                                       else " (weights only?); pass it as --weights to start a new "
+                                                            "run from its weights\n")
+    assert not out.exists()  # refused before anything was written
+
+
+@pytest.mark.reliability
+def test_full_disk_at_the_metrics_append_is_one_line(cls_tiny_run, cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    run_dir = copy_run(cls_tiny_run[0], tmp_path / "run")  # 4 epochs: metrics.jsonl is longer than args.json
+    before = tree(run_dir)
+    limit = (run_dir / "metrics.jsonl").stat().st_size + 50
+
+    def small_disk():  # files may grow to ``limit`` bytes: room to rewrite metrics.jsonl, not to add a line
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    argv = cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume", run_dir / "last.pth", epochs=6)
+    result = subprocess.run([sys.executable, "train_cls.py", *map(str, argv)], cwd=REPO, env=script_env(),
+                            preexec_fn=small_disk, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    error = result.stderr.splitlines()[-1]
+    assert error.startswith(f"error: {run_dir / 'metrics.jsonl'}: cannot write (is the disk full? ")
+    after = tree(run_dir)
+    assert after.pop("args.json") and after == {k: v for k, v in before.items() if k != "args.json"}  # no half line

@@ -22,9 +22,11 @@ if str(REPO) not in sys.path:  # the top-level scripts (train_seg.py, eval.py) a
 import eval as eval_script  # noqa: E402
 import hw1.runtime  # noqa: E402
 import train_seg  # noqa: E402
+from helpers import (assert_one_line_error, cli_error, contents, noise, save_code_running_checkpoint,  # noqa: E402
+                     write_pairs)
 from hw1.checkpoint import model_from_checkpoint  # noqa: E402
 from hw1.data.images import MEAN, STD  # noqa: E402
-from hw1.data.masks import NUM_CLASSES, PALETTE  # noqa: E402
+from hw1.data.masks import NUM_CLASSES, PALETTE, write_mask  # noqa: E402
 from hw1.data.scenes import make_seg_demo  # noqa: E402
 from hw1.data.seg import load_seg_split, seg_eval_transform  # noqa: E402
 from hw1.errors import UserError  # noqa: E402
@@ -129,6 +131,7 @@ def test_seg_confusion_accepts_course_style_names_on_both_sides(tmp_path):
     assert mean_iou(seg_confusion_from_dirs(pred_dir, gt_dir)) == pytest.approx(brute_miou(pairs), abs=1e-12)
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("change", ["missing", "extra"])
 def test_seg_confusion_different_ids_name_the_pred_folder(tmp_path, change):
     rng = np.random.default_rng(2)
@@ -322,6 +325,7 @@ def save_cls_checkpoint(path):
     return path
 
 
+@pytest.mark.reliability
 def test_train_seg_refuses_to_resume_a_cls_checkpoint(seg_data, tmp_path):
     cls_ckpt = save_cls_checkpoint(tmp_path / "cls.pth")
     with pytest.raises(UserError) as e:
@@ -409,6 +413,7 @@ def expected_classes(model, path, tta):
     return prob[0].argmax(0).numpy()
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("tta", [False, True])
 def test_predict_seg_outputs(tta, predict_inputs, varied_checkpoint, tmp_path, fp32_inference):
     folder, sizes = predict_inputs
@@ -479,6 +484,7 @@ def test_predict_seg_without_a_checkpoint_uses_the_shipped_one(predict_inputs, v
         assert a.read_bytes() == b.read_bytes()
 
 
+@pytest.mark.reliability
 def test_predict_seg_refuses_a_cls_checkpoint(predict_inputs, tmp_path):
     cls_ckpt = save_cls_checkpoint(tmp_path / "cls.pth")
     with pytest.raises(UserError) as e:
@@ -625,6 +631,7 @@ def test_export_with_half_weights_loads_back_to_fp32_and_predicts_alike(scaled_c
     assert abs(scores[0]["miou"] - scores[1]["miou"]) < 0.01
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("side", ["pred", "gt"])
 def test_seg_confusion_refuses_two_masks_of_one_id(side, tmp_path):
     pred_dir, gt_dir, _ = make_mask_folders(tmp_path, np.random.default_rng(5), [(8, 8), (8, 8)])
@@ -634,3 +641,96 @@ def test_seg_confusion_refuses_two_masks_of_one_id(side, tmp_path):
     twin.write_bytes(existing.read_bytes())
     with pytest.raises(UserError, match=rf"{folder}: .* and .* are both masks of {existing.stem[:4]}; keep one"):
         seg_confusion_from_dirs(pred_dir, gt_dir)
+
+
+# --- bad input and unsafe checkpoints -------------------------------------------------------------
+
+
+@pytest.mark.reliability
+def test_cli_truncated_jpeg_keeps_the_previous_masks(cli_runs):
+    result, paths = cli_runs["truncated_jpeg"]
+    assert_one_line_error(result, paths["bad"], "cannot read image")
+    # Neither the first image's new mask nor a staging folder: the folder is as it was.
+    assert contents(paths["out"]) == paths["before"]
+    assert [p.name for p in paths["out"].iterdir()] == ["0000_mask.png"]
+
+
+@pytest.mark.reliability
+def test_predict_seg_error_creates_no_output_folder(seg_checkpoint, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    noise(np.random.default_rng(0), 24, 24).save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    with pytest.raises(UserError, match="b.png: cannot read image"):
+        predict_seg(folder, tmp_path / "out" / "masks", checkpoint=seg_checkpoint, device="cpu")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # no masks folder, no staging folder
+
+
+@pytest.mark.reliability
+def test_predict_seg_converts_modes_and_keeps_sizes(seg_checkpoint, tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sizes = {"gray.png": (37, 50), "rgba.png": (20, 20), "palette.png": (33, 65), "cmyk.jpg": (50, 37)}
+    for (name, (h, w)), mode in zip(sizes.items(), ("L", "RGBA", "P", "CMYK")):
+        noise(rng, h, w, mode).save(folder / name)
+    written = predict_seg(folder, tmp_path / "out", checkpoint=seg_checkpoint, device="cpu")
+    assert sorted(p.name for p in written) == ["cmyk.png", "gray.png", "palette.png", "rgba.png"]
+    palette = {tuple(c) for c in PALETTE}
+    for name, (h, w) in sizes.items():
+        with Image.open(tmp_path / "out" / (Path(name).stem + ".png")) as im:
+            assert im.mode == "RGB" and (im.height, im.width) == (h, w)
+            assert {tuple(c) for c in np.asarray(im).reshape(-1, 3)} <= palette
+
+
+@pytest.mark.reliability
+def test_eval_checkpoint_on_pairs_of_an_odd_size(seg_checkpoint, tmp_path, capsys):
+    # 36x52 is no multiple of the network's stride of 32: the model pads, and every pixel is scored.
+    folder = write_pairs(tmp_path / "val", [(36, 52)] * 3)
+    summary = eval_script.main(["--task", "seg", "--checkpoint", str(seg_checkpoint), "--data-dir", str(folder),
+                            "--device", "cpu"])
+    assert f"(classes 0-5, {3 * 36 * 52} pixels)" in capsys.readouterr().out
+    assert 0 <= summary["pixel_acc"] <= 1
+
+
+@pytest.mark.reliability
+def test_eval_reads_off_palette_masks_by_thresholding(tmp_path):
+    rng = np.random.default_rng(2)
+    classes = rng.integers(0, 7, size=(16, 16))
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    write_mask(classes, pred_dir / "0000.png")
+    # Ground truth drawn in off-palette colours: each channel moved up to 100 towards the middle.
+    jitter = rng.integers(0, 101, size=(16, 16, 3))
+    shaded = np.where(PALETTE[classes] > 127, PALETTE[classes] - jitter, PALETTE[classes] + jitter)
+    shaded[0, 0] = (255, 0, 0)  # pure red is no class: read as unknown (6)
+    gt_dir.mkdir()
+    Image.fromarray(shaded.astype(np.uint8)).save(gt_dir / "0000_mask.png")
+    cm = seg_confusion_from_dirs(pred_dir, gt_dir)
+    expected = np.zeros((7, 7), np.int64)
+    truth = classes.copy()
+    truth[0, 0] = 6
+    np.add.at(expected, (truth.ravel(), classes.ravel()), 1)
+    np.testing.assert_array_equal(cm.numpy(), expected)
+
+
+@pytest.mark.reliability
+def test_train_seg_with_an_unpaired_image_exits_2(tmp_path, capsys):
+    root = tmp_path / "data"
+    write_pairs(root / "train", [(8, 8)])
+    write_pairs(root / "validation", [(8, 8)])
+    (root / "train" / "0000_mask.png").rename(root / "train" / "0001_mask.png")
+    err = cli_error(capsys, train_seg.main, [
+        "--model", "vgg16_fcn32s", "--weights", "none", "--fc-channels", "8", "--data-dir", str(root),
+        "--out-dir", str(tmp_path / "run"), "--device", "cpu", "--workers", "0", "--no-progress"])
+    assert f"{root / 'train'}: 2 file(s) without their _sat.jpg/_mask.png partner: 0000_sat.jpg, 0001_mask.png" in err
+
+
+@pytest.mark.reliability
+def test_predict_seg_refuses_a_checkpoint_that_runs_code(tmp_path):
+    marker = tmp_path / "MARKER"
+    evil = save_code_running_checkpoint(tmp_path / "evil.pth", marker)
+    folder = write_pairs(tmp_path / "in", [(8, 8)])
+    with pytest.raises(UserError, match="refused to load") as info:
+        predict_seg(folder, tmp_path / "out", checkpoint=evil, device="cpu")
+    assert str(info.value).startswith(str(evil))
+    assert not marker.exists() and not (tmp_path / "out").exists()

@@ -36,6 +36,7 @@ def test_summary_of_a_folder_without_a_run(tmp_path):
         summarize_run(tmp_path)
 
 
+@pytest.mark.reliability
 def test_summary_of_a_run_that_gained_ema_at_a_resume(cls_tiny_run, tmp_path):
     """Epochs before the resume have no val_raw_acc: the raw best is over the epochs that have one."""
     run_dir = tmp_path / "run"

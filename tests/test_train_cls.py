@@ -6,11 +6,13 @@ import json
 import math
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 import train_cls
+from helpers import cli_error, save_code_running_checkpoint, snapshot, truncate
 from hw1 import engine
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.cli import run
@@ -120,6 +122,7 @@ def test_checkpoint_rebuilds_the_model_and_its_val_accuracy(cls_tiny_run, cls_ti
     assert result["cm"].sum() == len(val)
 
 
+@pytest.mark.reliability
 def test_resume_is_equivalent_to_an_uninterrupted_run(cls_tiny_run, cls_tiny_data, cls_tiny_train_argv, tmp_path,
                                                       monkeypatch):
     reference_dir, _ = cls_tiny_run
@@ -238,6 +241,7 @@ def test_missing_val_folder(tmp_path, cls_tiny_data, cls_tiny_train_argv):
     assert str(root) in str(info.value)
 
 
+@pytest.mark.reliability
 def test_non_finite_loss_stops_the_run(cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys):
     out = tmp_path / "diverged"
     argv = cls_tiny_train_argv(cls_tiny_data, out, epochs=3, lr=1e6)
@@ -257,6 +261,7 @@ def test_non_finite_loss_stops_the_run(cls_tiny_data, cls_tiny_train_argv, tmp_p
     assert err.startswith("error: loss became") and err.count("\n") == 1 and "Traceback" not in err
 
 
+@pytest.mark.reliability
 def test_non_finite_loss_from_the_criterion(cls_tiny_data, cls_tiny_train_argv, tmp_path, monkeypatch):
     """Independent of how the optimiser diverges: one NaN loss in a later epoch stops the run there."""
     real = torch.nn.CrossEntropyLoss
@@ -275,3 +280,113 @@ def test_non_finite_loss_from_the_criterion(cls_tiny_data, cls_tiny_train_argv, 
         train_cls.main(cls_tiny_train_argv(cls_tiny_data, out, epochs=2))
     assert [r["epoch"] for r in _records(out)] == [1]
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1
+
+
+# --- resume: checkpoints that do not fit, a failure after it, workers, another --amp --------------
+
+
+def copy_run(run_dir, tmp_path):
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+@pytest.mark.reliability
+def test_train_cls_refuses_to_resume_a_seg_checkpoint(seg_checkpoint, cls_tiny_data, cls_tiny_train_argv, tmp_path,
+                                                      capsys):
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, tmp_path / "run", "--resume",
+                                                                str(seg_checkpoint)))
+    assert f"{seg_checkpoint}: a seg checkpoint (vgg16_fcn32s), not a cls one" in err
+
+
+@pytest.mark.reliability
+def test_resume_from_a_corrupt_checkpoint_leaves_the_run_untouched(cls_one_epoch_run, cls_tiny_data,
+                                                                   cls_tiny_train_argv, tmp_path, capsys):
+    run_dir = copy_run(cls_one_epoch_run, tmp_path)
+    corrupt = tmp_path / "corrupt.pth"
+    shutil.copy(run_dir / "last.pth", corrupt)
+    truncate(corrupt)
+    before = snapshot(run_dir)
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume", str(corrupt),
+                                                                epochs=2))
+    assert f"{corrupt}: corrupt or not a PyTorch checkpoint" in err
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.reliability
+def test_resume_from_nothing(cls_one_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys):
+    run_dir = copy_run(cls_one_epoch_run, tmp_path)
+    before = snapshot(run_dir)
+    missing = run_dir / "epoch_009.pth"
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume", str(missing),
+                                                                epochs=2))
+    assert err == f"error: {missing}: checkpoint not found\n"
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.reliability
+def test_resume_of_a_checkpoint_that_runs_code(cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys):
+    marker = tmp_path / "MARKER"
+    evil = save_code_running_checkpoint(tmp_path / "evil.pth", marker)
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, tmp_path / "run", "--resume",
+                                                                str(evil)))
+    assert err.startswith(f"error: {evil}: refused to load")
+    assert not marker.exists()
+
+
+@pytest.mark.reliability
+def test_non_finite_loss_after_resume_keeps_the_checkpoint(cls_one_epoch_run, cls_tiny_data, cls_tiny_train_argv,
+                                                           tmp_path, monkeypatch, capsys):
+    run_dir = copy_run(cls_one_epoch_run, tmp_path)
+    before = {name: (run_dir / name).read_bytes() for name in ("last.pth", "best.pth")}
+
+    class AlwaysNaN(torch.nn.CrossEntropyLoss):
+        def forward(self, input, target):
+            return super().forward(input, target) * float("nan")
+
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", AlwaysNaN)
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume",
+                                                                str(run_dir / "last.pth"), epochs=2))
+    assert err.startswith("error: loss became nan at epoch 2, step ")
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    assert load_checkpoint(run_dir / "last.pth")["epoch"] == 1
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]
+
+
+@pytest.mark.reliability
+def test_resume_with_dataloader_workers_is_exact(cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    # One worker process and random crops and flips: the workers' RNG streams derive from the main
+    # process's torch RNG, which the checkpoint restores.
+    extra = ("--workers", "1", "--aug", "light", "--save-epochs", "1")
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, tmp_path / "whole", *extra, epochs=3))
+    # Epochs 2 and 3 again, from the checkpoint of epoch 1, into a new folder.
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, tmp_path / "resumed", *extra, "--resume",
+                                       str(tmp_path / "whole" / "epoch_001.pth"), epochs=3))
+
+    def records(run_dir):
+        timing = {"train_img_s", "train_seconds", "val_img_s", "wall_seconds"}
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    whole, resumed = records(tmp_path / "whole"), records(tmp_path / "resumed")
+    # the new folder gets epoch 1's record from the checkpoint's folder, then its own epochs 2 and 3
+    assert [r["epoch"] for r in whole] == [1, 2, 3] and [r["epoch"] for r in resumed] == [1, 2, 3]
+    assert resumed == whole
+    a = load_checkpoint(tmp_path / "whole" / "last.pth")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "last.pth")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.reliability
+def test_resume_of_a_bf16_checkpoint_with_fp16(cls_tiny_data, cls_tiny_train_argv, tmp_path, caplog):
+    # A bf16 run (e.g. on an H100) continued with fp16 (e.g. on a T4), which needs a gradient scaler.
+    run_dir = tmp_path / "run"
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, "--amp", "bf16", epochs=1))
+    assert load_checkpoint(run_dir / "last.pth")["scaler"] == {}  # bf16 has no scaler state
+    with caplog.at_level("WARNING"):
+        record = train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, "--amp", "fp16", "--resume",
+                                                    str(run_dir / "last.pth"), epochs=2))
+    assert record["epoch"] == 2
+    assert f"{run_dir / 'last.pth'}: written without fp16's gradient scaler (--amp bf16); this run's fp16 " \
+           "starts a fresh one" in caplog.messages
+    ckpt = load_checkpoint(run_dir / "last.pth")
+    assert ckpt["args"]["amp"] == "fp16" and ckpt["scaler"]["scale"] > 0

@@ -19,6 +19,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import viz  # noqa: E402
+from helpers import assert_one_line_error  # noqa: E402
 from hw1 import plots  # noqa: E402
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from hw1.cli import parse_key_values  # noqa: E402
@@ -230,3 +231,13 @@ def test_arch_figure_and_table(model, config, size, tmp_path, capsys):
 def test_arch_bad_config_is_one_line_error(tmp_path):
     with pytest.raises(UserError, match="--config"):
         viz.main(["arch", "--model", "densenet", "--config", "depth=11", "--out-dir", str(tmp_path)])
+
+
+# --- too little data ------------------------------------------------------------------------------
+
+
+@pytest.mark.reliability
+def test_features_of_too_few_images_is_one_line(cli_runs):
+    result, paths = cli_runs["features_of_one_image"]
+    assert_one_line_error(result, f"{paths['bad']}: 1 image(s); PCA and t-SNE need at least 3")
+    assert not paths["out"].exists()

@@ -1,0 +1,88 @@
+"""Helpers of several test modules: one-line errors, folder contents, generated images and pairs, damaged
+files, a checkpoint that would run code, the environment of a script run as a real process."""
+import os
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hw1.cli import run
+from hw1.data.masks import write_mask
+
+
+def cli_error(capsys, main, argv):
+    """Run ``main`` as a script does (through ``hw1.cli.run``); return its one-line stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        run(main, argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert str(fragment) in lines[0]
+
+
+def snapshot(folder):
+    """``{name: bytes}`` of every file in ``folder``, hidden ones included."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+def contents(path):
+    """What is at ``path`` now: a folder's :func:`snapshot`, a file's bytes, or None."""
+    if path is None or not path.exists():
+        return None
+    return snapshot(path) if path.is_dir() else path.read_bytes()
+
+
+def tree(folder):
+    """``{relative path: bytes}`` of every file under ``folder``, hidden ones included."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def noise(rng, h, w, mode="RGB"):
+    return Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)).convert(mode)
+
+
+def write_pairs(folder, sizes, seed=0):
+    """``{i:04d}_sat.jpg`` + ``_mask.png`` of random pixels and classes, one pair per (H, W) in ``sizes``."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (h, w) in enumerate(sizes):
+        noise(rng, h, w).save(folder / f"{i:04d}_sat.jpg")
+        write_mask(rng.integers(0, 7, size=(h, w)), folder / f"{i:04d}_mask.png")
+    return folder
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+class _RunsAShellCommandWhenUnpickled:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def save_code_running_checkpoint(path, marker):
+    """An hw1-looking checkpoint whose unpickling would create ``marker``."""
+    payload = _RunsAShellCommandWhenUnpickled(f"touch {shlex.quote(str(marker))}")
+    torch.save({"model": payload, "model_name": "densenet", "model_config": {}}, path)
+    return path
+
+
+def script_env():
+    return dict(os.environ, OMP_NUM_THREADS="1")  # see cls_one_torch_thread in conftest.py
