@@ -42,11 +42,10 @@ def get_args_parser():
 
 
 def checkpoint_confusion(args):
-    device = get_device(args.device)
-    # the same loading (and memory format) as hw1.predict, so both routes score identically
-    model = load_model(args.checkpoint, args.task, device)
-    return model_confusion(model, args.data_dir, task=args.task, device=device, labels_csv=args.labels,
-                           batch_size=args.batch_size, tta=args.tta)
+    # the same loading (and inference plan) as hw1.predict, so both routes score identically
+    model = load_model(args.checkpoint, args.task, get_device(args.device))
+    return model_confusion(model, args.data_dir, task=args.task, labels_csv=args.labels, batch_size=args.batch_size,
+                           tta=args.tta)
 
 
 def report(cm, task):

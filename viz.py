@@ -52,12 +52,12 @@ def cmd_curves(args, device):
 
 
 def cmd_confusion(args, device):
-    model, epoch, name = checkpoint_model(args.checkpoint, None, device)
-    task = get_spec(name).task
-    cm = model_confusion(model, args.data_dir, task=task, device=device, labels_csv=args.labels, size=args.size,
+    model, epoch = checkpoint_model(args.checkpoint, None, device)
+    task = get_spec(model.name).task
+    cm = model_confusion(model, args.data_dir, task=task, labels_csv=args.labels, size=args.size,
                          batch_size=args.batch_size)
     size = f", resized to {args.size}x{args.size}" if task == "seg" and args.size else ""
-    title = f"{name} {epoch} ({Path(args.checkpoint).name}) on {Path(args.data_dir).name}{size}"
+    title = f"{model.name} {epoch} ({Path(args.checkpoint).name}) on {Path(args.data_dir).name}{size}"
     return plots.save_figure(plots.confusion_figure(cm, task=task, title=title), args.paths[0], dpi=args.dpi,
                              pdf=args.pdf)
 

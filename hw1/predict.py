@@ -15,6 +15,7 @@ import csv
 import io
 import logging
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -36,21 +37,50 @@ CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 DEFAULT_CHECKPOINTS = {"cls": CHECKPOINTS / "p1_densenet.pth", "seg": CHECKPOINTS / "p2_vgg16_fcn32s.pth"}
 
 
-def inference_model(ckpt, path, device):
-    """The model of a loaded checkpoint in eval mode on ``device``, set up to infer the fastest way.
+@dataclass(frozen=True)
+class InferenceModel:
+    """A model ready to infer, with its plan: ``module`` in eval mode on ``device``, run under
+    autocast to ``amp`` (None: full fp32) on inputs in NHWC when ``channels_last``; ``tta`` averages
+    with the mirror image; ``size`` is the side a segmenter was trained at (None: images at their
+    own size); ``name`` the model's registry name (None for a model built otherwise)."""
+    module: torch.nn.Module
+    device: torch.device
+    amp: torch.dtype | None
+    channels_last: bool
+    tta: bool = False
+    size: int | None = None
+    name: str | None = None
 
-    Its memory format and ``model.infer_amp`` (the autocast dtype, None for fp32) are the
-    measured fastest inference configuration of that model on this device (``hw1.runtime``);
-    ``model.infer_tta`` is the checkpoint's own choice of flip TTA (``python -m hw1.checkpoint --tta``);
-    ``model.infer_size`` the side a segmenter was trained at (its run's ``--size``; None: the images' own).
-    """
-    model = model_from_checkpoint(ckpt, path).to(device).eval()
-    name = ckpt["model_name"]
-    model.infer_tta = bool(ckpt.get("inference", {}).get("tta", False))
-    model.infer_size = trained_size(ckpt)
-    model.infer_amp = amp_dtype("auto", device, name, use="infer")
-    model.infer_channels_last = channels_last_default(None, name, device, use="infer")
-    return model.to(memory_format=torch.channels_last) if model.infer_channels_last else model
+    @classmethod
+    def from_checkpoint(cls, ckpt, path, device):
+        """The model of a loaded checkpoint, set up to infer the fastest way on ``device``.
+
+        Memory format and autocast dtype are the measured fastest inference configuration of that
+        model on this device (``hw1.runtime``); ``tta`` is the checkpoint's own choice of flip TTA
+        (``python -m hw1.checkpoint --tta``); ``size`` its run's ``--size``.
+        """
+        module = model_from_checkpoint(ckpt, path).to(device).eval()
+        name = ckpt["model_name"]
+        channels_last = channels_last_default(None, name, device, use="infer")
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        return cls(module, device, amp_dtype("auto", device, name, use="infer"), channels_last,
+                   tta=bool(ckpt.get("inference", {}).get("tta", False)), size=trained_size(ckpt), name=name)
+
+    @classmethod
+    def of(cls, module, device):
+        """``module`` (built otherwise, in eval mode on ``device``) with the device's defaults for an
+        unknown model: autocast as ``--amp auto``, NHWC inputs, no TTA, images at their own size."""
+        return cls(module, device, amp_dtype("auto", device), channels_last=True)
+
+    def with_tta(self, tta):
+        """This plan with flip TTA as asked, or (None) as it is: the checkpoint's choice."""
+        return self if tta is None else replace(self, tta=tta)
+
+    def prepare(self, images):
+        """uint8 (N, 3, H, W) -> normalised floats on the model's device, NHWC if ``channels_last``."""
+        x = normalize(images.to(self.device))
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def trained_size(ckpt):
@@ -60,62 +90,40 @@ def trained_size(ckpt):
     return int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) and size >= 1 else None
 
 
-def inference_settings(model, device):
-    """(autocast dtype or None, channels_last) that :func:`inference_model` chose for ``model``.
-
-    A model built otherwise gets the device's defaults for an unknown model.
-    """
-    amp = model.infer_amp if hasattr(model, "infer_amp") else amp_dtype("auto", device)
-    return amp, getattr(model, "infer_channels_last", True)
-
-
-def inference_tta(model, tta):
-    """``tta`` as asked, or (None) the checkpoint's choice that :func:`inference_model` recorded (off elsewhere)."""
-    return getattr(model, "infer_tta", False) if tta is None else tta
-
-
-def prepare(images, device, channels_last):
-    """uint8 (N, 3, H, W) -> normalised floats on ``device``, NHWC if ``channels_last``."""
-    x = normalize(images.to(device))
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
 def load_model(checkpoint, task, device):
-    """Model of ``checkpoint`` (or the shipped default of ``task``) ready for inference on ``device``."""
+    """:class:`InferenceModel` of ``checkpoint`` (or the shipped default of ``task``) on ``device``."""
     if checkpoint is None and task not in DEFAULT_CHECKPOINTS:
         raise UserError(f"no {task} checkpoint is shipped with hw1: pass one (e.g. runs/vgg16_fcn32s/best.pth)")
     path = checkpoint or DEFAULT_CHECKPOINTS[task]
-    return inference_model(load_checkpoint(path, task=task), path, device)
+    return InferenceModel.from_checkpoint(load_checkpoint(path, task=task), path, device)
 
 
 @torch.inference_mode()
-def classify(model, images, *, device, batch_size=128, tta=None):
-    """Class indices of uint8 images (N, 3, H, W), in batches, as :func:`inference_model` set ``model`` up;
-    ``tta`` averages each image's class probabilities with its mirror image's (None: the checkpoint's choice).
+def classify(model, images, *, batch_size=128, tta=None):
+    """Class indices (N,) of uint8 images (N, 3, H, W), in batches, as the :class:`InferenceModel` ``model``
+    plans; ``tta`` averages each image's class probabilities with its mirror image's (None: the plan's choice).
 
     Batches of 128 keep a DenseNet's concatenated 32x32 feature maps in the CPU's caches: on 2
     cores they classified 766 img/s against 490 in batches of 500.
     """
-    amp, channels_last = inference_settings(model, device)
-    tta = inference_tta(model, tta)
+    model = model.with_tta(tta)
     preds = []
     for batch in images.split(batch_size):
-        with autocast(device, amp):
-            preds.append(probabilities(model, prepare(batch, device, channels_last), tta=tta).argmax(1).cpu())
+        with autocast(model.device, model.amp):
+            preds.append(probabilities(model.module, model.prepare(batch), tta=model.tta).argmax(1).cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
 
 
 @torch.inference_mode()
-def extract_features(model, images, *, device, batch_size=500):
-    """Penultimate features ``model.features(x)`` of uint8 images (N, 3, H, W) as float32 numpy (N, D),
-    in batches, ``model`` as :func:`inference_model` set it up (in eval mode, its memory format)."""
+def extract_features(model, images, *, batch_size=500):
+    """Penultimate features ``model.module.features(x)`` of uint8 images (N, 3, H, W) as float32 numpy
+    (N, D), in batches, on the device and in the memory format of the :class:`InferenceModel` ``model``."""
     # In fp32, not under the model's inference autocast: the features are what the PCA and t-SNE
     # figures show, not a class decision. bf16 moves them by about 0.6 % (the shipped DenseNet on
     # 250 validation images), the explained variance in its third digit and the t-SNE layout with
     # it, and whether autocast runs depends on the CPU (bf16 only where it has bf16 instructions):
     # the figures of one checkpoint would differ from machine to machine.
-    _, channels_last = inference_settings(model, device)
-    out = [model.features(prepare(batch, device, channels_last)).float().cpu() for batch in images.split(batch_size)]
+    out = [model.module.features(model.prepare(batch)).float().cpu() for batch in images.split(batch_size)]
     return torch.cat(out).numpy() if out else torch.empty(0, 0).numpy()
 
 
@@ -159,7 +167,7 @@ def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=None, o
             raise UserError(f"{shown(p)}: file name is not UTF-8 text, which the CSV needs to name it; rename the file")
     model = load_model(checkpoint, "cls", device)
     images = decode_images(files, IMG_SIZE)
-    rows = [(p.name, int(c)) for p, c in zip(files, classify(model, images, device=device, tta=tta))]
+    rows = [(p.name, int(c)) for p, c in zip(files, classify(model, images, tta=tta))]
     write_csv(rows, output_csv, ("filename", "label"))
     return rows
 
@@ -170,22 +178,19 @@ def mask_name(image_path):
 
 
 @torch.inference_mode()
-def segment(model, image, *, device, tta=None):
-    """(H, W) int64 classes of one uint8 (3, H, W) image; ``tta`` averages with the flipped image
-    (None: the checkpoint's choice).
+def segment(model, image, *, tta=None):
+    """(H, W) int64 classes of one uint8 (3, H, W) image as the :class:`InferenceModel` ``model`` plans;
+    ``tta`` averages with the flipped image (None: the plan's choice).
 
-    A model trained at a smaller scale (``model.infer_size``) sees the image resized to it as its
+    A model trained at a smaller scale (``model.size``) sees the image resized to it as its
     training images were (:func:`hw1.data.images.resize_rgb`); its logits are upsampled back to (H, W).
     """
-    amp, channels_last = inference_settings(model, device)
-    tta = inference_tta(model, tta)
+    model = model.with_tta(tta)
     size = tuple(image.shape[-2:])
-    scale = getattr(model, "infer_size", None)
-    if scale is not None:
-        image = torch.from_numpy(resize_rgb(image.permute(1, 2, 0).numpy(), scale)).permute(2, 0, 1)
-    x = prepare(image[None], device, channels_last)
-    with autocast(device, amp):
-        return probabilities(model, x, tta=tta, size=size)[0].argmax(0).cpu()
+    if model.size is not None:
+        image = torch.from_numpy(resize_rgb(image.permute(1, 2, 0).numpy(), model.size)).permute(2, 0, 1)
+    with autocast(model.device, model.amp):
+        return probabilities(model.module, model.prepare(image[None]), tta=model.tta, size=size)[0].argmax(0).cpu()
 
 
 def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=None, overwrite=False):
@@ -214,7 +219,7 @@ def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=None, o
     with staged_folder(output_dir) as stage:
         for path in files:
             image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1)
-            write_mask(segment(model, image, device=device, tta=tta).numpy(), stage / mask_name(path), text=MASK_MARK)
+            write_mask(segment(model, image, tta=tta).numpy(), stage / mask_name(path), text=MASK_MARK)
     return [output_dir / mask_name(path) for path in files]
 
 

@@ -91,17 +91,16 @@ def seg_confusion_from_dirs(pred_dir, gt_dir, num_classes=NUM_CLASSES):
     return cm
 
 
-def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None, batch_size=None, tta=None):
-    """Pooled confusion matrix of an inference-ready ``model`` on a labelled folder of ``task``.
+def model_confusion(model, data_dir, *, task, labels_csv=None, size=None, batch_size=None, tta=None):
+    """Pooled (C, C) confusion matrix of a :class:`hw1.predict.InferenceModel` on a labelled folder of ``task``.
 
     cls: images named ``{label}_{id}`` (or labelled by ``labels_csv``); seg: image + mask pairs,
-    optionally resized to ``size``; a model trained at a smaller scale (``model.infer_size``) gets the
+    optionally resized to ``size``; a model trained at a smaller scale (``model.size``) gets the
     images at that scale and its logits are upsampled to the masks, as ``hw1.predict`` does.
-    Autocast as in ``hw1.predict``, so both routes score alike;
-    ``tta`` as its ``--tta`` (class probabilities averaged with the mirror image's; None: the checkpoint's choice).
+    Autocast and memory format as its plan says, as in ``hw1.predict``, so both routes score alike;
+    ``tta`` as its ``--tta`` (class probabilities averaged with the mirror image's; None: the plan's choice).
     """
     from hw1.engine import evaluate
-    from hw1.predict import inference_settings, inference_tta
 
     if task == "cls":
         from hw1.data.cls import cls_eval_transform, load_cls_split
@@ -112,11 +111,10 @@ def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None
 
         # a model trained at a smaller scale gets its images at that scale and the masks stay at
         # their own size (or the asked one): its logits are upsampled to them
-        scale = getattr(model, "infer_size", None)
-        dataset = load_seg_split(data_dir, size=scale or size, transform=seg_eval_transform(),
-                                 mask_size=size if scale else "image")
+        dataset = load_seg_split(data_dir, size=model.size or size, transform=seg_eval_transform(),
+                                 mask_size=size if model.size else "image")
     num_classes = CLS_CLASSES if task == "cls" else NUM_CLASSES
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or (500 if task == "cls" else 4))
-    amp, channels_last = inference_settings(model, device)
-    return evaluate(model, loader, num_classes=num_classes, task=task, device=device,
-                    amp_dtype=amp, channels_last=channels_last, tta=inference_tta(model, tta))["cm"]
+    model = model.with_tta(tta)
+    return evaluate(model.module, loader, num_classes=num_classes, task=task, device=model.device,
+                    amp_dtype=model.amp, channels_last=model.channels_last, tta=model.tta)["cm"]

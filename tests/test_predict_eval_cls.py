@@ -191,14 +191,15 @@ def test_tta_predictions_are_the_mirror_averaged_argmax_in_predict_and_eval(cls_
 def test_extract_features_are_the_classifier_input_in_fp32(cls_tiny_checkpoint):
     model = load_model(cls_tiny_checkpoint, "cls", torch.device("cpu"))
     images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
-    feats = extract_features(model, images, device=torch.device("cpu"), batch_size=3)
-    assert feats.shape == (7, model.num_features) and feats.dtype == np.float32
+    feats = extract_features(model, images, batch_size=3)
+    net = model.module
+    assert feats.shape == (7, net.num_features) and feats.dtype == np.float32
     assert np.isfinite(feats).all()
     # the classifier's fp32 logits, even where the model's inference plan is bf16 autocast
     with torch.no_grad():
-        logits = model(normalize(images)).numpy()
-    np.testing.assert_allclose(feats @ model.classifier.weight.detach().numpy().T
-                               + model.classifier.bias.detach().numpy(), logits, rtol=1e-4, atol=1e-4)
+        logits = net(normalize(images)).numpy()
+    np.testing.assert_allclose(feats @ net.classifier.weight.detach().numpy().T
+                               + net.classifier.bias.detach().numpy(), logits, rtol=1e-4, atol=1e-4)
 
 
 def label_csvs(tmp_path, gt_text, pred_text):
@@ -427,6 +428,24 @@ def test_a_checkpoint_exported_with_tta_is_used_with_it_unless_told_not_to(cls_t
     assert score(shipped) == score(cls_tiny_checkpoint, "--tta") and score(shipped)[1] == {True}
     # without TTA the evaluation takes the logits' argmax and never asks for probabilities
     assert score(shipped, "--no-tta") == score(cls_tiny_checkpoint) and score(cls_tiny_checkpoint)[1] == set()
+
+
+def test_the_inference_model_carries_its_checkpoints_plan(cls_tiny_checkpoint, tmp_path):
+    from hw1.checkpoint import export_checkpoint
+    from hw1.predict import InferenceModel
+    from hw1.runtime import amp_dtype, channels_last_default
+
+    cpu = torch.device("cpu")
+    export_checkpoint(cls_tiny_checkpoint, tmp_path / "shipped.pth", tta=True)
+    plain, shipped = load_model(cls_tiny_checkpoint, "cls", cpu), load_model(tmp_path / "shipped.pth", "cls", cpu)
+    assert (plain.tta, shipped.tta, shipped.size, shipped.name) == (False, True, None, "densenet")
+    assert shipped.amp == amp_dtype("auto", cpu, "densenet", use="infer") and not shipped.module.training
+    assert shipped.channels_last == channels_last_default(None, "densenet", cpu, use="infer")
+    # --tta / --no-tta override the checkpoint's choice; not given, it stands
+    assert shipped.with_tta(None) is shipped and not shipped.with_tta(False).tta and plain.with_tta(True).tta
+    # a model built otherwise: the device's defaults for an unknown model
+    bare = InferenceModel.of(plain.module, cpu)
+    assert (bare.amp, bare.channels_last, bare.tta, bare.size) == (amp_dtype("auto", cpu), True, False, None)
 
 
 @pytest.mark.reliability

@@ -108,13 +108,12 @@ def test_masks_grid_size_and_exact_palette(seg_tiny, tmp_path):
 
     # Rebuild the same figure to know where its mask panels are, then read those pixels of the PNG.
     images, gts = zip(*(viz.read_pair(val_dir, i, None) for i in ids))
-    from hw1.predict import segment
+    from hw1.predict import InferenceModel, segment
 
     preds = []
     for path in ckpts:
-        model = model_from_checkpoint(load_checkpoint(path)).eval()
-        preds.append([segment(model, torch.from_numpy(im).permute(2, 0, 1), device=torch.device("cpu")).numpy()
-                      for im in images])
+        model = InferenceModel.of(model_from_checkpoint(load_checkpoint(path)).eval(), torch.device("cpu"))
+        preds.append([segment(model, torch.from_numpy(im).permute(2, 0, 1)).numpy() for im in images])
     fig = plots.mask_grid(list(images), list(gts), preds, ids=ids, pred_titles=["a", "b", "c"])
     boxes = [ax.get_position() for ax in fig.mask_axes]  # figure fractions, independent of dpi
     assert len(boxes) == rows * (1 + len(ckpts))

@@ -15,20 +15,19 @@ from hw1.checkpoint import load_checkpoint
 from hw1.errors import UserError
 from hw1.models import build_model, get_spec
 from hw1.models.introspect import model_summary
-from hw1.predict import CHECKPOINTS, extract_features, inference_model, segment
+from hw1.predict import CHECKPOINTS, InferenceModel, extract_features, segment
 from hw1.scoring import model_confusion
 
 
 def checkpoint_model(path, task, device):
-    """(model in eval mode on ``device``, ``epoch N`` or the file name, model name) of a checkpoint.
+    """(:class:`hw1.predict.InferenceModel` on ``device``, ``epoch N`` or the file name) of a checkpoint.
 
     The file is read once (P2 checkpoints with optimizer state are hundreds of MB); the model is
     prepared as :func:`hw1.predict.load_model` prepares it.
     """
     ckpt = load_checkpoint(path, task=task)
-    model = inference_model(ckpt, path, device)
     title = f"epoch {ckpt['epoch']}" if isinstance(ckpt.get("epoch"), int) else Path(path).name
-    return model, title, ckpt["model_name"]
+    return InferenceModel.from_checkpoint(ckpt, path, device), title
 
 
 # --- the architectures: shapes and counts on the meta device, nothing allocated or computed ---------
@@ -98,8 +97,8 @@ class FreshScore:
 
 def fresh_score(checkpoint, task, folder, labels_csv, device):
     """The checkpoint scored on the labelled ``folder`` (P2 at full size), as hw1.predict would predict."""
-    model, epoch, _ = checkpoint_model(checkpoint, task, device)
-    cm = model_confusion(model, folder, task=task, device=device, labels_csv=labels_csv)
+    model, epoch = checkpoint_model(checkpoint, task, device)
+    cm = model_confusion(model, folder, task=task, labels_csv=labels_csv)
     return FreshScore(Path(checkpoint), epoch, Path(folder), metrics.summarize(cm, task))
 
 
@@ -136,10 +135,10 @@ def checkpoint_features(checkpoints, images, labels, *, data, device):
     """The penultimate features of ``images`` under each checkpoint."""
     arrays, titles = [], []
     for path in checkpoints:
-        model, title, name = checkpoint_model(path, "cls", device)
-        arrays.append(extract_features(model, images, device=device))
+        model, title = checkpoint_model(path, "cls", device)
+        arrays.append(extract_features(model, images))
         titles.append(f"{title} ({Path(path).name})")
-    return Features(arrays, titles, name, labels, Path(data))
+    return Features(arrays, titles, model.name, labels, Path(data))
 
 
 # --- P2: predicted masks ------------------------------------------------------------------------------
@@ -177,7 +176,7 @@ def predicted_masks(checkpoints, folder, ids, *, size, device):
     images = [p[0] for p in pairs]
     preds, titles = [], []
     for path in checkpoints:
-        model, title, _ = checkpoint_model(path, "seg", device)
-        preds.append([segment(model, torch.from_numpy(im).permute(2, 0, 1), device=device).numpy() for im in images])
+        model, title = checkpoint_model(path, "seg", device)
+        preds.append([segment(model, torch.from_numpy(im).permute(2, 0, 1)).numpy() for im in images])
         titles.append(title)
     return Masks(list(ids), images, [p[1] for p in pairs], preds, titles)
