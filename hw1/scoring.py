@@ -10,6 +10,7 @@ from hw1.data.cls import NUM_CLASSES as CLS_CLASSES
 from hw1.data.images import folder_files
 from hw1.data.masks import NUM_CLASSES, read_mask
 from hw1.errors import UserError
+from hw1.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,7 @@ def model_confusion(model, data_dir, *, task, device, labels_csv=None, size=None
         scale = getattr(model, "infer_size", None)
         dataset = load_seg_split(data_dir, size=scale or size, transform=seg_eval_transform(),
                                  mask_size=size if scale else "image")
-    num_classes = CLS_CLASSES if task == "cls" else NUM_CLASSES
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or (500 if task == "cls" else 4))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or get_task(task).eval_batch)
     amp, channels_last = inference_settings(model, device)
-    return evaluate(model, loader, num_classes=num_classes, task=task, device=device,
+    return evaluate(model, loader, num_classes=get_task(task).num_classes, task=task, device=device,
                     amp_dtype=amp, channels_last=channels_last, tta=inference_tta(model, tta))["cm"]

@@ -22,9 +22,9 @@ from hw1.run_dir import RunDir
 from hw1.runtime import (amp_dtype, channels_last_default, device_name, micro_batch_default, seed_everything,
                          setup_logging)
 from hw1.schedule import CosineSchedule
+from hw1.tasks import get_task
 
 log = logging.getLogger(__name__)
-METRIC = {"cls": "acc", "seg": "miou"}  # what picks best.pth
 
 
 def param_groups(model, weight_decay, no_wd_norm):
@@ -244,7 +244,7 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     ``best.pth`` is the best validation accuracy (P1) or mIoU (P2). ``resume`` is the checkpoint
     :func:`load_resume` returned for ``config.resume``; ``replace`` clears the run the folder held.
     """
-    task, metric = spec.task, METRIC[spec.task]
+    task, metric = spec.task, get_task(spec.task).metric  # what picks best.pth
     device = dist.setup(config.device)
     distributed, main = dist.world_size() > 1, dist.is_main()
     amp = amp_dtype(config.amp, device, spec.name)
