@@ -7,24 +7,21 @@
 """
 import argparse
 import json
-import math
 from pathlib import Path
 
-from hw1 import metrics
 from hw1.cli import AT_LEAST_1, check_numbers, run
-from hw1.data.masks import CLASS_NAMES
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
 from hw1.outputs import check_output
 from hw1.predict import load_model
 from hw1.runtime import get_device
-from hw1.scoring import cls_confusion_from_csv, model_confusion, seg_confusion_from_dirs
-
+from hw1.scoring import model_confusion
+from hw1.tasks import TASKS, get_task
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=["cls", "seg"], required=True)
+    p.add_argument("--task", choices=list(TASKS), required=True)
     p.add_argument("--pred", help="cls: prediction CSV; seg: folder of predicted masks")
     p.add_argument("--gt", help="cls: ground-truth CSV (filename,label); seg: folder of ground-truth masks")
     p.add_argument("--checkpoint", help="evaluate this checkpoint directly instead of --pred")
@@ -46,20 +43,6 @@ def checkpoint_confusion(args):
     model = load_model(args.checkpoint, args.task, get_device(args.device))
     return model_confusion(model, args.data_dir, task=args.task, labels_csv=args.labels, batch_size=args.batch_size,
                            tta=args.tta)
-
-
-def report(cm, task):
-    """Lines to print: the headline metric, then one line per class."""
-    n = cm.sum().item()
-    if task == "cls":
-        lines = [f"accuracy: {metrics.accuracy(cm):.4f} ({cm.diag().sum().item()}/{n} images)", "per class:"]
-        support = cm.sum(1).tolist()
-        lines += [f"  class {c:2d}: {a:.4f} ({support[c]} images)"
-                  for c, a in enumerate(metrics.per_class_accuracy(cm)) if not math.isnan(a)]
-        return lines
-    lines = [f"mIoU: {metrics.mean_iou(cm):.4f} (classes 0-5, {n} pixels)", "per class IoU:"]
-    lines += [f"  {c} {CLASS_NAMES[c]:<11s} {iou:.4f}" for c, iou in enumerate(metrics.iou_per_class(cm)[:6])]
-    return lines
 
 
 # flags that only one of the two ways of scoring reads: given with the other, they would be ignored
@@ -93,17 +76,12 @@ def check_args(args):
 
 def main(argv=None):
     args = check_args(get_args_parser().parse_args(argv))
-    if args.checkpoint:
-        cm = checkpoint_confusion(args)
-    elif args.task == "cls":
-        cm = cls_confusion_from_csv(args.pred, args.gt)
-    else:
-        cm = seg_confusion_from_dirs(args.pred, args.gt)
-    summary = metrics.summarize(cm, args.task)
+    cm = checkpoint_confusion(args) if args.checkpoint else get_task(args.task).score(args.pred, args.gt)
+    summary = get_task(args.task).summarize(cm)
     # the file first: a reader of stdout that has gone (| true) must not cost the file
     if args.json:
         atomic_write_text(json.dumps(json_safe(summary), indent=2) + "\n", Path(args.json))
-    print("\n".join(report(cm, args.task)))
+    print("\n".join(get_task(args.task).describe(cm)))
     return summary
 
 

@@ -9,12 +9,13 @@ import logging
 from pathlib import Path
 
 from hw1 import distributed as dist
-from hw1.cli import add_training_args, require_layout, run, start_run
+from hw1.cli import add_training_args, run, start_run
 from hw1.config import ClsConfig
 from hw1.data.cls import AUGMENTATIONS, cls_eval_transform, cls_train_transform, load_cls_split
 from hw1.data.demo import make_cls_demo
 from hw1.models import model_names
 from hw1.run_dir import RunDir
+from hw1.tasks import get_task
 from hw1.trainer import train
 
 log = logging.getLogger("train_cls")
@@ -34,22 +35,21 @@ def get_args_parser():
     return add_training_args(p, ClsConfig)
 
 
-def data_root(config):
-    return require_layout(config.data_dir, ("train_50", "val_50"), "p1_data.tar.gz")
+LAYOUT = get_task("cls").layout
 
 
 def load_splits(config):
-    root = data_root(config)
-    csv = root / "val_gt.csv"
-    train_set = load_cls_split(root / "train_50", transform=cls_train_transform(config.aug))
-    val_set = load_cls_split(root / "val_50", labels_csv=csv if csv.is_file() else None,
+    root = LAYOUT.require(config.data_dir)
+    csv = root / LAYOUT.labels
+    train_set = load_cls_split(root / LAYOUT.train, transform=cls_train_transform(config.aug))
+    val_set = load_cls_split(root / LAYOUT.val, labels_csv=csv if csv.is_file() else None,
                              transform=cls_eval_transform())
     return train_set, val_set
 
 
 def main(argv=None):
     config = start_run("train_cls.py", get_args_parser(), argv, make_cls_demo, ClsConfig)
-    data_root(config)  # a missing data folder is refused before a model is built or a file written
+    LAYOUT.require(config.data_dir)  # a missing data folder is refused before a model is built or a file written
     record = train(config, load_splits)
     if config.demo and dist.is_main():
         from hw1.metrics import accuracy
@@ -57,8 +57,8 @@ def main(argv=None):
         from hw1.scoring import cls_confusion_from_csv
 
         root, out = Path(config.data_dir), RunDir(config.out_dir)
-        rows = predict_cls(root / "val_50", out.path / "val_pred.csv", checkpoint=out.best, device=config.device)
-        acc = accuracy(cls_confusion_from_csv(out.path / "val_pred.csv", root / "val_gt.csv"))
+        rows = predict_cls(root / LAYOUT.val, out.path / "val_pred.csv", checkpoint=out.best, device=config.device)
+        acc = accuracy(cls_confusion_from_csv(out.path / "val_pred.csv", root / LAYOUT.labels))
         print(f"demo: wrote {out.best} and {out.path / 'val_pred.csv'}; "
               f"val accuracy of the predictions {acc:.4f} on {len(rows)} images")
     return record

@@ -7,12 +7,13 @@
 """
 import argparse
 
-from hw1.cli import add_training_args, require_layout, run, start_run
+from hw1.cli import add_training_args, run, start_run
 from hw1.config import SegConfig
 from hw1.data.scenes import make_seg_demo
 from hw1.data.seg import load_seg_split, seg_eval_transform, seg_train_transform
 from hw1.losses import CLASS_WEIGHTS
 from hw1.models import model_names
+from hw1.tasks import get_task
 from hw1.trainer import train
 
 def get_args_parser():
@@ -37,21 +38,20 @@ def get_args_parser():
     return add_training_args(p, SegConfig)
 
 
-def data_root(config):
-    return require_layout(config.data_dir, ("train", "validation"), "p2_data.tar.gz")
+LAYOUT = get_task("seg").layout
 
 
 def load_splits(config):
-    root = data_root(config)
-    train_set = load_seg_split(root / "train", size=config.size,
+    root = LAYOUT.require(config.data_dir)
+    train_set = load_seg_split(root / LAYOUT.train, size=config.size,
                                transform=seg_train_transform(config.crop_size, scale=(config.min_scale, 1.0)))
-    val_set = load_seg_split(root / "validation", size=config.size, transform=seg_eval_transform())
+    val_set = load_seg_split(root / LAYOUT.val, size=config.size, transform=seg_eval_transform())
     return train_set, val_set
 
 
 def main(argv=None):
     config = start_run("train_seg.py", get_args_parser(), argv, make_seg_demo, SegConfig)
-    data_root(config)  # a missing data folder is refused before a model is built or a file written
+    LAYOUT.require(config.data_dir)  # a missing data folder is refused before a model is built or a file written
     return train(config, load_splits)
 
 

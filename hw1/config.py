@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hw1.errors import UserError
+from hw1.tasks import TASKS
 
 def between(lo, hi):
     """A :func:`hw1.cli.check_numbers` rule: ``lo <= value <= hi``."""
@@ -196,7 +197,7 @@ class TrainConfig:
 @dataclass
 class ClsConfig(TrainConfig):
     """train_cls.py: P1 classification."""
-    data_dir: str = "hw1_data/p1_data"
+    data_dir: str = TASKS["cls"].layout.root
     batch_size: int = 128
     label_smoothing: float = 0.1
     aug: str = "seed"
@@ -225,7 +226,7 @@ class ClsConfig(TrainConfig):
 @dataclass
 class SegConfig(TrainConfig):
     """train_seg.py: P2 segmentation."""
-    data_dir: str = "hw1_data/p2_data"
+    data_dir: str = TASKS["seg"].layout.root
     batch_size: int = 8
     crop_size: int = 512
     min_scale: float = 0.25
@@ -268,7 +269,7 @@ class SegConfig(TrainConfig):
         return SegLoss(aux_weight=self.aux_weight, weight=weight)
 
 
-CONFIGS = {"cls": ClsConfig, "seg": SegConfig}
+CONFIGS = {config.task: config for config in (ClsConfig, SegConfig)}
 
 
 def resolve(config_cls, typed, hyperparameters=None, *, command=None):

@@ -68,10 +68,12 @@ def progress_bar(loader, *, desc, progress):
     return tqdm(loader, desc=desc, disable=True if not progress else None, leave=False, dynamic_ncols=True)
 
 
-def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, device, amp_dtype=None,
-                    channels_last=False, grad_clip=None, epoch=0, log_every=20, progress=True, distributed=False,
-                    micro_batch=None, line_every=100, ema=None):
+def train_one_epoch(model, loader, state, *, criterion, device, amp_dtype=None, channels_last=False, grad_clip=None,
+                    epoch=0, log_every=20, progress=True, distributed=False, micro_batch=None, line_every=100):
     """Train for one pass over ``loader``; return averaged ``loss``, ``acc``, ``img_s`` and ``seconds``.
+
+    ``model`` is what runs the steps (``state.model``, or its DDP / compiled wrapper); ``state`` a
+    :class:`hw1.train_state.TrainState` whose optimizer, schedule, scaler and weight average step.
 
     ``progress``: a bar on a terminal; elsewhere one log line every ``line_every`` steps (checked
     at the ``log_every`` steps), as the epoch's own summary line is the caller's.
@@ -83,8 +85,9 @@ def train_one_epoch(model, loader, *, criterion, optimizer, scheduler, scaler, d
 
     Step order: zero_grad -> forward under autocast -> scaled backward (per chunk) -> (unscale,
     clip) -> optimizer step through the scaler -> scale update -> lr schedule step (per iteration)
-    -> ``ema.update()`` (an :class:`hw1.ema.EMA` of the model, if given).
+    -> ``state.ema.update()`` (with a weight average).
     """
+    optimizer, scheduler, scaler, ema = state.optimizer, state.scheduler, state.scaler, state.ema
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)

@@ -6,6 +6,8 @@ Classification accuracy is ``trace / total``; segmentation mIoU is the course's
 averaged over classes 0-5. The unknown class (6) is not averaged, but its ground-truth pixels
 still count as false positives of whatever class is predicted there.
 """
+import math
+
 import torch
 
 
@@ -62,7 +64,32 @@ def image_miou(target, pred, num_classes):
 
 
 def summarize(cm, task):
-    """The metrics logged per epoch and printed by eval.py, as plain floats and lists."""
-    if task == "cls":
-        return {"acc": accuracy(cm), "per_class_acc": per_class_accuracy(cm)}
+    """The metrics of ``task`` logged per epoch and written by eval.py, as plain floats and lists."""
+    from hw1.tasks import get_task
+
+    return get_task(task).summarize(cm)
+
+
+def cls_summary(cm):
+    return {"acc": accuracy(cm), "per_class_acc": per_class_accuracy(cm)}
+
+
+def seg_summary(cm):
     return {"miou": mean_iou(cm), "iou": iou_per_class(cm), "pixel_acc": accuracy(cm)}
+
+
+def cls_lines(cm):
+    """What eval.py prints of a P1 score: the accuracy, then one line per class."""
+    n = cm.sum().item()
+    lines = [f"accuracy: {accuracy(cm):.4f} ({cm.diag().sum().item()}/{n} images)", "per class:"]
+    support = cm.sum(1).tolist()
+    return lines + [f"  class {c:2d}: {a:.4f} ({support[c]} images)"
+                    for c, a in enumerate(per_class_accuracy(cm)) if not math.isnan(a)]
+
+
+def seg_lines(cm):
+    """What eval.py prints of a P2 score: the mIoU, then the IoU of each class it averages."""
+    from hw1.data.masks import CLASS_NAMES
+
+    lines = [f"mIoU: {mean_iou(cm):.4f} (classes 0-5, {cm.sum().item()} pixels)", "per class IoU:"]
+    return lines + [f"  {c} {CLASS_NAMES[c]:<11s} {iou:.4f}" for c, iou in enumerate(iou_per_class(cm)[:6])]

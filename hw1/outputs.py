@@ -23,12 +23,13 @@ from pathlib import Path
 from PIL import Image
 
 from hw1.errors import UserError
+from hw1.tasks import TASKS
 
 # The tEXt mark of the PNGs hw1 writes as predictions, which tells them from ground truth.
 MASK_MARK = ("Software", "hw1.predict")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Folders and files of the course's data layout (a folder holding one is data, not output).
-DATA_FOLDERS = ("train_50", "val_50", "train", "validation")
+DATA_FOLDERS = tuple(d for task in TASKS.values() for d in (task.layout.train, task.layout.val))
 
 
 def _png_software(path):

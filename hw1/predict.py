@@ -29,12 +29,9 @@ from hw1.errors import UserError
 from hw1.io import atomic_write_text, staged_folder
 from hw1.outputs import MASK_MARK, check_output, check_outputs
 from hw1.runtime import amp_dtype, autocast, channels_last_default, get_device
+from hw1.tasks import get_task
 
 log = logging.getLogger(__name__)
-CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-# The shipped model A of each problem (P2's: VGG16-FCN at a quarter of VGG16's width, trained on a
-# CPU budget; the full-width models are hundreds of MB and come through hw1_download.sh).
-DEFAULT_CHECKPOINTS = {"cls": CHECKPOINTS / "p1_densenet.pth", "seg": CHECKPOINTS / "p2_vgg16_fcn32s.pth"}
 
 
 @dataclass(frozen=True)
@@ -92,9 +89,7 @@ def trained_size(ckpt):
 
 def load_model(checkpoint, task, device):
     """:class:`InferenceModel` of ``checkpoint`` (or the shipped default of ``task``) on ``device``."""
-    if checkpoint is None and task not in DEFAULT_CHECKPOINTS:
-        raise UserError(f"no {task} checkpoint is shipped with hw1: pass one (e.g. runs/vgg16_fcn32s/best.pth)")
-    path = checkpoint or DEFAULT_CHECKPOINTS[task]
+    path = checkpoint or get_task(task).default_checkpoint
     return InferenceModel.from_checkpoint(load_checkpoint(path, task=task), path, device)
 
 
@@ -173,8 +168,10 @@ def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=None, o
 
 
 def mask_name(image_path):
-    stem = Path(image_path).stem
-    return f"{stem[:-4]}_mask.png" if stem.endswith("_sat") else f"{stem}.png"
+    """The course's name of an image's mask (``0013_sat.jpg`` -> ``0013_mask.png``), else ``<stem>.png``."""
+    layout, stem = get_task("seg").layout, Path(image_path).stem
+    sat = Path(layout.image_suffix).stem
+    return f"{stem[:-len(sat)]}{layout.mask_suffix}" if stem.endswith(sat) else f"{stem}.png"
 
 
 @torch.inference_mode()

@@ -10,6 +10,7 @@ from hw1.data.cls import NUM_CLASSES as CLS_CLASSES
 from hw1.data.images import folder_files
 from hw1.data.masks import NUM_CLASSES, read_mask
 from hw1.errors import UserError
+from hw1.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,7 @@ def model_confusion(model, data_dir, *, task, labels_csv=None, size=None, batch_
         # their own size (or the asked one): its logits are upsampled to them
         dataset = load_seg_split(data_dir, size=model.size or size, transform=seg_eval_transform(),
                                  mask_size=size if model.size else "image")
-    num_classes = CLS_CLASSES if task == "cls" else NUM_CLASSES
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or (500 if task == "cls" else 4))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or get_task(task).eval_batch)
     model = model.with_tta(tta)
-    return evaluate(model.module, loader, num_classes=num_classes, task=task, device=model.device,
+    return evaluate(model.module, loader, num_classes=get_task(task).num_classes, task=task, device=model.device,
                     amp_dtype=model.amp, channels_last=model.channels_last, tta=model.tta)["cm"]

@@ -15,8 +15,10 @@ from hw1.cli import run
 from hw1.config import config_of
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
+from hw1.models import REGISTRY, get_spec
 from hw1.outputs import check_output
 from hw1.run_dir import RunDir
+from hw1.tasks import get_task
 
 
 def git_commit(repo=Path(__file__).resolve().parents[1]):
@@ -33,11 +35,14 @@ def summarize_run(run_dir):
     if args is None:
         raise UserError(f"{run_dir}: not a run folder with args.json and metrics.jsonl (no readable {folder.args.name})")
     records = folder.read_metrics()
-    metric = "val_miou" if "val_miou" in records[-1] else "val_acc"
-    config = config_of("seg" if metric == "val_miou" else "cls", args)
+    try:
+        task = get_task(get_spec(args.get("model")).task)
+    except ValueError:
+        raise UserError(f"{folder.args}: model {args.get('model')!r} is none of {', '.join(REGISTRY)}") from None
+    config = config_of(task.name, args)
+    metric, per_class = f"val_{task.metric}", f"val_{task.per_class}"
     best = max(records, key=lambda r: r[metric])
-    per_class = "val_iou" if metric == "val_miou" else "val_per_class_acc"
-    raw = metric.replace("val_", "val_raw_")  # with --ema: the trained weights' own score beside the average's
+    raw = f"val_raw_{task.metric}"  # with --ema: the trained weights' own score beside the average's
     # a run that gained --ema at a resume has the raw score from that epoch on only
     with_raw = [r[raw] for r in records if raw in r]
     raw_best = {"best_raw": max(with_raw), "last_raw": records[-1][raw]} if raw in records[-1] else {}

@@ -14,35 +14,17 @@ from torch.nn.parallel import DistributedDataParallel
 from hw1 import distributed as dist
 from hw1 import engine
 from hw1.checkpoint import load_checkpoint, plain, rng_state, set_rng_state
-from hw1.ema import EMA
 from hw1.errors import UserError
 from hw1.io import json_safe
 from hw1.models import get_spec
 from hw1.run_dir import RunDir
 from hw1.runtime import (amp_dtype, channels_last_default, device_name, micro_batch_default, seed_everything,
                          setup_logging)
-from hw1.schedule import CosineSchedule
+from hw1.tasks import get_task
+from hw1.train_state import RESUME_KEYS as TRAIN_KEYS
+from hw1.train_state import TrainState
 
 log = logging.getLogger(__name__)
-METRIC = {"cls": "acc", "seg": "miou"}  # what picks best.pth
-
-
-def param_groups(model, weight_decay, no_wd_norm):
-    """One group, or two with no decay on 1-d tensors (norm weights, biases) as nanoGPT does."""
-    if not no_wd_norm:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(model, args):
-    groups = param_groups(model, args.weight_decay, args.no_wd_norm)
-    if args.opt == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov)
-    return torch.optim.AdamW(groups, lr=args.lr)
 
 
 def default_save_epochs(epochs):
@@ -91,7 +73,8 @@ def restore_rng(ckpt, seed):
         seed_everything(seed + dist.rank() + 1000 * ckpt["epoch"])
 
 
-RESUME_KEYS = ("optimizer", "scheduler", "scaler", "epoch", "best", "rng")
+# what --resume needs beyond the weights: the training state's keys and the RNG streams
+RESUME_KEYS = (*TRAIN_KEYS, "rng")
 RESUME_FLAGS = ("opt", "no_wd_norm")  # what shapes the optimizer state
 
 
@@ -138,38 +121,6 @@ def filled(ckpt):
         return get_spec(ckpt["model_name"]).model_config(ckpt["model_config"])
     except (ArgError, ValueError):
         return ckpt["model_config"]
-
-
-def restore(ckpt, path, *, model, optimizer, scheduler, scaler, seed, steps_per_epoch):
-    """Load a checked ``--resume`` checkpoint into the run's objects; return (next epoch, best).
-
-    Weights, optimizer moments, scaler, RNG streams and the step count come from the checkpoint;
-    the hyperparameters (lr schedule, weight decay, momentum) stay this run's: the cosine is
-    this run's ``--lr`` / ``--epochs`` / ``--warmup-epochs`` / ``--min-lr`` one, continued at the
-    first step after the checkpoint's epoch.
-    """
-    # with --ema, "model" is the average (what is shipped) and "train_model" the weights that train
-    model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
-    flags = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
-    schedule = scheduler.state_dict()
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt["scaler"] or not scaler.is_enabled():
-            scaler.load_state_dict(ckpt["scaler"])
-        else:
-            # A bf16 or fp32 run has no scaler state (a bf16 run on an H100 continued with fp16 on
-            # a T4): fp16 starts a fresh scaler, which settles its scale within a few steps.
-            log.warning("%s: written without fp16's gradient scaler (--amp %s); this run's fp16 starts a fresh one",
-                        path, (ckpt.get("args") or {}).get("amp", "?"))
-    except (ValueError, KeyError, RuntimeError, TypeError) as e:
-        raise UserError(f"{path}: its optimizer, schedule or scaler state does not fit this run "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''})") from None
-    for group, values in zip(optimizer.param_groups, flags):
-        group.update(values)  # load_state_dict brought the checkpoint's hyperparameters back
-    scheduler.load_state_dict({**schedule, "last_step": ckpt["epoch"] * steps_per_epoch})
-    restore_rng(ckpt, seed)
-    return ckpt["epoch"] + 1, ckpt["best"]
 
 
 def check_buildable(spec, model_config, size):
@@ -244,7 +195,7 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     ``best.pth`` is the best validation accuracy (P1) or mIoU (P2). ``resume`` is the checkpoint
     :func:`load_resume` returned for ``config.resume``; ``replace`` clears the run the folder held.
     """
-    task, metric = spec.task, METRIC[spec.task]
+    task, metric = spec.task, get_task(spec.task).metric  # what picks best.pth
     device = dist.setup(config.device)
     distributed, main = dist.world_size() > 1, dist.is_main()
     amp = amp_dtype(config.amp, device, spec.name)
@@ -259,19 +210,16 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     train_loader, val_loader = make_loaders(train_set, val_set, config, device)
-    optimizer = build_optimizer(model, config)
     steps = len(train_loader)
-    scheduler = CosineSchedule(optimizer, base_lr=config.lr, total_steps=config.epochs * steps,
-                               warmup_steps=round(config.warmup_epochs * steps), min_lr=config.min_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-    start_epoch, best = 1, float("-inf")
+    state = TrainState.create(model, config, steps_per_epoch=steps, amp=amp, device=device)
     records = []
     if resume is not None:
-        start_epoch, best = restore(resume, config.resume, model=model, optimizer=optimizer, scheduler=scheduler,
-                                    scaler=scaler, seed=config.seed, steps_per_epoch=steps)
+        state.load(resume, config.resume, steps_per_epoch=steps)
+        restore_rng(resume, config.seed)
         # the history it continues, from the checkpoint's own folder (a new --out-dir gets a copy)
         records = RunDir(Path(config.resume).parent).read_metrics(upto_epoch=resume["epoch"], required=False)
-        log.info("resumed from %s at epoch %d (lr %.4g)", config.resume, start_epoch, optimizer.param_groups[0]["lr"])
+        log.info("resumed from %s at epoch %d (lr %.4g)", config.resume, state.epoch + 1,
+                 state.optimizer.param_groups[0]["lr"])
     args = plain(config.to_dict())
     if main:  # only now, so that a run refused above leaves the folder as it was
         if replace:
@@ -283,11 +231,9 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
             if not run_dir.branch(config.resume, resume["epoch"], best_epoch):
                 log.warning("%s: the checkpoint of epoch %d, the best up to epoch %d, was not kept; best.pth "
                             "will be the best epoch from here on", run_dir.path, best_epoch, resume["epoch"])
-                best = float("-inf")
+                state.best = float("-inf")
 
-    ema = EMA(model, config.ema) if config.ema else None
-    if ema is not None and resume is not None and "train_model" in resume:
-        ema.load_state_dict(resume["model"], resume["ema_updates"])
+    ema = state.ema
     step_model, eval_model = wrapped(model, config, device, distributed)
     log.info("training %s on %s x %d (amp=%s, channels_last=%s, micro_batch=%s): %d train / %d val samples, "
              "%d steps per epoch", spec.name, device, dist.world_size(), amp, config.channels_last,
@@ -298,15 +244,14 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     record = records[-1] if records else None
     # the run's wall time so far, training and evaluation, carried over a resume (data decoding aside)
     started, wall_before = time.perf_counter(), (record or {}).get("wall_seconds", 0.0)
-    for epoch in range(start_epoch, config.epochs + 1):
+    for epoch in range(state.epoch + 1, config.epochs + 1):
         if distributed:
             train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
-        lr = optimizer.param_groups[0]["lr"]  # the epoch's first step's
+        lr = state.optimizer.param_groups[0]["lr"]  # the epoch's first step's
         train = engine.train_one_epoch(
-            step_model, train_loader, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
-            scaler=scaler, device=device, amp_dtype=amp, channels_last=config.channels_last,
-            grad_clip=config.grad_clip, epoch=epoch, progress=main and not config.no_progress,
-            distributed=distributed, micro_batch=config.micro_batch, ema=ema)
+            step_model, train_loader, state, criterion=criterion, device=device, amp_dtype=amp,
+            channels_last=config.channels_last, grad_clip=config.grad_clip, epoch=epoch,
+            progress=main and not config.no_progress, distributed=distributed, micro_batch=config.micro_batch)
         dist.broadcast_buffers(model)
         evaluated = {"": ema.module if ema else eval_model, **({"raw_": eval_model} if ema else {})}
         record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()}}
@@ -317,16 +262,12 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
             val.pop("cm")
             record.update({f"val_{prefix}{k}": json_safe(v) for k, v in val.items()})
         record["wall_seconds"] = round(wall_before + time.perf_counter() - started, 1)
-        is_best = record[f"val_{metric}"] > best
-        best = max(best, record[f"val_{metric}"])
+        is_best = record[f"val_{metric}"] > state.best
+        state.epoch, state.best = epoch, max(state.best, record[f"val_{metric}"])
         rng_ranks = dist.gather(rng_state())  # a collective: every rank takes part, rank 0 writes
         if main:
-            weights = {"model": ema.state_dict(), "train_model": model.state_dict(), "ema_updates": ema.updates} \
-                if ema else {"model": model.state_dict()}
             run_dir.save_epoch(record, {
-                **weights, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch, "best": best,
-                "rng": rng_ranks[0], **({"rng_ranks": rng_ranks} if distributed else {}),
+                **state.state_dict(), "rng": rng_ranks[0], **({"rng_ranks": rng_ranks} if distributed else {}),
                 "model_name": spec.name, "model_config": model_config, "task": task, "args": args,
                 "metrics": record,
             }, is_best=is_best, keep=epoch in save_epochs)

@@ -13,17 +13,17 @@ from conftest import CLS_TINY_MODEL_ARGS, REPO, make_cls_tiny
 from helpers import script_env
 from hw1 import engine
 from hw1.schedule import CosineSchedule
+from hw1.train_state import TrainState
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 
 
 def one_epoch(model, batches, micro_batch, **options):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    return engine.train_one_epoch(
-        model, batches, criterion=nn.CrossEntropyLoss(label_smoothing=0.1), optimizer=optimizer,
-        scheduler=CosineSchedule(optimizer, base_lr=0.1, total_steps=len(batches)),
-        scaler=torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"), micro_batch=micro_batch,
-        **{"progress": False, **options})
+    state = TrainState(model, optimizer, CosineSchedule(optimizer, base_lr=0.1, total_steps=len(batches)),
+                       torch.amp.GradScaler("cpu", enabled=False))
+    return engine.train_one_epoch(model, batches, state, criterion=nn.CrossEntropyLoss(label_smoothing=0.1),
+                                  device=torch.device("cpu"), micro_batch=micro_batch, **{"progress": False, **options})
 
 
 def data(seed=0):

@@ -84,6 +84,7 @@ def test_bf16_training_steps_on_amx_do_not_crash(name, config, size):
         from hw1.losses import SegLoss
         from hw1.models import build_model, get_spec
         from hw1.schedule import CosineSchedule
+        from hw1.train_state import TrainState
         torch.set_num_threads(2)  # the thread count that crashed; the work split decides
         torch.manual_seed(0)
         name, config, size = {name!r}, {config!r}, {size}
@@ -93,9 +94,9 @@ def test_bf16_training_steps_on_amx_do_not_crash(name, config, size):
         y = torch.randint(7, (2, size, size)) if seg else torch.randint(50, (2,))
         criterion = SegLoss(aux_weight=0.4 if config.get("aux_loss") else 0.0) if seg else torch.nn.CrossEntropyLoss()
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        engine.train_one_epoch(model, [(x, y)] * {STEPS}, criterion=criterion, optimizer=opt,
-                               scheduler=CosineSchedule(opt, base_lr=1e-4, total_steps={STEPS}),
-                               scaler=torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"),
+        state = TrainState(model, opt, CosineSchedule(opt, base_lr=1e-4, total_steps={STEPS}),
+                           torch.amp.GradScaler("cpu", enabled=False))
+        engine.train_one_epoch(model, [(x, y)] * {STEPS}, state, criterion=criterion, device=torch.device("cpu"),
                                amp_dtype=torch.bfloat16, progress=False)
         print("ok")
     """)

@@ -471,13 +471,18 @@ def test_predict_seg_cli(predict_inputs, varied_checkpoint, tmp_path):
 
 def test_predict_seg_without_a_checkpoint_uses_the_shipped_one(predict_inputs, varied_checkpoint, tmp_path,
                                                                  monkeypatch):
-    import hw1.predict
+    import dataclasses
 
-    monkeypatch.setitem(hw1.predict.DEFAULT_CHECKPOINTS, "seg", tmp_path / "missing.pth")
+    from hw1.tasks import TASKS
+
+    def shipped(path):
+        monkeypatch.setitem(TASKS, "seg", dataclasses.replace(TASKS["seg"], default_checkpoint=path))
+
+    shipped(tmp_path / "missing.pth")
     with pytest.raises(UserError, match="missing.pth: checkpoint not found"):
         predict_seg(predict_inputs[0], tmp_path / "out", device="cpu")
     assert not (tmp_path / "out").exists()
-    monkeypatch.setitem(hw1.predict.DEFAULT_CHECKPOINTS, "seg", varied_checkpoint)
+    shipped(varied_checkpoint)
     by_default = predict_seg(predict_inputs[0], tmp_path / "out", device="cpu")
     named = predict_seg(predict_inputs[0], tmp_path / "named", checkpoint=varied_checkpoint, device="cpu")
     for a, b in zip(by_default, named):

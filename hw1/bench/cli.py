@@ -52,6 +52,7 @@ from hw1.outputs import check_output
 from hw1.runtime import (cpu_cores, cpu_flags, cpu_has_fast_bf16, cpu_kind, cpu_model, device_name, get_device,
                          setup_logging)
 from hw1.summary import git_commit
+from hw1.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,8 @@ def parse_args(argv):
     if args.data_dir is None:  # train_cls.py's default; p1_train_folder generates digits where it has no data
         args.data_dir = ClsConfig.data_dir
     else:  # a folder named on the command line must hold the data: no silent stand-in for a mistyped path
-        require_layout(args.data_dir, ("train_50",), "p1_data.tar.gz")
+        layout = get_task("cls").layout
+        require_layout(args.data_dir, (layout.train,), layout.archive)
     given = {k: v for item in args.batch_size for k, v in item.items()}
     everyone = given.pop("", None)
     # per model: MODEL=N, else N, else the --quick preset; models left out get their spec's bench_batch

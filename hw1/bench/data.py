@@ -4,6 +4,7 @@ from pathlib import Path
 
 from hw1.config import ClsConfig
 from hw1.data.demo import make_cls_demo
+from hw1.tasks import get_task
 from hw1.trainer import make_loader
 
 DATA_BATCH = ClsConfig.batch_size  # train_cls.py's default batch
@@ -11,10 +12,11 @@ DATA_BATCH = ClsConfig.batch_size  # train_cls.py's default batch
 
 def p1_train_folder(data_dir, workdir):
     """(folder, source): the real P1 training images, else generated digits written under ``workdir``."""
-    folder = Path(data_dir) / "train_50"
+    train = get_task("cls").layout.train
+    folder = Path(data_dir) / train
     if folder.is_dir():
         return folder, "real"
-    return make_cls_demo(workdir) / "train_50", "generated"
+    return make_cls_demo(workdir) / train, "generated"
 
 
 def _forever(loader):

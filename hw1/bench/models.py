@@ -17,7 +17,7 @@ from hw1.config import CONFIGS as TRAIN_CONFIGS
 from hw1.config import ClsConfig
 from hw1.models import build_model, get_spec
 from hw1.runtime import amp_dtype, autocast, channels_last_default, micro_batch_default
-from hw1.schedule import CosineSchedule
+from hw1.train_state import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,11 @@ def synthetic_batch(shape, num_classes, batch_size, *, task, device, seed=0):
 
 
 class Setup(NamedTuple):
-    """A private copy of a model set up for one configuration, with its optimizer."""
+    """A private copy of a model set up for one configuration, with its training state."""
     model: nn.Module  # what runs: the compiled wrapper under compile
     amp: torch.dtype | None
     channels_last: bool
-    optimizer: torch.optim.Optimizer
-    scheduler: CosineSchedule
-    scaler: torch.amp.GradScaler
+    state: TrainState  # the plain model, its optimizer, schedule and scaler, as training has them
     micro_batch: int | None = None
 
 
@@ -101,18 +99,16 @@ def set_up(model, config, device, *, lr=1e-4):
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     amp = amp_dtype(config.amp, device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    # plain SGD with momentum, no weight decay, an lr schedule too long to move
+    training = TRAIN_CONFIGS["cls"](opt="sgd", lr=lr, weight_decay=0.0, epochs=1)
+    state = TrainState.create(model, training, steps_per_epoch=1 << 62, amp=amp, device=device)
     return Setup(model=torch.compile(model) if config.compile else model, amp=amp,
-                 channels_last=config.channels_last, optimizer=optimizer,
-                 scheduler=CosineSchedule(optimizer, base_lr=lr, total_steps=1 << 62),
-                 scaler=torch.amp.GradScaler(device.type, enabled=amp is torch.float16),
-                 micro_batch=config.micro_batch)
+                 channels_last=config.channels_last, state=state, micro_batch=config.micro_batch)
 
 
 def train_epoch(setup, loader, *, criterion, device):
     """The training loop itself (:func:`hw1.engine.train_one_epoch`) over ``loader``."""
-    return engine.train_one_epoch(setup.model, loader, criterion=criterion, optimizer=setup.optimizer,
-                                  scheduler=setup.scheduler, scaler=setup.scaler, device=device,
+    return engine.train_one_epoch(setup.model, loader, setup.state, criterion=criterion, device=device,
                                   amp_dtype=setup.amp, channels_last=setup.channels_last, progress=False,
                                   micro_batch=setup.micro_batch)
 

@@ -18,9 +18,11 @@ from PIL import Image
 
 from hw1.errors import UserError
 from hw1.io import atomic_write_text
+from hw1.tasks import get_task
 
 CLS_MARKER = ".cls_demo.json"
-CLS_SPLITS = ("train_50", "val_50")
+LAYOUT = get_task("cls").layout
+CLS_SPLITS = (LAYOUT.train, LAYOUT.val)
 
 
 def _read_marker(path):
@@ -84,7 +86,7 @@ def _digit_images(val_fraction, seed):
         # Dark ink on a light background, each of a random hue: colour says nothing about the label.
         fg, bg = rng.uniform(0, 110, size=(1, 1, 3)), rng.uniform(150, 255, size=(1, 1, 3))
         pixels = ink * fg + (1 - ink) * bg + rng.normal(0, 12, size=(32, 32, 3))
-        split = "val_50" if rng.random() < val_fraction else "train_50"
+        split = LAYOUT.val if rng.random() < val_fraction else LAYOUT.train
         out.append((split, f"{label}_{idx}.png", np.clip(pixels, 0, 255).astype(np.uint8), int(label)))
     return out
 
@@ -111,7 +113,7 @@ def make_cls_demo(root, *, val_fraction=0.2, seed=0):
         Image.fromarray(pixels).save(root / split / name)
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(
-        [("filename", "label"), *((name, label) for split, name, _, label in images if split == "val_50")])
-    atomic_write_text(buf.getvalue(), root / "val_gt.csv")
+        [("filename", "label"), *((name, label) for split, name, _, label in images if split == LAYOUT.val)])
+    atomic_write_text(buf.getvalue(), root / LAYOUT.labels)
     finish_demo_folder(root, CLS_MARKER, params)
     return root

@@ -14,9 +14,10 @@ from PIL import Image
 from hw1.data.demo import claim_demo_folder, finish_demo_folder
 from hw1.data.masks import write_mask
 from hw1.data.seg import MASK_SUFFIX, SAT_SUFFIX
+from hw1.tasks import get_task
 
 MARKER = ".seg_demo.json"
-SPLITS = ("train", "validation")
+SPLITS = (get_task("seg").layout.train, get_task("seg").layout.val)
 
 # Share of regions per class (urban, agriculture, rangeland, forest, water, barren, unknown):
 # agriculture leads as in the course data, but less lopsided so every class is learnable in a

@@ -7,8 +7,9 @@ from hw1.errors import UserError
 from hw1.report import evidence, notes, sections
 from hw1.report.blocks import Figure, Missing, Section
 from hw1.report.details import RunFacts, details
-from hw1.report.runs import PART, stage_checkpoints
+from hw1.report.runs import stage_checkpoints
 from hw1.summary import summarize_run
+from hw1.tasks import get_task
 
 
 class ReportBuilder:
@@ -51,8 +52,9 @@ class ReportBuilder:
 
     def place(self, task, n, section):
         """``section`` numbered ``P1.3  title``, its figure written as ``p1_3.png``."""
-        section.title = f"{PART[task]}.{n}  {section.title}"
-        section.key = f"{PART[task].lower()}_{n}"
+        problem = get_task(task).problem
+        section.title = f"{problem}.{n}  {section.title}"
+        section.key = f"{problem.lower()}_{n}"
         for block in section.blocks:
             if isinstance(block, Figure) and block.drawing is not None:
                 block.path = self.files_dir / f"{section.key}.png"
@@ -117,7 +119,9 @@ class ReportBuilder:
         if isinstance(data, Missing):
             return Section(title, [data] + ([missing] if missing else []))
         folder = data[0]
-        ids = [i for i in self.mask_ids if (folder / f"{i}_sat.jpg").is_file() and (folder / f"{i}_mask.png").is_file()]
+        layout = get_task("seg").layout
+        ids = [i for i in self.mask_ids
+               if (folder / f"{i}{layout.image_suffix}").is_file() and (folder / f"{i}{layout.mask_suffix}").is_file()]
         absent = [i for i in self.mask_ids if i not in ids]
         found = None
         if stages and ids:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from hw1.data.masks import CLASS_NAMES, UNKNOWN
 from hw1.models.introspect import format_params
-from hw1.predict import CHECKPOINTS
+from hw1.tasks import CHECKPOINTS
 from hw1.report.blocks import config_text, fmt
 
 

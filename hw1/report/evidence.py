@@ -15,8 +15,9 @@ from hw1.checkpoint import load_checkpoint
 from hw1.errors import UserError
 from hw1.models import build_model, get_spec
 from hw1.models.introspect import model_summary
-from hw1.predict import CHECKPOINTS, InferenceModel, extract_features, segment
+from hw1.predict import InferenceModel, extract_features, segment
 from hw1.scoring import model_confusion
+from hw1.tasks import CHECKPOINTS, get_task
 
 
 def checkpoint_model(path, task, device):
@@ -148,10 +149,12 @@ def read_pair(folder, image_id, size):
     from hw1.data.images import read_rgb
     from hw1.data.masks import read_mask
 
-    sat, mask = Path(folder) / f"{image_id}_sat.jpg", Path(folder) / f"{image_id}_mask.png"
+    layout = get_task("seg").layout
+    sat, mask = Path(folder) / f"{image_id}{layout.image_suffix}", Path(folder) / f"{image_id}{layout.mask_suffix}"
     for p in (sat, mask):
         if not p.is_file():
-            raise UserError(f"{p}: not found (--ids names xxxx of xxxx_sat.jpg + xxxx_mask.png in --data-dir)")
+            raise UserError(f"{p}: not found (--ids names xxxx of xxxx{layout.image_suffix} + "
+                            f"xxxx{layout.mask_suffix} in --data-dir)")
     image, gt = read_rgb(sat, size), read_mask(mask)
     if size is not None and gt.shape != (size, size):
         gt = np.asarray(PILImage.fromarray(gt).resize((size, size), PILImage.NEAREST))

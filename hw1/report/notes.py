@@ -1,7 +1,8 @@
 """The notes on what a section is missing, each with the command that makes it."""
 from hw1.report.blocks import Missing
-from hw1.report.runs import COURSE_MODEL, DATA, train_command, with_flag
+from hw1.report.runs import course_model, train_command, with_flag
 from hw1.run_dir import LAST
+from hw1.tasks import get_task
 
 
 def command(run, data_dir):
@@ -10,7 +11,7 @@ def command(run, data_dir):
 
 def no_run(run, data_dir):
     return Missing(f"No {run.name} run given (the course's model {run.slot} is "
-                   f"{COURSE_MODEL[run.task, run.slot]}). Train it, then pass its folder in "
+                   f"{course_model(run.task, run.slot)}). Train it, then pass its folder in "
                    f"--{run.task}-runs:", command(run, data_dir))
 
 
@@ -43,7 +44,8 @@ def unfinished(run):
 
 def data_folder(task, data_dir):
     """(validation folder, labels CSV or None) of ``task`` under ``data_dir`` (a Path or None), or a Missing note."""
-    part, split, archive = DATA[task]
+    layout = get_task(task).layout
+    part, split, archive = layout.folder, layout.val, layout.archive
     if data_dir is None:
         return Missing(f"No --data-dir given: this needs {part}/{split}. Extract the course data and pass "
                        f"--data-dir hw1_data:", f"mkdir -p hw1_data && tar xzf {archive} -C hw1_data")
@@ -51,10 +53,11 @@ def data_folder(task, data_dir):
     if not folder.is_dir():
         return Missing(f"{folder}: not found. Extract the course data:",
                        f"mkdir -p {data_dir} && tar xzf {archive} -C {data_dir}")
-    csv = data_dir / part / "val_gt.csv"
-    return folder, (csv if task == "cls" and csv.is_file() else None)
+    csv = data_dir / part / layout.labels if layout.labels else None
+    return folder, (csv if csv and csv.is_file() else None)
 
 
 def absent_masks(folder, ids):
-    return Missing(f"{folder} has no {', '.join(f'{i}_sat.jpg + {i}_mask.png' for i in ids)}; "
+    layout = get_task("seg").layout
+    return Missing(f"{folder} has no {', '.join(f'{i}{layout.image_suffix} + {i}{layout.mask_suffix}' for i in ids)}; "
                    f"--mask-ids names images of that folder.")

@@ -9,14 +9,13 @@ from hw1.errors import UserError
 from hw1.models import REGISTRY, get_spec
 from hw1.report.blocks import Missing
 from hw1.run_dir import BEST, LAST, RunDir
+from hw1.tasks import get_task
 
-SCRIPT = {"cls": "train_cls.py", "seg": "train_seg.py"}
-PART = {"cls": "P1", "seg": "P2"}
-METRIC = {"cls": "acc", "seg": "miou"}
-# The course's plan for each slot, used to say which run to make when one is missing.
-COURSE_MODEL = {("cls", "A"): "densenet", ("cls", "B"): "convnext",
-                ("seg", "A"): "vgg16_fcn32s", ("seg", "B"): "resnet101_fcn"}
-DATA = {"cls": ("p1_data", "val_50", "p1_data.tar.gz"), "seg": ("p2_data", "validation", "p2_data.tar.gz")}
+
+
+def course_model(task, slot):
+    """The course's model for ``slot`` (A or B) of ``task``, to say which run to make when one is missing."""
+    return get_task(task).course_models["AB".index(slot)]
 
 
 @dataclass
@@ -34,11 +33,11 @@ class Run:
 
     @property
     def name(self):
-        return f"{PART[self.task]} model {self.slot}"
+        return f"{get_task(self.task).problem} model {self.slot}"
 
     @property
     def label(self):
-        return f"{self.slot}: {self.model_name or COURSE_MODEL[self.task, self.slot]}"
+        return f"{self.slot}: {self.model_name or course_model(self.task, self.slot)}"
 
     def file(self, *names):
         """The first of ``names`` that exists in the run folder (epoch files by number), or None."""
@@ -67,13 +66,13 @@ def open_run(spec, task, slot):
     if not path.exists():
         raise UserError(f"{spec}: run folder not found ({flag} takes run folders, or - for a run you do not have)")
     if not path.is_dir():
-        raise UserError(f"{spec}: not a folder ({flag} takes run folders written by {SCRIPT[task]})")
+        raise UserError(f"{spec}: not a folder ({flag} takes run folders written by {get_task(task).script})")
     run.path = path
     folder = RunDir(path)
     run.epochs = folder.epoch_files()
     if not (folder.args.is_file() or folder.metrics.is_file() or run.newest_checkpoint()):
         raise UserError(f"{spec}: not a run folder (no args.json, metrics.jsonl or checkpoint; "
-                        f"{SCRIPT[task]} writes them)")
+                        f"{get_task(task).script} writes them)")
     args = folder.read_args()
     try:
         run.records = folder.read_metrics()
@@ -96,12 +95,12 @@ def open_run(spec, task, slot):
 def train_command(run, data_dir="hw1_data"):
     """The command that made the run (as recorded, or rebuilt from args.json), or the one that would make it."""
     if run.path is None:
-        model = COURSE_MODEL[run.task, run.slot]
-        data = [] if Path(data_dir) == Path("hw1_data") else ["--data-dir", str(Path(data_dir) / DATA[run.task][0])]
-        return shlex.join(["python", SCRIPT[run.task], "--model", model, *data, "--out-dir", f"runs/{model}"])
+        model, task = course_model(run.task, run.slot), get_task(run.task)
+        data = [] if Path(data_dir) == Path("hw1_data") else ["--data-dir", str(Path(data_dir) / task.layout.folder)]
+        return shlex.join(["python", task.script, "--model", model, *data, "--out-dir", f"runs/{model}"])
     if run.config is not None and run.config.command:
         return run.config.command
-    return shlex.join(["python", SCRIPT[run.task], *(run.config.flags() if run.config is not None else [])])
+    return shlex.join(["python", get_task(run.task).script, *(run.config.flags() if run.config is not None else [])])
 
 
 def with_flag(command, flag, values):

@@ -11,14 +11,15 @@ from hw1.data.masks import CLASS_NAMES
 from hw1.models import get_spec
 from hw1.report.blocks import Code, Figure, Paragraph, Section, Table, config_text, fmt
 from hw1.report.figures import feature_figures, masks_figure
-from hw1.report.runs import COURSE_MODEL, METRIC, train_command
+from hw1.report.runs import course_model, train_command
+from hw1.tasks import get_task
 
 
 def model_shown(run):
     """(model name, builder config) the architecture section draws: the run's, else the course's model
     for that slot with its builder's defaults."""
     if run.model_name is None or run.model_config is None:
-        return COURSE_MODEL[run.task, run.slot], {}
+        return course_model(run.task, run.slot), {}
     return run.model_name, run.model_config
 
 
@@ -43,7 +44,7 @@ def score_rows(task, run, fresh):
     seg = task == "seg"
     if not run.records:
         return [[run.label, "no result", "-"] + ["-"] * 6 * seg]
-    key = f"val_{METRIC[task]}"
+    key = f"val_{get_task(task).metric}"
     best = max(run.records, key=lambda r: -math.inf if r.get(key) is None else r[key])
     last = run.records[-1]
     size = f", images resized to {run.config.size}" if seg and run.config and run.config.size else ""
@@ -55,7 +56,7 @@ def score_rows(task, run, fresh):
     if fresh is not None:
         per_class = [fmt(v) for v in fresh.result["iou"][:6]] if seg else []
         rows.append([run.label, f"fresh evaluation of {fresh.checkpoint.name} ({fresh.epoch}) on {fresh.data}"
-                     + (" at full size" if seg else ""), fmt(fresh.result[METRIC[task]]), *per_class])
+                     + (" at full size" if seg else ""), fmt(fresh.result[get_task(task).metric]), *per_class])
     return rows
 
 
@@ -127,7 +128,7 @@ def curves(title, task, runs, notes):
     blocks = []
     if have:
         fig = plots.curves_figure([(f"{r.label} ({r.path.name})", r.records) for r in have])
-        key, name = f"val_{METRIC[task]}", {"cls": "accuracy", "seg": "mIoU"}[task]
+        key, name = f"val_{get_task(task).metric}", get_task(task).metric_label
         lines = [f"{r.label}: validation {name} {fmt(r.records[0][key])} after epoch {r.records[0]['epoch']}, "
                  f"{fmt(r.records[-1][key])} after epoch {r.records[-1]['epoch']}." for r in have]
         blocks.append(Figure("From each run's metrics.jsonl. " + " ".join(lines), fig))

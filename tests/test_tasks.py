@@ -1,0 +1,43 @@
+"""hw1.tasks: what differs between P1 and P2, in one place that the rest of hw1 asks.
+
+A new problem is one :class:`~hw1.tasks.Task` entry (plus its config class, data loading and
+scorer): the test below adds one that reuses P1's pieces under another name, and eval.py scores
+with it, the report names it and the training config and the data checks follow its layout.
+"""
+import dataclasses
+
+import pytest
+
+import eval as eval_script
+from hw1.config import CONFIGS
+from hw1.errors import UserError
+from hw1.models import get_spec, model_names
+from hw1.report.runs import Run
+from hw1.tasks import TASKS, get_task
+
+
+def test_each_task_names_its_models_config_and_layout():
+    for name, task in TASKS.items():
+        assert task.name == name and CONFIGS[name] is task.config and task.config.task == name
+        assert set(task.course_models) <= set(model_names(name))
+        assert all(get_spec(m).num_classes == task.num_classes for m in model_names(name))
+        assert task.default_checkpoint.is_file()
+        assert task.config.data_dir == task.layout.root
+    with pytest.raises(ValueError, match="unknown task 'p3'"):
+        get_task("p3")
+
+
+def test_the_data_follows_the_layout(cls_tiny_data, tmp_path):
+    layout = get_task("cls").layout
+    assert layout.require(cls_tiny_data) == cls_tiny_data and (cls_tiny_data / layout.labels).is_file()
+    with pytest.raises(UserError, match=f"expected {layout.train}/ and {layout.val}/ here"):
+        layout.require(tmp_path)
+
+
+def test_a_new_task_is_one_entry(monkeypatch, cls_tiny_data, capsys):
+    monkeypatch.setitem(TASKS, "p3", dataclasses.replace(TASKS["cls"], name="p3", problem="P3",
+                                                         metric_label="top-1"))
+    gt = cls_tiny_data / TASKS["p3"].layout.labels
+    summary = eval_script.main(["--task", "p3", "--pred", str(gt), "--gt", str(gt)])  # its scorer
+    assert summary["acc"] == 1.0 and "accuracy: 1.0000" in capsys.readouterr().out
+    assert Run(task="p3", slot="A").name == "P3 model A"  # the report's name of it
