@@ -1,4 +1,6 @@
 """The shared command-line helpers: demo defaults, the course folder check, error reporting."""
+import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -143,6 +145,7 @@ VIZ_BASE = {
 }
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("kind, main, prefix, base, flag, value", numeric_cases())
 def test_every_numeric_flag_is_checked_before_any_work(kind, main, prefix, base, flag, value, tmp_path, capsys,
                                                        monkeypatch):
@@ -185,6 +188,29 @@ def test_closed_stdout_ends_quietly_after_the_csv_is_written(cls_one_epoch_run, 
     assert proc.wait(timeout=120) == 128 + signal.SIGPIPE
     assert err == ""
     assert len(read_labels_csv(out)) == 12
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("stdout", ["closed", "full", "reader gone"])
+def test_eval_writes_its_json_whatever_becomes_of_stdout(stdout, cls_tiny_data, tmp_path):
+    """stdout closed (``>&-``), on a full disk (``> /dev/full``) or read by a process that has exited
+    (``| true``): the JSON is written first; then a quiet end, one line and exit 2, or SIGPIPE's status."""
+    gt, out = cls_tiny_data / "val_gt.csv", tmp_path / "m.json"
+    argv = [sys.executable, "eval.py", "--task", "cls", "--pred", str(gt), "--gt", str(gt), "--json", str(out)]
+    env = {**script_env(), "PYTHONUNBUFFERED": "1"}
+    if stdout == "reader gone":
+        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()
+        err, code = proc.stderr.read(), proc.wait(timeout=120)
+        expected = (128 + signal.SIGPIPE, "")
+    else:
+        redirect = {"closed": ">&-", "full": "> /dev/full"}[stdout]
+        result = subprocess.run(f"{shlex.join(argv)} {redirect}", shell=True, cwd=REPO, env=env,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+        err, code = result.stderr, result.returncode
+        expected = (0, "") if stdout == "closed" else (2, "error: stdout: cannot write (No space left on device)\n")
+    assert (code, err) == expected
+    assert json.loads(out.read_text())["acc"] == 1.0
 
 
 @pytest.mark.reliability

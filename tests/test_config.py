@@ -104,6 +104,7 @@ def test_the_recipe_fills_what_no_flag_sets():
     assert _config(train_cls, ["--resume", "runs/x/last.pth", "--out-dir", "y"], ClsConfig).out_dir == "y"
 
 
+@pytest.mark.reliability
 def test_flags_turn_off_what_a_recipe_turns_on():
     cpu = _config(train_cls, ["--recipe", "cpu"], ClsConfig)
     assert cpu.ema == 0.998 and cpu.model_config["stem_pool"]
@@ -111,6 +112,7 @@ def test_flags_turn_off_what_a_recipe_turns_on():
     assert off.ema == 0 and not off.model_config["stem_pool"] and off.model_config["depth"] == 52
 
 
+@pytest.mark.reliability
 def test_resuming_a_recipe_run_without_its_recipe_says_so(cls_tiny_run, tmp_path):
     import torch
 
@@ -154,6 +156,7 @@ def test_one_overlay_defaults_then_recipes_then_typed_flags():
     (["--recipe", "gpu"], "--recipe gpu: densenet has the recipes cpu, demo"),
     (["--demo", "--recipe", "cpu"], "--demo and --recipe cpu: choose one"),
 ])
+@pytest.mark.reliability
 def test_hyperparameters_the_model_does_not_take_are_refused(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(train_cls.main, [*argv, "--data-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "run")])
@@ -161,6 +164,7 @@ def test_hyperparameters_the_model_does_not_take_are_refused(argv, message, tmp_
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.reliability
 def test_aux_weight_needs_a_model_with_an_auxiliary_head(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(train_seg.main, ["--aux-weight", "0.4", "--data-dir", str(tmp_path), "--weights", "none"])

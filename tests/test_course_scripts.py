@@ -112,3 +112,46 @@ def test_download_template_writes_only_verified_files(tmp_path):
     (dest / "p2.pth").write_bytes(b"damaged")
     assert download(f"p2.pth  {url}  {good}").returncode == 0
     assert (dest / "p2.pth").read_bytes() == (served / "p2.pth").read_bytes()
+
+
+@pytest.mark.reliability
+def test_course_scripts_without_torch_say_how_to_install(tmp_path):
+    """No .venv and a python3 without torch: one line saying how to set up, exit 2, no traceback."""
+    clone = tmp_path / "clone"
+    (clone / "checkpoints").mkdir(parents=True)
+    for name in ("hw1_1.sh", "hw1_predict.sh"):
+        shutil.copy(REPO / name, clone / name)
+    (clone / "checkpoints" / "p1_densenet.pth").write_bytes(b"")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # a python3 that finds no packages (isolated mode, no site-packages)
+    (bin_dir / "python3").write_text(f'#!/bin/sh\nexec {shutil.which("python3")} -I -S "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    result = subprocess.run(["bash", str(clone / "hw1_1.sh"), "in", "out.csv"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: python3 lacks torch") and "pip install -r" in result.stderr
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.reliability
+def test_ctrl_c_in_the_download_is_one_line_and_leaves_no_temporary_file(tmp_path):
+    import signal
+    import time
+
+    served = tmp_path / "slow.pth"
+    os.mkfifo(served)  # a download that blocks until we stop it
+    dest = tmp_path / "checkpoints"
+    shipped = (REPO / "hw1_download.sh").read_text()
+    script = tmp_path / "hw1_download.sh"
+    script.write_text(re.sub(r'^CHECKPOINTS="\n.*?\n"$', f'CHECKPOINTS="\np2.pth  {served.as_uri()}  {"0" * 64}\n"',
+                             shipped, flags=re.S | re.M))
+    proc = subprocess.Popen(["bash", str(script)], env={**os.environ, "HW1_CHECKPOINT_DIR": str(dest)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and not (dest.is_dir() and any(dest.iterdir())):
+        time.sleep(0.05)  # until its temporary file exists: the download has started
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err == "interrupted\n"
+    assert list(dest.iterdir()) == []

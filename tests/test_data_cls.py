@@ -171,6 +171,7 @@ def test_non_image_files_are_skipped_with_a_warning(tmp_path, caplog):
     assert "1 non-image" in warnings[0].getMessage()
 
 
+@pytest.mark.reliability
 def test_entries_named_like_images_that_are_not_files_are_skipped_with_a_warning(tmp_path, caplog):
     folder = tmp_path / "odd"
     folder.mkdir()
@@ -182,6 +183,7 @@ def test_entries_named_like_images_that_are_not_files_are_skipped_with_a_warning
     assert "skipped 2 name(s) of an image that are not files" in caplog.text and "3_dir.png" in caplog.text
 
 
+@pytest.mark.reliability
 def test_a_very_large_image_warns_naming_the_file_and_a_larger_one_is_an_error(tmp_path, caplog, monkeypatch):
     from hw1.data.images import read_rgb
 
@@ -196,6 +198,7 @@ def test_a_very_large_image_warns_naming_the_file_and_a_larger_one_is_an_error(t
         read_rgb(tmp_path / "huge.png")
 
 
+@pytest.mark.reliability
 def test_exif_orientation_is_not_applied(tmp_path):
     """Pixels are read as stored: the course's masks are aligned to the stored pixels, not to a
     camera's orientation tag (the course's images have none)."""

@@ -19,6 +19,9 @@ from hw1.outputs import MASK_MARK, check_output, check_outputs, problem
 from hw1.predict import main as predict_main
 from hw1.predict import predict_cls
 
+# every case here is one of docs/reliability.md's
+pytestmark = pytest.mark.reliability
+
 
 def image(path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
@@ -101,8 +104,15 @@ def test_masks_into_an_input_folder_are_refused(tmp_path):
     assert check_outputs(ours, ["0001_mask.png"], "mask", inputs=[("IMAGE_DIR", tmp_path)]) == [ours / "0001_mask.png"]
 
 
-def test_data_folders():
-    assert not outputs.is_data_folder("/nonexistent")
+def test_data_folders(tmp_path):
+    """A folder of the course's data holds its split folders or images; one of predictions does not."""
+    assert not outputs.is_data_folder(tmp_path / "nonexistent") and not outputs.is_data_folder(tmp_path)
+    write_mask(np.zeros((2, 2), np.int64), tmp_path / "pred" / "0001_mask.png", text=MASK_MARK)
+    assert not outputs.is_data_folder(tmp_path / "pred")
+    write_mask(np.zeros((2, 2), np.int64), tmp_path / "gt" / "0001_mask.png")
+    assert outputs.is_data_folder(tmp_path / "gt")
+    (tmp_path / "p1" / "val_50").mkdir(parents=True)
+    assert outputs.is_data_folder(tmp_path / "p1")
 
 
 # --- every command that writes goes through the rule: output = one of its inputs, or a file of another kind ---

@@ -97,6 +97,7 @@ def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path, caplog):
         RunDir(tmp_path / "none").read_metrics()
 
 
+@pytest.mark.reliability
 def test_overwrite_leaves_files_of_names_a_run_never_writes(tmp_path):
     folder = RunDir(tmp_path)
     for name in ("epoch_005.pth", "epoch_5.pth", "epoch_0005.pth", "last.pth"):

@@ -199,11 +199,18 @@ def test_eval_json_is_strict_json(tmp_path):
     assert saved["iou"][6] is None and saved["miou"] == 1.0
 
 
+@pytest.mark.reliability
 def test_eval_needs_pred_and_gt_or_checkpoint(tmp_path):
     with pytest.raises(UserError, match="--pred and --gt"):
         eval_script.main(["--task", "seg", "--pred", str(tmp_path)])
     with pytest.raises(UserError, match="--data-dir"):
         eval_script.main(["--task", "seg", "--checkpoint", str(tmp_path / "x.pth")])
+    # a flag the chosen way of scoring would ignore is refused, not ignored
+    pred = ["--task", "seg", "--pred", str(tmp_path), "--gt", str(tmp_path)]
+    with pytest.raises(UserError, match="--tta: not used with --pred"):
+        eval_script.main([*pred, "--tta"])
+    with pytest.raises(UserError, match="--pred: not used with --checkpoint"):
+        eval_script.main([*pred, "--checkpoint", "x.pth", "--data-dir", str(tmp_path)])
 
 
 # --- train_seg.py -------------------------------------------------------------------------------
@@ -526,6 +533,7 @@ def test_predict_seg_refuses_two_inputs_with_one_output_name(varied_checkpoint, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.reliability
 def test_predict_seg_refuses_to_write_over_its_input(predict_inputs, varied_checkpoint):
     folder = predict_inputs[0]
     before = (folder / "0001_mask.png").read_bytes()
@@ -534,6 +542,7 @@ def test_predict_seg_refuses_to_write_over_its_input(predict_inputs, varied_chec
     assert (folder / "0001_mask.png").read_bytes() == before
 
 
+@pytest.mark.reliability
 def test_predict_seg_never_replaces_ground_truth_masks(seg_data, varied_checkpoint, tmp_path):
     """OUT a copy of validation/: its masks are ground truth, which predictions replace only when told."""
     val = seg_data / "validation"

@@ -164,6 +164,7 @@ def test_resume_is_equivalent_to_an_uninterrupted_run(cls_tiny_run, cls_tiny_dat
     assert _without_timing(again) == _without_timing(reference)
 
 
+@pytest.mark.reliability
 def test_branching_from_an_earlier_epoch_leaves_no_file_of_the_abandoned_epochs(cls_tiny_run, cls_tiny_data,
                                                                                   cls_tiny_train_argv, tmp_path):
     """--resume epoch_001.pth --epochs 2 in a folder that went on to epoch 4: epochs 3-4 are gone."""
@@ -179,6 +180,7 @@ def test_branching_from_an_earlier_epoch_leaves_no_file_of_the_abandoned_epochs(
     assert load_checkpoint(run_dir / "best.pth")["metrics"]["val_acc"] == best["val_acc"]
 
 
+@pytest.mark.reliability
 def test_branch_keeps_the_best_of_the_kept_epochs(cls_tiny_run, tmp_path):
     """RunDir.branch: best.pth becomes the kept checkpoint of the best epoch up to the branch point."""
     run = RunDir(shutil.copytree(cls_tiny_run[0], tmp_path / "run"))
@@ -189,6 +191,7 @@ def test_branch_keeps_the_best_of_the_kept_epochs(cls_tiny_run, tmp_path):
     assert not run.branch(first, 1, best_epoch=0) and not run.best.exists()
 
 
+@pytest.mark.reliability
 def test_resume_with_nothing_left_to_train_writes_nothing(cls_tiny_run, cls_tiny_data, cls_tiny_train_argv,
                                                           tmp_path, monkeypatch):
     run_dir = shutil.copytree(cls_tiny_run[0], tmp_path / "run")
@@ -203,6 +206,7 @@ def test_resume_with_nothing_left_to_train_writes_nothing(cls_tiny_run, cls_tiny
     (["--model", "convnext", "--img-size", "16", "--weights", "none"], "cannot be built and run on 32x32"),
     (["--growth-rate", "1", "--compression", "0.01"], "cannot be built and run on 32x32"),
 ])
+@pytest.mark.reliability
 def test_a_model_that_cannot_build_or_run_is_refused_before_any_work(flags, message, cls_tiny_data, tmp_path):
     argv = ["--data-dir", str(cls_tiny_data), "--out-dir", str(tmp_path / "run"), *flags]
     with pytest.raises(UserError, match=message):
