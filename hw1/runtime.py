@@ -51,47 +51,30 @@ class Fastest(NamedTuple):
     micro_batch: int | None = None  # training only: chunks of a batch of the recipe's size
 
 
-_BF16_NCHW, _BF16_NHWC = Fastest("bf16", False), Fastest("bf16", True)
-_FP32_NCHW, _FP32_NHWC = Fastest("none", False), Fastest("none", True)
-# model -> (training, inference) on each CPU kind, each chosen from `python -m hw1.bench` runs on
-# such a CPU (2 cores). DenseNet's choices differ the most between kinds: its per-layer channel
-# concatenations are strided copies in NHWC, which bf16 training on AVX512-BF16 and AMX pays for
-# (bf16 NCHW 24.0 vs NHWC 19.4 img/s, results/bench_cpu.json), while in fp32 on AVX2 NHWC's
-# faster convolutions win (6.60 vs 4.66 img/s, results/bench_cpu_avx2_densenet.json). Its
-# micro-batches of 64 keep the concatenated feature maps in the caches. Inference has no backward
-# pass, and NHWC wins it on the bf16 CPUs.
-# Where a kind has no measurement of its own for a model, it takes the nearest kind's choice.
-CPU_FASTEST = {
-    "avx512_bf16": {  # results/bench_cpu.json
-        "densenet": (Fastest("bf16", False, 64), _BF16_NHWC),
-        "convnext": (_BF16_NHWC, _BF16_NHWC),
-        "vgg16_fcn32s": (_BF16_NCHW, _BF16_NCHW),
-        "resnet101_fcn": (_BF16_NHWC, _BF16_NHWC),
-    },
-    "fp32": {  # results/bench_cpu_avx2_densenet.json, results/bench_cpu_avx2_others.json
-        "densenet": (Fastest("none", True, 64), _FP32_NHWC),
-        "convnext": (_FP32_NCHW, _FP32_NHWC),
-        "vgg16_fcn32s": (_FP32_NCHW, _FP32_NHWC),
-        "resnet101_fcn": (_FP32_NHWC, _FP32_NCHW),
-    },
-}
-# AMX: DenseNet-BC-100 (k 12, batch 128) trained at 31.8 img/s in bf16 NCHW against 10.0 in NHWC
-# and inferred at 184 img/s in bf16 NHWC against 15.9 in NCHW. VGG16-FCN as train_seg.py's
-# --recipe cpu builds it (width 0.25, fc 256, batch norm, 8s skips, 256x256, batch 16) trained at
-# 29.4 img/s in bf16 NHWC against 17.8 in bf16 NCHW and 15.4 in fp32 NHWC, and inferred at 115.6
-# against 60.6 (results/bench_cpu_amx_p2.json). The other models as on AVX512-BF16.
-CPU_FASTEST["amx"] = {**CPU_FASTEST["avx512_bf16"], "vgg16_fcn32s": (_BF16_NHWC, _BF16_NHWC)}
+BF16_NCHW, BF16_NHWC = Fastest("bf16", False), Fastest("bf16", True)
+FP32_NCHW, FP32_NHWC = Fastest("none", False), Fastest("none", True)
+CPU_KINDS = ("amx", "avx512_bf16", "fp32")
 
 
 def fastest(model_name, device, use="train"):
-    """The measured fastest :class:`Fastest` of ``model_name`` for ``use`` ("train" or "infer") on ``device``.
+    """The measured fastest :class:`Fastest` of ``model_name`` for ``use`` ("train" or "infer") on ``device``:
+    its spec's ``fastest[cpu kind]`` (:mod:`hw1.models`), measured with ``python -m hw1.bench``.
 
     On CUDA: bf16 (fp16 where bf16 is missing, see :func:`amp_dtype`) in NHWC, whole batches.
-    A model the table does not know gets NHWC with whole batches (bf16 where the CPU has it).
+    A model without a measurement for this kind of CPU gets NHWC with whole batches (bf16 where the
+    CPU has it).
     """
     kind = cpu_kind() if device.type == "cpu" else "cuda"
-    fallback = _BF16_NHWC if kind != "fp32" else _FP32_NHWC
-    train, infer = CPU_FASTEST.get(kind, {}).get(model_name, (fallback, fallback))
+    fallback = BF16_NHWC if kind != "fp32" else FP32_NHWC
+    measured = {}
+    if model_name is not None:
+        from hw1.models import get_spec
+
+        try:
+            measured = get_spec(model_name).fastest
+        except ValueError:  # a model of another version: the defaults
+            pass
+    train, infer = measured.get(kind, (fallback, fallback))
     return train if use == "train" else infer
 
 

@@ -2,7 +2,7 @@
 
 A task's training script, metric (its key in ``metrics.jsonl``, its name; higher is better for
 both), class count, training config, data layout (the course's folder and file names), scorer of
-a prediction file or folder, prediction writer, shipped checkpoint and the course's models. The
+a prediction file or folder, prediction writer and shipped checkpoint. The
 rest of hw1 asks the task (:func:`get_task`) instead of branching on its name, so a third problem
 is one more entry here plus its config class, data loading and scorer.
 """
@@ -52,7 +52,6 @@ class Task:
     per_class: str  # the per-class list of metrics.jsonl: val_<per_class>
     layout: Layout
     default_checkpoint: Path  # the shipped model A, the default of hw1.predict
-    course_models: tuple  # the models of the course's slots A and B
     eval_batch: int  # images per batch when scoring a checkpoint
     config_class: str  # "module:attribute" of its hw1.config.TrainConfig subclass
     classes: str  # "module:attribute" of its class count
@@ -73,6 +72,12 @@ class Task:
         """The pooled confusion matrix of predictions ``pred`` against ground truth ``gt`` (files or folders)."""
         return _load(self.scorer)(pred, gt)
 
+    def course_model(self, slot):
+        """The model of the course's ``slot`` (A or B) of this problem, as the models' specs say."""
+        from hw1.models import get_spec, model_names
+
+        return next(n for n in model_names(self.name) if get_spec(n).slot == slot)
+
     def write_predictions(self, image_dir, output, **kwargs):
         return _load(self.writer)(image_dir, output, **kwargs)
 
@@ -90,7 +95,7 @@ TASKS = {
         name="cls", problem="P1", script="train_cls.py", metric="acc", metric_label="accuracy",
         per_class="per_class_acc",
         layout=Layout(folder="p1_data", archive="p1_data.tar.gz", train="train_50", val="val_50", labels="val_gt.csv"),
-        default_checkpoint=CHECKPOINTS / "p1_densenet.pth", course_models=("densenet", "convnext"), eval_batch=500,
+        default_checkpoint=CHECKPOINTS / "p1_densenet.pth", eval_batch=500,
         config_class="hw1.config:ClsConfig", classes="hw1.data.cls:NUM_CLASSES",
         scorer="hw1.scoring:cls_confusion_from_csv", writer="hw1.predict:predict_cls",
         summary="hw1.metrics:cls_summary", lines="hw1.metrics:cls_lines"),
@@ -100,8 +105,7 @@ TASKS = {
                       image_suffix="_sat.jpg", mask_suffix="_mask.png"),
         # P2's model A as shipped: VGG16-FCN at a quarter of VGG16's width, trained on a CPU budget (the
         # full-width models are hundreds of MB and come through hw1_download.sh)
-        default_checkpoint=CHECKPOINTS / "p2_vgg16_fcn32s.pth", course_models=("vgg16_fcn32s", "resnet101_fcn"),
-        eval_batch=4, config_class="hw1.config:SegConfig", classes="hw1.data.masks:NUM_CLASSES",
+        default_checkpoint=CHECKPOINTS / "p2_vgg16_fcn32s.pth", eval_batch=4, config_class="hw1.config:SegConfig", classes="hw1.data.masks:NUM_CLASSES",
         scorer="hw1.scoring:seg_confusion_from_dirs", writer="hw1.predict:predict_seg",
         summary="hw1.metrics:seg_summary", lines="hw1.metrics:seg_lines"),
 }

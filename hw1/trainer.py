@@ -181,9 +181,11 @@ def wrapped(model, config, device, distributed):
     return step_model, model if distributed or not config.compile else step_model
 
 
-def resolved(config, spec, device):
-    """``config`` with what the run chooses at run time filled in, so that args.json says how it ran."""
-    return config.replace(channels_last=channels_last_default(config.channels_last, spec.name, device),
+def resolved(config, spec, device, amp):
+    """``config`` with what the run chooses at run time filled in, so that args.json says how it ran
+    (``--amp auto`` as the dtype it chose, ``amp``)."""
+    amp_name = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
+    return config.replace(amp=amp_name, channels_last=channels_last_default(config.channels_last, spec.name, device),
                           micro_batch=micro_batch_default(config.micro_batch, spec.name, device),
                           device_name=device_name(device), torch_version=str(torch.__version__),
                           world_size=dist.world_size())
@@ -199,7 +201,7 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     device = dist.setup(config.device)
     distributed, main = dist.world_size() > 1, dist.is_main()
     amp = amp_dtype(config.amp, device, spec.name)
-    config = resolved(config, spec, device)
+    config = resolved(config, spec, device, amp)
     if distributed:
         # The model was built with the same seed on every rank (and DDP broadcasts rank 0's weights
         # anyway); from here each rank draws its own augmentations.

@@ -13,7 +13,7 @@ import train_seg
 from hw1.cli import run, start_run
 from hw1.config import ClsConfig, SegConfig, config_of
 from hw1.data.demo import make_cls_demo
-from hw1.runtime import channels_last_default, micro_batch_default
+from hw1.runtime import amp_dtype, channels_last_default, micro_batch_default
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 
@@ -184,6 +184,13 @@ def test_config_is_saved_as_it_is(cls_tiny_run):
     cpu = torch.device("cpu")  # resolved as the run ran: this CPU's defaults for DenseNet
     assert config.channels_last == channels_last_default(None, "densenet", cpu) is not None
     assert config.micro_batch == micro_batch_default(None, "densenet", cpu)
+    # --amp auto is recorded as the dtype it chose
+    from hw1.models import get_spec
+    from hw1.trainer import resolved
+
+    auto = amp_dtype("auto", cpu, "densenet")
+    chosen = resolved(ClsConfig(model="densenet"), get_spec("densenet"), cpu, auto).amp
+    assert chosen == {None: "none", torch.bfloat16: "bf16"}[auto] and config.amp == "none"  # as the run typed
     ckpt = torch.load(run_dir / "last.pth", map_location="cpu", weights_only=True)
     assert ckpt["args"] == saved
     # an args.json of another version still reads: unknown keys are ignored, missing ones default

@@ -19,7 +19,7 @@ from hw1.tasks import TASKS, get_task
 def test_each_task_names_its_models_config_and_layout():
     for name, task in TASKS.items():
         assert task.name == name and CONFIGS[name] is task.config and task.config.task == name
-        assert set(task.course_models) <= set(model_names(name))
+        assert [get_spec(task.course_model(slot)).task for slot in "AB"] == [name, name]
         assert all(get_spec(m).num_classes == task.num_classes for m in model_names(name))
         assert task.default_checkpoint.is_file()
         assert task.config.data_dir == task.layout.root

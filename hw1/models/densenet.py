@@ -11,6 +11,7 @@ from torch import nn
 
 from hw1.data.cls import IMG_SIZE, NUM_CLASSES
 from hw1.models.spec import SEED_RECIPE, ModelSpec
+from hw1.runtime import BF16_NHWC, FP32_NHWC, Fastest
 
 
 class _DenseLayer(nn.Module):
@@ -164,8 +165,20 @@ CPU_RECIPE = {"depth": 52, "growth_rate": 24, "stem_pool": True, "aug": "light",
 DEMO_RECIPE = {"data_dir": "hw1_data/demo_cls", "out_dir": "runs/demo_cls", "depth": 22, "growth_rate": 12,
                "epochs": 15, "batch_size": 64, "aug": "none"}
 
+# (training, inference) per kind of CPU, each chosen from `python -m hw1.bench` runs on such a CPU
+# (2 cores); a kind without a measurement of its own for a model takes the nearest kind's choice.
+# DenseNet's choices differ the most between kinds: its per-layer channel concatenations are strided
+# copies in NHWC, which bf16 training on AVX512-BF16 and AMX pays for (bf16 NCHW 24.0 vs NHWC 19.4
+# img/s, results/bench_cpu.json), while in fp32 on AVX2 NHWC's faster convolutions win (6.60 vs 4.66
+# img/s, results/bench_cpu_avx2_densenet.json). Its micro-batches of 64 keep the concatenated feature
+# maps in the caches. Inference has no backward pass, and NHWC wins it on the bf16 CPUs. On AMX,
+# DenseNet-BC-100 (k 12, batch 128) trained at 31.8 img/s in bf16 NCHW against 10.0 in NHWC and
+# inferred at 184 img/s in bf16 NHWC against 15.9 in NCHW.
+FASTEST = {"amx": (Fastest("bf16", False, 64), BF16_NHWC), "avx512_bf16": (Fastest("bf16", False, 64), BF16_NHWC),
+           "fp32": (Fastest("none", True, 64), FP32_NHWC)}
+
 SPEC = ModelSpec(
-    name="densenet", task="cls", builder=densenet, num_classes=NUM_CLASSES, input_size=IMG_SIZE,
+    name="densenet", task="cls", slot="A", builder=densenet, num_classes=NUM_CLASSES, input_size=IMG_SIZE,
     recipes={"default": {**SEED_RECIPE, "epochs": 50, "weights": "none"}, "cpu": CPU_RECIPE, "demo": DEMO_RECIPE},
     ranges={
         # the upper bounds are far past any model that trains here; past them a model could not even
@@ -180,4 +193,4 @@ SPEC = ModelSpec(
           "compression": "channel factor of each transition", "bn_size": "bottleneck width, in growth rates",
           "drop_rate": "dropout after each dense layer",
           "stem_pool": "BN-ReLU-maxpool after the stem: dense blocks at 16x16 and below, a quarter of the FLOPs"},
-    bench_batch={"cuda": 128, "cpu": 128}, stages=stages)
+    fastest=FASTEST, bench_batch={"cuda": 128, "cpu": 128}, stages=stages)

@@ -13,8 +13,8 @@ from torchvision.models.segmentation import FCN_ResNet101_Weights, fcn_resnet101
 
 from hw1.data.masks import NUM_CLASSES
 from hw1.models.spec import ModelSpec
-from hw1.runtime import autocast
 from hw1.models.weights import hub_file, load_matching, resolve_state_dict
+from hw1.runtime import BF16_NCHW, BF16_NHWC, FP32_NCHW, FP32_NHWC, autocast
 
 # torchvision's vgg16 "D" configuration; the resulting nn.Sequential has torchvision's indices,
 # so ``features.<i>.weight`` keys of a torchvision state dict load unchanged.
@@ -330,10 +330,21 @@ CPU_RECIPE = {"weights": "none", "batch_norm": True, "fc_batch_norm": True, "wid
 DEMO_RECIPE = {"data_dir": "hw1_data/demo_seg", "out_dir": "runs/demo_seg", "weights": "none", "batch_norm": True,
                "fc_channels": 512, "epochs": 20, "batch_size": 8, "crop_size": 128, "lr": 1e-3}
 
+# (training, inference) per kind of CPU, each chosen from `python -m hw1.bench` runs on such a CPU
+# (2 cores); a kind without a measurement of its own for a model takes the nearest kind's choice.
+# (results/bench_cpu.json, results/bench_cpu_avx2_others.json). On AMX, VGG16-FCN as train_seg.py's
+# --recipe cpu builds it (width 0.25, fc 256, batch norm, 8s skips, 256x256, batch 16) trained at
+# 29.4 img/s in bf16 NHWC against 17.8 in bf16 NCHW and 15.4 in fp32 NHWC, and inferred at 115.6
+# against 60.6 (results/bench_cpu_amx_p2.json).
+VGG16_FASTEST = {"amx": (BF16_NHWC, BF16_NHWC), "avx512_bf16": (BF16_NCHW, BF16_NCHW),
+                 "fp32": (FP32_NCHW, FP32_NHWC)}
+RESNET101_FASTEST = {"amx": (BF16_NHWC, BF16_NHWC), "avx512_bf16": (BF16_NHWC, BF16_NHWC),
+                     "fp32": (FP32_NHWC, FP32_NCHW)}
+
 # P2 images are 512x512. VGG without batch norm wants Adam's per-weight steps; the ResNet follows
 # torchvision's segmentation reference (SGD, lr 0.02 at batch 16 -> 0.01 at 8).
 VGG16_FCN32S = ModelSpec(
-    name="vgg16_fcn32s", task="seg", builder=vgg16_fcn32s, num_classes=NUM_CLASSES, input_size=512,
+    name="vgg16_fcn32s", task="seg", slot="A", builder=vgg16_fcn32s, num_classes=NUM_CLASSES, input_size=512,
     recipes={"default": {"opt": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "epochs": 30, "weights": "imagenet"},
              "cpu": CPU_RECIPE, "demo": DEMO_RECIPE},
     ranges={"fc_channels": (lambda v: 1 <= v <= 65536, "in [1, 65536]"),
@@ -345,10 +356,10 @@ VGG16_FCN32S = ModelSpec(
           "fc_batch_norm": "batch norm after fc6 and fc7",
           "skips": "FCN-16s (pool4) or FCN-8s (pool4 + pool3) skip heads",
           "dropout": "dropout after fc6 and fc7"},
-    bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages)
+    fastest=VGG16_FASTEST, bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages)
 RESNET101_FCN = ModelSpec(
-    name="resnet101_fcn", task="seg", builder=resnet101_fcn, num_classes=NUM_CLASSES, input_size=512,
+    name="resnet101_fcn", task="seg", slot="B", builder=resnet101_fcn, num_classes=NUM_CLASSES, input_size=512,
     recipes={"default": {"opt": "sgd", "lr": 0.01, "weight_decay": 1e-4, "epochs": 30, "weights": "coco"}},
     # the auxiliary head is built when its loss has a weight (train_seg.py --aux-weight)
     hidden=("aux_loss",), derived=lambda config: {"aux_loss": config.aux_weight > 0},
-    bench_batch={"cuda": 8, "cpu": 2}, stages=resnet101_fcn_stages)
+    fastest=RESNET101_FASTEST, bench_batch={"cuda": 8, "cpu": 2}, stages=resnet101_fcn_stages)

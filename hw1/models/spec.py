@@ -43,6 +43,10 @@ class ModelSpec:
         help: ``{hyperparameter: text}`` for its flag.
         hidden: builder arguments that are no flags, because the run derives them (:attr:`derived`).
         derived: ``derived(config)`` -> those builder arguments, from the training config.
+        fastest: ``{cpu kind: (training, inference)}`` :class:`hw1.runtime.Fastest` configurations
+            measured with the bench (:func:`hw1.runtime.fastest` reads them; a kind not listed gets
+            NHWC with whole batches).
+        slot: the course's slot of the model in its problem (``A``: from scratch, ``B``: pretrained).
         bench_batch: the bench's default batch per device type (``cuda``, ``cpu``).
         stages: ``stages(model)`` -> ``[(name, description, [modules]), ...]`` in forward order for
             the architecture figure; None uses the model's top-level children.
@@ -57,6 +61,8 @@ class ModelSpec:
     help: dict = field(default_factory=dict)
     hidden: tuple = ()
     derived: Callable = lambda config: {}  # noqa: E731
+    fastest: dict = field(default_factory=dict)
+    slot: str | None = None
     bench_batch: dict = field(default_factory=lambda: {"cuda": 8, "cpu": 2})
     stages: Callable | None = None
 
