@@ -35,3 +35,19 @@ def test_val_split_from_csv():
     assert ds.labels.tolist() == [label_from_name(f) for f in ds.files]
     table = read_labels_csv(REAL_P1 / "val_gt.csv")
     assert sorted(table) == ds.files
+
+
+def test_the_shipped_model_scores_what_is_recorded(tmp_path):
+    """hw1_1.sh's default (the shipped model A, flip TTA on) on val_50, scored as the course does,
+    gives the accuracy results/p1_densenet_cpu.json records (up to another CPU's rounding)."""
+    import json
+
+    from hw1.metrics import accuracy
+    from hw1.predict import predict_cls
+    from hw1.scoring import cls_confusion_from_csv
+
+    recorded = json.loads((REAL_P1.parents[1] / "results" / "p1_densenet_cpu.json").read_text())["val_acc_tta"]
+    rows = predict_cls(REAL_P1 / "val_50", tmp_path / "pred.csv", device="cpu")
+    assert len(rows) == 2500
+    cm = cls_confusion_from_csv(tmp_path / "pred.csv", REAL_P1 / "val_gt.csv")
+    assert accuracy(cm) == pytest.approx(recorded, abs=0.003)
