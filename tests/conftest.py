@@ -1,6 +1,7 @@
 """Shared fixtures. P1 (classification): a tiny generated data set in the course layout and a tiny
-DenseNet trained on it once per session (its run folder is reused by the predict / eval tests).
-P2: an untrained tiny VGG16-FCN32s checkpoint. Failing command lines of several modules, run side by
+DenseNet trained on it once per session (its run folder is reused by the predict / eval tests), a folder
+of odd images. P2: tiny generated scenes, a tiny VGG16-FCN32s trained on them once per session (and
+variants of its checkpoint), an untrained one. Failing command lines of several modules, run side by
 side as real processes. The ``reliability`` marker.
 """
 import contextlib
@@ -26,7 +27,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "reliability: a failure case listed in docs/reliability.md")
 
 
-# --- P1: one intra-op thread ----------------------------------------------------------------------
+# --- one intra-op thread (P1 and P2 test modules) ----------------------------------------------
 # The tests share 2 cores with a training job; two OpenMP threads spinning against it make these
 # tiny models ~50x slower than one thread does (results are the same).
 
@@ -121,6 +122,114 @@ def cls_tiny_checkpoint(cls_tiny_run):
     return cls_tiny_run[0] / "best.pth"
 
 
+@pytest.fixture(scope="session")
+def odd_folder(tmp_path_factory, cls_tiny_data):
+    """Images the grader might send: course PNGs plus grayscale, RGBA, palette, 64x48 and JPEG files.
+
+    Names start with a class digit so ``load_cls_split`` can read the folder too. Read-only.
+    """
+    folder = tmp_path_factory.mktemp("odd_images")
+    rng = np.random.default_rng(1)
+    for name in ("0_1.png", "1_2.png", "2_3.png"):
+        (folder / name).write_bytes((cls_tiny_data / "val_50" / name).read_bytes())
+    rgb = Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8))
+    rgb.convert("L").save(folder / "3_gray.png")
+    rgb.convert("RGBA").save(folder / "4_rgba.png")
+    rgb.convert("P", palette=Image.ADAPTIVE).save(folder / "5_palette.png")
+    Image.fromarray(rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)).save(folder / "6_wide.png")
+    rgb.save(folder / "7_photo.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+# --- P2: tiny scenes and a tiny VGG16-FCN32s trained on them ------------------------------------------
+
+FC = 32  # fc6/fc7 width of the tiny VGG16-FCN32s
+TINY_VGG_ARGS = ["--model", "vgg16_fcn32s", "--weights", "none", "--fc-channels", str(FC)]
+TINY_RUNTIME_ARGS = ["--device", "cpu", "--amp", "none", "--workers", "0", "--no-progress",
+                     "--batch-size", "2", "--crop-size", "64"]
+
+
+@pytest.fixture
+def fp32_inference(monkeypatch):
+    """Make ``--amp auto`` (eval.py, hw1.predict) pick full fp32 on this CPU, whatever its bf16 support."""
+    import hw1.runtime
+
+    monkeypatch.setattr(hw1.runtime, "cpu_kind", lambda: "fp32")
+
+
+@pytest.fixture(scope="session")
+def seg_data(tmp_path_factory):
+    """Tiny demo scenes: 4 train / 3 validation pairs at 64x64. Read-only."""
+    from hw1.data.scenes import make_seg_demo
+
+    return make_seg_demo(tmp_path_factory.mktemp("seg_tiny_data"), n_train=4, n_val=3, size=64)
+
+
+@pytest.fixture(scope="session")
+def seg_run(seg_data, tmp_path_factory):
+    """(run folder, last record) of a 2-epoch tiny VGG16-FCN32s run. Read-only."""
+    import train_seg
+
+    out_dir = tmp_path_factory.mktemp("seg_tiny_run")
+    with cls_one_torch_thread():
+        record = train_seg.main([*TINY_VGG_ARGS, *TINY_RUNTIME_ARGS, "--data-dir", str(seg_data),
+                                 "--out-dir", str(out_dir), "--epochs", "2", "--lr", "1e-3", "--save-epochs"])
+    return out_dir, record
+
+
+@pytest.fixture(scope="session")
+def varied_checkpoint(seg_run, seg_data, tmp_path_factory):
+    """The tiny run's last.pth with a random class scorer that splits each image into several classes.
+
+    A from-scratch model after 4 steps predicts one class everywhere, which would make every
+    comparison of predictions trivially equal. The scorer's weights are made orthogonal to the
+    mean fc7 feature, so the classes depend on how a location differs from the average one.
+    """
+    with cls_one_torch_thread():
+        return vary(seg_run[0] / "last.pth", seg_data, tmp_path_factory.mktemp("seg_varied") / "varied.pth")
+
+
+def vary(src, seg_data, path):
+    """Write ``src`` with the class scorer that :func:`varied_checkpoint` describes to ``path``."""
+    from hw1.checkpoint import model_from_checkpoint
+    from hw1.data.masks import NUM_CLASSES
+    from hw1.data.seg import load_seg_split, seg_eval_transform
+
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    model = model_from_checkpoint(ckpt).eval()
+    val = load_seg_split(seg_data / "validation", transform=seg_eval_transform())
+    with torch.inference_mode():
+        x = torch.stack([val[i][0] for i in range(len(val))])
+        f = model.drop7(model.relu7(model.fc7(model.relu6(model.fc6(model.features(x))))))
+    mu = f.mean((0, 2, 3))
+    w = torch.randn(NUM_CLASSES, FC, generator=torch.Generator().manual_seed(0))
+    w -= (w @ mu)[:, None] * mu / (mu @ mu)
+    ckpt["model"]["score.weight"] = (w / f.std())[:, :, None, None]
+    ckpt["model"]["score.bias"] = torch.zeros(NUM_CLASSES)
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def scaled_checkpoint(seg_data, tmp_path_factory):
+    """A tiny run on the 64x64 scenes resized to 32x32 (``--size 32``), with a varied scorer. Read-only."""
+    import train_seg
+    from hw1.data.masks import NUM_CLASSES
+
+    out_dir = tmp_path_factory.mktemp("seg_scaled_run")
+    args = [a if a != "64" else "32" for a in TINY_RUNTIME_ARGS]  # --crop-size 32
+    with cls_one_torch_thread():
+        train_seg.main([*TINY_VGG_ARGS, *args, "--data-dir", str(seg_data), "--out-dir", str(out_dir),
+                        "--epochs", "1", "--lr", "1e-3", "--size", "32", "--skips", "8s", "--save-epochs"])
+        path = vary(out_dir / "last.pth", seg_data, tmp_path_factory.mktemp("seg_scaled") / "varied.pth")
+    # at 32x32 the stride-32 scores are one cell: a random pool3 scorer (stride 8, 4x4 cells) varies the classes
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["score_pool3.weight"] = torch.randn(NUM_CLASSES, 256, 1, 1, generator=torch.Generator().manual_seed(3))
+    torch.save(ckpt, path)
+    return path
+
+
 # --- P1 and P2: a one-epoch run, an untrained segmenter, failing command lines ----------------------
 
 SEG_CONFIG = {"num_classes": 7, "fc_channels": 8, "batch_norm": False}
@@ -152,9 +261,9 @@ def cls_one_epoch_run(cls_tiny_data, cls_tiny_train_argv, tmp_path_factory):
 @pytest.fixture(scope="session")
 def cli_runs(tmp_path_factory, cls_tiny_data, cls_one_epoch_run, seg_checkpoint):
     """Failing command lines of several test modules, run as real processes at once;
-    ``{case: (CompletedProcess, paths)}``. Cases: ``corrupt_png``, ``malformed_csv`` and ``non_utf8_name``
-    (test_predict_eval_cls.py), ``truncated_jpeg`` (test_seg_pipeline.py), ``features_of_one_image``
-    (test_viz.py).
+    ``{case: (CompletedProcess, paths)}``. Cases: ``corrupt_png`` and ``non_utf8_name``
+    (test_predict_cls.py), ``malformed_csv`` (test_eval_cls.py), ``truncated_jpeg`` (test_predict_seg.py),
+    ``features_of_one_image`` (test_viz.py).
 
     Each starts Python and imports torch (seconds), so they run in parallel, once per session.
     """

@@ -1,5 +1,7 @@
 """Helpers of several test modules: one-line errors, folder contents, generated images and pairs, damaged
-files, a checkpoint that would run code, the environment of a script run as a real process."""
+files, a checkpoint that would run code, the environment of a script run as a real process, CSV rows,
+P2 class maps written and read with plain PIL, a tiny P1 checkpoint."""
+import csv
 import os
 import shlex
 from pathlib import Path
@@ -10,7 +12,8 @@ import torch
 from PIL import Image
 
 from hw1.cli import run
-from hw1.data.masks import write_mask
+from hw1.data.masks import PALETTE, write_mask
+from hw1.models import build_model
 
 
 def cli_error(capsys, main, argv):
@@ -86,3 +89,31 @@ def save_code_running_checkpoint(path, marker):
 
 def script_env():
     return dict(os.environ, OMP_NUM_THREADS="1")  # see cls_one_torch_thread in conftest.py
+
+
+def read_csv_rows(path):
+    """Every row of a CSV file, header included, as lists of strings."""
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def decode_palette(path):
+    """(H, W) class indices of a mask file whose every pixel is exactly one of the 7 palette colours."""
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    match = (rgb[:, :, None, :] == PALETTE[None, None]).all(-1)  # (H, W, 7)
+    assert match.any(-1).all(), f"{path}: pixels outside the palette"
+    return match.argmax(-1)
+
+
+def save_classes(classes, path):
+    """Write a class map as an RGB PNG with plain PIL (independent of hw1.data.masks.write_mask)."""
+    Image.fromarray(PALETTE[classes]).save(path)
+
+
+def save_cls_checkpoint(path):
+    """A tiny DenseNet in the hw1 checkpoint format, as train_cls.py writes it."""
+    config = {"depth": 10, "growth_rate": 4, "num_classes": 50}
+    model = build_model("densenet", **config, weights="none")
+    torch.save({"model": model.state_dict(), "model_name": "densenet", "model_config": config,
+                "task": "cls", "epoch": 1, "args": {"model": "densenet"}}, path)
+    return path

@@ -1,15 +1,28 @@
-"""hw1.checkpoint: what a load accepts, and no checkpoint or state dict of the package and scripts read
-any way but ``torch.load(..., weights_only=True)``."""
+"""hw1.checkpoint: what a load accepts (bad, corrupt, code-running and foreign checkpoints refused), no
+checkpoint or state dict of the package and scripts read any way but ``torch.load(..., weights_only=True)``,
+and exported checkpoints (``python -m hw1.checkpoint``).
+
+The model is the tiny DenseNet trained once per session (``cls_tiny_checkpoint`` in conftest.py).
+"""
 import ast
 import functools
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+import eval as eval_py
 from conftest import REPO
-from hw1.checkpoint import load_checkpoint
+from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.errors import UserError
+from hw1.predict import load_model
+from hw1.predict import main as predict_main
+from hw1.predict import predict_cls
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 
@@ -28,6 +41,98 @@ def test_checkpoint_fields_of_the_wrong_type(tmp_path, change):
     with pytest.raises(UserError, match=f"not an hw1 checkpoint \\('{key}' is a ") as info:
         load_checkpoint(path)
     assert str(info.value).startswith(str(path))
+
+
+class _MakesADirectoryWhenUnpickled:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+@pytest.mark.reliability
+def test_checkpoint_that_runs_code_is_refused(odd_folder, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": _MakesADirectoryWhenUnpickled(marker), "model_name": "densenet", "model_config": {}}, evil)
+    with pytest.raises(UserError, match="refused") as info:
+        load_checkpoint(evil)
+    assert str(evil) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(UserError, match="refused"):
+        predict_cls(odd_folder, tmp_path / "p.csv", checkpoint=evil, device="cpu")
+    with pytest.raises(UserError, match="refused"):
+        eval_py.main(["--task", "cls", "--checkpoint", str(evil), "--data-dir", str(odd_folder)])
+    assert not marker.exists()
+    assert not (tmp_path / "p.csv").exists()
+    # The payload is real: an unsafe load does run it.
+    torch.load(evil, weights_only=False)
+    assert marker.is_dir()
+
+
+@pytest.mark.reliability
+def test_truncated_checkpoint_is_corrupt(cls_tiny_checkpoint, tmp_path):
+    data = cls_tiny_checkpoint.read_bytes()
+    path = tmp_path / "half.pth"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="corrupt") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("content", [
+    pytest.param(b"", id="empty"),
+    pytest.param(b"not a checkpoint at all" * 10, id="text"),
+    pytest.param(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes(), id="random"),
+    pytest.param(b"this is not a checkpoint at all " * 8, id="text-indexerror"),
+    pytest.param(b"hello world\n", id="text-keyerror"),
+])
+def test_garbage_checkpoint_is_a_user_error(odd_folder, tmp_path, content):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as info:
+        predict_cls(odd_folder, tmp_path / "p.csv", checkpoint=path, device="cpu")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint at all" * 10,
+                                     np.random.default_rng(1).integers(0, 256, 300, dtype=np.uint8).tobytes()],
+                         ids=["text", "random"])
+def test_garbage_checkpoint_is_called_corrupt(tmp_path, content):
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(path)
+
+
+@pytest.mark.reliability
+def test_checkpoints_that_are_not_hw1_ones(tmp_path):
+    plain = tmp_path / "plain.pth"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    with pytest.raises(UserError, match="not an hw1 checkpoint") as info:
+        load_checkpoint(plain)
+    assert str(plain) in str(info.value)
+    seg = tmp_path / "seg.pth"
+    torch.save({"model": {}, "model_name": "vgg16_fcn32s", "model_config": {}}, seg)
+    with pytest.raises(UserError, match="not a cls one"):
+        load_checkpoint(seg, task="cls")
+    unknown = tmp_path / "unknown.pth"
+    torch.save({"model": {}, "model_name": "resnet18", "model_config": {}}, unknown)
+    with pytest.raises(UserError, match="unknown model"):
+        load_checkpoint(unknown)
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pth")
+
+
+def test_checkpoint_whose_weights_do_not_fit(cls_tiny_checkpoint, tmp_path):
+    ckpt = torch.load(cls_tiny_checkpoint, weights_only=True)
+    ckpt["model_config"] = dict(ckpt["model_config"], growth_rate=6)
+    path = tmp_path / "mismatch.pth"
+    torch.save(ckpt, path)
+    with pytest.raises(UserError, match="do not fit") as info:
+        model_from_checkpoint(load_checkpoint(path), path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 
@@ -79,3 +184,105 @@ def test_pretrained_weights_from_the_hub_cache_load_weights_only():
     calls = list(calls_named("get_state_dict", "load_state_dict_from_url"))
     assert calls
     assert [where(p, c) for p, c in calls if not passes_weights_only(c)] == []
+
+
+# --- export (python -m hw1.checkpoint) ----------------------------------------------------------
+
+
+def test_exported_checkpoint_predicts_the_same_without_the_training_state(cls_tiny_checkpoint, cls_tiny_data,
+                                                                          tmp_path, capsys):
+    from hw1.checkpoint import main as checkpoint_main
+
+    out = tmp_path / "ship" / "p1.pth"
+    out.parent.mkdir()
+    checkpoint_main([str(cls_tiny_checkpoint), str(out)])
+    assert capsys.readouterr().out.startswith(f"wrote {out}: densenet ")
+    assert [p.name for p in out.parent.iterdir()] == ["p1.pth"]  # written in place of a temporary file
+    full, slim = load_checkpoint(cls_tiny_checkpoint), load_checkpoint(out, task="cls")
+    assert "optimizer" in full and "optimizer" not in slim and "rng" not in slim
+    assert slim["model_config"] == full["model_config"] and slim["args"] == full["args"]
+    assert slim["metrics"] == full["metrics"] and slim["exported_from"] == str(cls_tiny_checkpoint)
+    for name, value in full["model"].items():
+        assert torch.equal(slim["model"][name], value), name
+    assert out.stat().st_size < cls_tiny_checkpoint.stat().st_size
+    val = cls_tiny_data / "val_50"
+    assert predict_cls(val, tmp_path / "a.csv", checkpoint=out, device="cpu") == \
+        predict_cls(val, tmp_path / "b.csv", checkpoint=cls_tiny_checkpoint, device="cpu")
+
+
+def test_export_of_a_missing_checkpoint_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hw1.checkpoint", str(tmp_path / "no.pth"), str(tmp_path / "o.pth")],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and result.stderr == f"error: {tmp_path / 'no.pth'}: checkpoint not found\n"
+    assert not (tmp_path / "o.pth").exists()
+
+
+def test_a_checkpoint_exported_with_tta_is_used_with_it_unless_told_not_to(cls_tiny_checkpoint, cls_tiny_data,
+                                                                           tmp_path, monkeypatch):
+    import hw1.predict
+    from hw1 import engine
+    from hw1.checkpoint import export_checkpoint
+
+    shipped = tmp_path / "shipped.pth"
+    assert export_checkpoint(cls_tiny_checkpoint, shipped, tta=True)["inference"] == {"tta": True}
+    asked, real = [], engine.probabilities
+    monkeypatch.setattr(hw1.predict, "probabilities", lambda m, x, tta=False, **kw: asked.append(tta) or real(m, x, tta=tta, **kw))
+    monkeypatch.setattr(engine, "probabilities", hw1.predict.probabilities)
+    val_dir = cls_tiny_data / "val_50"
+
+    def predict(checkpoint, *flags):
+        asked.clear()
+        rows = predict_main(["cls", str(val_dir), str(tmp_path / "p.csv"), "--checkpoint", str(checkpoint),
+                             "--device", "cpu", *flags])
+        return rows, set(asked)
+
+    def score(checkpoint, *flags):
+        asked.clear()
+        acc = eval_py.main(["--task", "cls", "--checkpoint", str(checkpoint), "--data-dir", str(val_dir),
+                            "--device", "cpu", *flags])["acc"]
+        return acc, set(asked)
+
+    with_tta, plain = predict(cls_tiny_checkpoint, "--tta"), predict(cls_tiny_checkpoint)
+    assert with_tta[1] == {True} and plain[1] == {False}  # a checkpoint that says nothing: off
+    assert predict(shipped) == with_tta
+    assert predict(shipped, "--no-tta") == plain
+    assert score(shipped) == score(cls_tiny_checkpoint, "--tta") and score(shipped)[1] == {True}
+    # without TTA the evaluation takes the logits' argmax and never asks for probabilities
+    assert score(shipped, "--no-tta") == score(cls_tiny_checkpoint) and score(cls_tiny_checkpoint)[1] == set()
+
+
+def test_the_inference_model_carries_its_checkpoints_plan(cls_tiny_checkpoint, tmp_path):
+    from hw1.checkpoint import export_checkpoint
+    from hw1.predict import InferenceModel
+    from hw1.runtime import amp_dtype, channels_last_default
+
+    cpu = torch.device("cpu")
+    export_checkpoint(cls_tiny_checkpoint, tmp_path / "shipped.pth", tta=True)
+    plain, shipped = load_model(cls_tiny_checkpoint, "cls", cpu), load_model(tmp_path / "shipped.pth", "cls", cpu)
+    assert (plain.tta, shipped.tta, shipped.size, shipped.name) == (False, True, None, "densenet")
+    assert shipped.amp == amp_dtype("auto", cpu, "densenet", use="infer") and not shipped.module.training
+    assert shipped.channels_last == channels_last_default(None, "densenet", cpu, use="infer")
+    # --tta / --no-tta override the checkpoint's choice; not given, it stands
+    assert shipped.with_tta(None) is shipped and not shipped.with_tta(False).tta and plain.with_tta(True).tta
+    # a model built otherwise: the device's defaults for an unknown model
+    bare = InferenceModel.of(plain.module, cpu)
+    assert (bare.amp, bare.channels_last, bare.tta, bare.size) == (amp_dtype("auto", cpu), True, False, None)
+
+
+@pytest.mark.reliability
+def test_export_never_replaces_a_training_checkpoint_unless_told(cls_tiny_checkpoint, tmp_path):
+    from hw1.checkpoint import export_checkpoint
+
+    train = tmp_path / "last.pth"
+    train.write_bytes(cls_tiny_checkpoint.read_bytes())
+    with pytest.raises(UserError, match="is an input of this command"):
+        export_checkpoint(train, train)
+    other = tmp_path / "other.pth"
+    other.write_bytes(cls_tiny_checkpoint.read_bytes())
+    with pytest.raises(UserError, match="holds a training checkpoint, which --resume needs"):
+        export_checkpoint(train, other)
+    assert other.read_bytes() == cls_tiny_checkpoint.read_bytes()
+    export_checkpoint(train, other, overwrite=True)
+    assert "optimizer" not in load_checkpoint(other)
+    export_checkpoint(train, other)  # an earlier export is replaced as asked
+    assert train.read_bytes() == cls_tiny_checkpoint.read_bytes()
