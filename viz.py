@@ -11,16 +11,15 @@ import argparse
 from pathlib import Path
 
 from hw1 import plots
-from hw1.cli import ABOVE_0, AT_LEAST_1, check_numbers, command_line, parse_key_values, run
-from hw1.config import SIDE_RANGES, between
+from hw1.cli import ABOVE_0, AT_LEAST_1, between, check_numbers, command_line, parse_key_values, run
+from hw1.config import SIDE_RANGES
 from hw1.data.cls import NUM_CLASSES
 from hw1.errors import UserError
 from hw1.models import get_spec, model_names
 from hw1.models.introspect import model_summary, summary_table
-from hw1.outputs import check_output, check_outputs
-from hw1.report import MASK_IDS, TITLE, write_report
-from hw1.report.evidence import checkpoint_features, checkpoint_model, cls_images, predicted_masks, \
-    read_pair  # noqa: F401 (tests read the images as the masks figure reads them)
+from hw1.outputs import check_output
+from hw1.report import MASK_IDS, TITLE, check_report_outputs, write_report
+from hw1.report.evidence import checkpoint_features, checkpoint_model, cls_images, predicted_masks
 from hw1.report.figures import feature_figures, masks_figure
 from hw1.runtime import get_device
 from hw1.scoring import model_confusion
@@ -179,13 +178,7 @@ def check_paths(args):
     """Refuse, before any work, outputs that would replace what they should not (:mod:`hw1.outputs`)."""
     given = inputs(args)
     if args.command == "report":
-        out = Path(args.out)
-        check_output(out, "figure", inputs=given, overwrite=args.overwrite)
-        check_output(out.with_suffix(".md"), "markdown", inputs=given, overwrite=args.overwrite)
-        files = out.parent / f"{out.stem}_files"
-        if files.is_dir():
-            check_outputs(files, [p.name for p in files.glob("p[12]_*.png")], "figure", inputs=given,
-                          overwrite=args.overwrite)
+        check_report_outputs(args.out, inputs=given, overwrite=args.overwrite)
         return
     args.paths = figure_paths(args)
     for path in args.paths:

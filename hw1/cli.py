@@ -134,6 +134,11 @@ AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
 ABOVE_0 = (lambda v: v > 0, "above 0")
 
 
+def between(lo, hi):
+    """A :func:`check_numbers` rule: ``lo <= value <= hi``."""
+    return (lambda v: lo <= v <= hi, f"in [{lo}, {hi}]")
+
+
 def check_numbers(args, rules):
     """A one-line :class:`UserError` for the first numeric flag of ``args`` that breaks its rule.
 

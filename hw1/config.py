@@ -12,12 +12,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hw1.cli import between
 from hw1.errors import UserError
 from hw1.tasks import TASKS
-
-def between(lo, hi):
-    """A :func:`hw1.cli.check_numbers` rule: ``lo <= value <= hi``."""
-    return (lambda v: lo <= v <= hi, f"in [{lo}, {hi}]")
 
 
 # The ranges of the data flags that set an input's side, which the training configs and the bench

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from hw1.data.images import IMG_EXTS
 from hw1.errors import UserError
 from hw1.tasks import TASKS
 
 # The tEXt mark of the PNGs hw1 writes as predictions, which tells them from ground truth.
 MASK_MARK = ("Software", "hw1.predict")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Folders and files of the course's data layout (a folder holding one is data, not output).
 DATA_FOLDERS = tuple(d for task in TASKS.values() for d in (task.layout.train, task.layout.val))
 
@@ -56,7 +56,7 @@ def is_data_folder(folder):
     folder = Path(folder)
     if any((folder / d).is_dir() for d in DATA_FOLDERS):
         return True
-    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not is_hw1_mask(p)
+    return any(p.suffix.lower() in IMG_EXTS and p.is_file() and not is_hw1_mask(p)
                for p in folder.iterdir()) if folder.is_dir() else False
 
 

@@ -42,8 +42,8 @@ def cls_confusion_from_csv(pred_csv, gt_csv, num_classes=CLS_CLASSES):
 
 def mask_id(path):
     """Pairing key of a mask file: its stem without a ``_mask`` or ``_sat`` suffix (``0013_mask.png`` -> ``0013``)."""
-    stem = path.stem
-    for suffix in ("_mask", "_sat"):
+    stem, layout = path.stem, get_task("seg").layout
+    for suffix in (Path(layout.mask_suffix).stem, Path(layout.image_suffix).stem):
         if stem.endswith(suffix):
             return stem[: -len(suffix)]
     return stem

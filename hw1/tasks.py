@@ -53,7 +53,6 @@ class Task:
     layout: Layout
     default_checkpoint: Path  # the shipped model A, the default of hw1.predict
     eval_batch: int  # images per batch when scoring a checkpoint
-    config_class: str  # "module:attribute" of its hw1.config.TrainConfig subclass
     classes: str  # "module:attribute" of its class count
     scorer: str  # "module:attribute" of score(pred, gt) -> confusion matrix, for eval.py --pred
     writer: str  # "module:attribute" of write(image_dir, output, ...), hw1.predict's
@@ -66,7 +65,10 @@ class Task:
 
     @property
     def config(self):
-        return _load(self.config_class)
+        """Its :class:`hw1.config.TrainConfig` subclass (the one whose ``task`` is this task's name)."""
+        from hw1.config import CONFIGS
+
+        return CONFIGS[self.name]
 
     def score(self, pred, gt):
         """The pooled confusion matrix of predictions ``pred`` against ground truth ``gt`` (files or folders)."""
@@ -96,7 +98,7 @@ TASKS = {
         per_class="per_class_acc",
         layout=Layout(folder="p1_data", archive="p1_data.tar.gz", train="train_50", val="val_50", labels="val_gt.csv"),
         default_checkpoint=CHECKPOINTS / "p1_densenet.pth", eval_batch=500,
-        config_class="hw1.config:ClsConfig", classes="hw1.data.cls:NUM_CLASSES",
+        classes="hw1.data.cls:NUM_CLASSES",
         scorer="hw1.scoring:cls_confusion_from_csv", writer="hw1.predict:predict_cls",
         summary="hw1.metrics:cls_summary", lines="hw1.metrics:cls_lines"),
     "seg": Task(
@@ -105,7 +107,7 @@ TASKS = {
                       image_suffix="_sat.jpg", mask_suffix="_mask.png"),
         # P2's model A as shipped: VGG16-FCN at a quarter of VGG16's width, trained on a CPU budget (the
         # full-width models are hundreds of MB and come through hw1_download.sh)
-        default_checkpoint=CHECKPOINTS / "p2_vgg16_fcn32s.pth", eval_batch=4, config_class="hw1.config:SegConfig", classes="hw1.data.masks:NUM_CLASSES",
+        default_checkpoint=CHECKPOINTS / "p2_vgg16_fcn32s.pth", eval_batch=4, classes="hw1.data.masks:NUM_CLASSES",
         scorer="hw1.scoring:seg_confusion_from_dirs", writer="hw1.predict:predict_seg",
         summary="hw1.metrics:seg_summary", lines="hw1.metrics:seg_lines"),
 }

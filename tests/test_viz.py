@@ -28,6 +28,7 @@ from hw1.data.scenes import make_seg_demo  # noqa: E402
 from hw1.errors import UserError  # noqa: E402
 from hw1.models import build_model, get_spec  # noqa: E402
 from hw1.models.introspect import model_summary  # noqa: E402
+from hw1.report.evidence import read_pair  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 DPI = 40  # small figures keep the tests fast; sizes scale with it exactly
@@ -107,7 +108,7 @@ def test_masks_grid_size_and_exact_palette(seg_tiny, tmp_path):
     assert png_size(written[0]) == px(panel * cols, panel * rows + 0.35 + (0.2 + 0.25 * 1 + 0.1))
 
     # Rebuild the same figure to know where its mask panels are, then read those pixels of the PNG.
-    images, gts = zip(*(viz.read_pair(val_dir, i, None) for i in ids))
+    images, gts = zip(*(read_pair(val_dir, i, None) for i in ids))
     from hw1.predict import InferenceModel, segment
 
     preds = []

@@ -41,8 +41,8 @@ from hw1.bench.models import (BASELINE, CONFIGS, DEFAULT, TRAIN_FLOPS_NOTE, benc
                               model_config_of, trainer_defaults)
 from hw1.bench.reference import bench_reference
 from hw1.bench.timing import matmul_peak
-from hw1.cli import AT_LEAST_1, add_model_args, check_numbers, require_layout, split_hyperparameters
-from hw1.config import MAX_WORKERS, SIDE_RANGES, ClsConfig, SegConfig, between
+from hw1.cli import AT_LEAST_1, add_model_args, between, check_numbers, require_layout, split_hyperparameters
+from hw1.config import MAX_WORKERS, SIDE_RANGES, ClsConfig, SegConfig
 from hw1.data.cls import cls_train_transform, load_cls_split
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from hw1.errors import UserError
 from hw1.io import atomic_write_text
+from hw1.outputs import check_output, check_outputs
 from hw1.report.blocks import fmt  # noqa: F401 (the report's number format, for callers)
 from hw1.report.layout import BODY, PAGE_H, PAGE_W, page_figures, text_width, wrap, wrap_command, \
     write_pdf  # noqa: F401
@@ -32,6 +33,23 @@ from hw1.report.sections import title_section
 
 TITLE = "DLCV 2022 hw1 report"
 MASK_IDS = ("0013", "0062", "0104")
+FIGURES = "p[12]_*.png"  # the report's PNGs in <stem>_files/
+
+
+def report_paths(out):
+    """(the PDF, its Markdown, the folder of its PNGs) of a report written to ``out``."""
+    out = Path(out)
+    return out, out.with_suffix(".md"), out.parent / f"{out.stem}_files"
+
+
+def check_report_outputs(out, *, inputs, overwrite):
+    """Refuse, before any work, a report whose files would replace what they should not
+    (:mod:`hw1.outputs`): the PDF, the Markdown, and the PNGs of an earlier report it removes."""
+    pdf, md, files = report_paths(out)
+    check_output(pdf, "figure", inputs=inputs, overwrite=overwrite)
+    check_output(md, "markdown", inputs=inputs, overwrite=overwrite)
+    if files.is_dir():
+        check_outputs(files, [p.name for p in files.glob(FIGURES)], "figure", inputs=inputs, overwrite=overwrite)
 
 
 def write_report(*, cls_runs=("-", "-"), seg_runs=("-", "-"), data_dir="hw1_data", out="report.pdf", per_class=20,
@@ -43,7 +61,7 @@ def write_report(*, cls_runs=("-", "-"), seg_runs=("-", "-"), data_dir="hw1_data
     ``problems`` the parts of the report to write (``cls`` P1, ``seg`` P2).
     Returns ``{"pdf", "markdown", "figures", "pages", "sections"}``.
     """
-    out = Path(out)
+    out, md, files_dir = report_paths(out)
     if out.suffix.lower() != ".pdf":
         raise UserError(f"--out {out}: expected a .pdf path (the .md and its figures are written beside it)")
     runs = {}
@@ -52,16 +70,14 @@ def write_report(*, cls_runs=("-", "-"), seg_runs=("-", "-"), data_dir="hw1_data
         if len(specs) > 2:
             raise UserError(f"--{task}-runs: at most two run folders (model A, model B), got {len(specs)}")
         runs[task] = [open_run(spec, task, slot) for spec, slot in zip(specs + ["-"] * (2 - len(specs)), "AB")]
-    files_dir = out.parent / f"{out.stem}_files"
     builder = ReportBuilder(cls_runs=runs["cls"], seg_runs=runs["seg"], data_dir=data_dir, files_dir=files_dir,
                             per_class=per_class, perplexity=perplexity, mask_ids=mask_ids, evaluate=evaluate,
                             dpi=dpi, device=device)
     sections = builder.build(problems)
     sections.insert(0, title_section(title, notes, command, [r for task in problems for r in runs[task]], sections))
     pages = write_pdf(sections, out, title=title)
-    md = out.with_suffix(".md")
     atomic_write_text(markdown(sections, md.parent), md)
     # figures of an earlier report with other sections would otherwise linger beside the new ones
-    for stale in set(files_dir.glob("p[12]_*.png")) - set(builder.written):
+    for stale in set(files_dir.glob(FIGURES)) - set(builder.written):
         stale.unlink()
     return {"pdf": out, "markdown": md, "figures": builder.written, "pages": pages, "sections": sections}
