@@ -29,7 +29,10 @@ def add_training_args(parser, config_cls):
     g.add_argument("--out-dir", help="run folder (default: runs/<model>; with --resume, the checkpoint's folder)")
     g.add_argument("--overwrite", action="store_true",
                    help="clear a run folder that already holds a run (otherwise such a folder is refused)")
-    g.add_argument("--workers", type=int, help="DataLoader worker processes (default: %(default)s)")
+    g.add_argument("--loader", choices=["batched", "workers"],
+                   help="batched: whole batches augmented in this process from the decoded tensors; workers: a "
+                        "DataLoader whose --workers processes augment image by image (default: %(default)s)")
+    g.add_argument("--workers", type=int, help="DataLoader worker processes of --loader workers (default: %(default)s)")
     g.add_argument("--save-epochs", type=int, nargs="*",
                    help="epochs whose checkpoint is kept as epoch_NNN.pth (default: first, middle, last)")
     g = parser.add_argument_group("optimisation")

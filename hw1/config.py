@@ -24,6 +24,9 @@ SIDE_RANGES = {
     "size": between(1, 4096),
 }
 MAX_WORKERS = 256
+# batched: whole batches indexed from the decoded tensors and augmented in the training process
+# (hw1.data.batches); workers: a DataLoader whose --workers processes augment image by image
+LOADERS = ("batched", "workers")
 
 # fields and builder arguments that are no flags of the training scripts
 NOT_FLAGS = ("demo", "debug", "resume", "num_classes")
@@ -43,6 +46,7 @@ class TrainConfig:
     data_dir: str = ""
     out_dir: str | None = None
     overwrite: bool = False
+    loader: str = "batched"
     workers: int = 2
     save_epochs: list | None = None
     recipe: str | None = None
@@ -117,6 +121,8 @@ class TrainConfig:
             p.append(("--lr", self.lr, "above 0"))
         if self.batch_size < 1:
             p.append(("--batch-size", self.batch_size, "at least 1"))
+        if self.loader not in LOADERS:
+            p.append(("--loader", self.loader, " or ".join(LOADERS)))
         if not 0 <= self.workers <= MAX_WORKERS:
             p.append(("--workers", self.workers, f"in [0, {MAX_WORKERS}]"))
         if not 0 <= self.momentum < 1:
@@ -219,6 +225,12 @@ class ClsConfig(TrainConfig):
 
         return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
 
+    def batch_transform(self):
+        """``--aug`` on whole batches, for ``--loader batched``."""
+        from hw1.data.batches import ClsBatchTransform
+
+        return ClsBatchTransform(self.aug)
+
 
 @dataclass
 class SegConfig(TrainConfig):
@@ -264,6 +276,12 @@ class SegConfig(TrainConfig):
                 raise ValueError("class weights need the training set")
             weight = class_weights(train_set.masks, self.class_weights, num_classes=NUM_CLASSES)
         return SegLoss(aux_weight=self.aux_weight, weight=weight)
+
+    def batch_transform(self):
+        """The training crops, flips and turns on whole batches, for ``--loader batched``."""
+        from hw1.data.batches import SegBatchTransform
+
+        return SegBatchTransform(self.crop_size, scale=(self.min_scale, 1.0))
 
 
 CONFIGS = {config.task: config for config in (ClsConfig, SegConfig)}

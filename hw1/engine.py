@@ -40,11 +40,13 @@ def upsampled(logits, size):
     return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
 
 
-def probabilities(model, x, *, tta=False, size=None):
+def probabilities(model, x, *, tta=False, size=None, output=None):
     """Class probabilities of a batch, (N, C) or (N, C, H, W) in fp32; with ``tta`` averaged with
     those of the horizontally mirrored batch (mirrored back for a segmenter's maps). ``size``: a
-    segmenter's logits are upsampled to it first (:func:`upsampled`)."""
-    prob = upsampled(logits_of(model(x)), size).float().softmax(1)
+    segmenter's logits are upsampled to it first (:func:`upsampled`). ``output``: the model's output
+    for ``x`` when the caller has it already, so that only the mirrored batch runs again."""
+    output = model(x) if output is None else output
+    prob = upsampled(logits_of(output), size).float().softmax(1)
     if tta:
         mirrored = upsampled(logits_of(model(x.flip(-1))), size).float().softmax(1)
         prob = (prob + (mirrored.flip(-1) if prob.dim() == 4 else mirrored)) / 2
@@ -174,7 +176,7 @@ def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dt
                 loss_sum += criterion(output, targets).double() * images.shape[0]
             # masks larger than the model's input (a model trained at a smaller scale): logits upsampled
             size = targets.shape[-2:] if targets.dim() == 3 else None
-            pred = (probabilities(model, images, tta=True, size=size) if tta
+            pred = (probabilities(model, images, tta=True, size=size, output=output) if tta
                     else upsampled(logits_of(output), size)).argmax(1)
         cm += metrics.confusion_matrix(targets, pred, num_classes)
         seen += images.shape[0]

@@ -39,11 +39,15 @@ def make_loader(dataset, *, batch_size, shuffle, workers, device, drop_last=Fals
 
 
 def make_loaders(train_set, val_set, args, device):
-    """Train and validation loaders; under torchrun, ``--batch-size`` is the global batch split over ranks.
+    """Train and validation batches; under torchrun, ``--batch-size`` is the global batch split over ranks.
 
     Keeping the global batch fixed keeps the recipe (lr, steps per epoch) the same at any scale.
     The train shards come from DistributedSampler (shuffled by ``--seed`` and the epoch); the
     validation shards from :class:`hw1.distributed.ShardSampler`, which repeats no sample.
+    ``--loader batched`` indexes the batches out of the decoded tensors and augments them whole
+    in this process (:class:`hw1.data.batches.BatchStream`, ``args.batch_transform()``); ``workers``
+    is a DataLoader whose ``--workers`` processes run the datasets' per-image transforms. The
+    samplers, and so the order of the samples, are the same for both.
     """
     world, rank = dist.world_size(), dist.rank()
     if args.batch_size % world:
@@ -55,8 +59,17 @@ def make_loaders(train_set, val_set, args, device):
         train_sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True,
                                                             seed=args.seed)
         val_sampler = dist.ShardSampler(len(val_set), rank, world)
+    drop_last = len(train_set) // world > batch
+    if args.loader == "batched":
+        from hw1.data.batches import BatchStream, eval_batch
+
+        sampler = torch.utils.data.BatchSampler
+        train = sampler(train_sampler or torch.utils.data.RandomSampler(train_set), batch, drop_last)
+        val = sampler(val_sampler or torch.utils.data.SequentialSampler(val_set), batch, False)
+        return (BatchStream(train_set, train, transform=args.batch_transform(), device=device),
+                BatchStream(val_set, val, transform=eval_batch, device=device))
     train_loader = make_loader(train_set, batch_size=batch, shuffle=True, workers=args.workers, device=device,
-                               drop_last=len(train_set) // world > batch, sampler=train_sampler)
+                               drop_last=drop_last, sampler=train_sampler)
     val_loader = make_loader(val_set, batch_size=batch, shuffle=False, workers=args.workers, device=device,
                              sampler=val_sampler)
     return train_loader, val_loader

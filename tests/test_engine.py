@@ -90,3 +90,33 @@ def test_a_log_that_is_not_a_terminal_gets_lines_not_bars(tmp_path):
     steps = [line.split(" INFO ")[1].split("  loss")[0] for line in lines if "  step " in line]
     assert steps == ["epoch 1  step 100/120"]
     assert sum(" INFO epoch 1/1  loss " in line for line in lines) == 1
+
+
+class Counting(nn.Module):
+    """A classifier that counts its forward passes."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.calls = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5)), 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+def test_evaluate_with_tta_runs_two_forward_passes_a_batch():
+    # the plain forward (which gives the loss) is one of the two that TTA averages
+    batches = data()
+    model = Counting()
+    plain = engine.evaluate(model, batches, num_classes=5, task="cls", criterion=nn.CrossEntropyLoss(),
+                            device=torch.device("cpu"))
+    assert model.calls == len(batches)
+    model.calls = 0
+    tta = engine.evaluate(model, batches, num_classes=5, task="cls", criterion=nn.CrossEntropyLoss(),
+                          device=torch.device("cpu"), tta=True)
+    assert model.calls == 2 * len(batches)
+    assert tta["loss"] == plain["loss"]
+    with torch.inference_mode():
+        expected = torch.cat([(model(x).softmax(1) + model(x.flip(-1)).softmax(1)).argmax(1) for x, _ in batches])
+    targets = torch.cat([y for _, y in batches])
+    assert tta["cm"].trace() == (expected == targets).sum()

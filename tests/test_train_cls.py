@@ -357,10 +357,14 @@ def test_non_finite_loss_after_resume_keeps_the_checkpoint(cls_one_epoch_run, cl
 
 
 @pytest.mark.reliability
-def test_resume_with_dataloader_workers_is_exact(cls_tiny_data, cls_tiny_train_argv, tmp_path):
-    # One worker process and random crops and flips: the workers' RNG streams derive from the main
-    # process's torch RNG, which the checkpoint restores.
-    extra = ("--workers", "1", "--aug", "light", "--save-epochs", "1")
+@pytest.mark.parametrize("loader", [("--loader", "workers", "--workers", "1", "--aug", "light"),
+                                    ("--loader", "batched", "--aug", "light"), ("--loader", "batched", "--aug", "seed")],
+                         ids=["workers", "batched-light", "batched-seed"])
+def test_resume_with_random_augmentation_is_exact(loader, cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    # Random crops and flips (AutoAugment and erasing too): a worker's RNG stream derives from the
+    # main process's torch RNG, and the batched loader draws from that RNG itself; the checkpoint
+    # restores it.
+    extra = (*loader, "--save-epochs", "1")
     train_cls.main(cls_tiny_train_argv(cls_tiny_data, tmp_path / "whole", *extra, epochs=3))
     # Epochs 2 and 3 again, from the checkpoint of epoch 1, into a new folder.
     train_cls.main(cls_tiny_train_argv(cls_tiny_data, tmp_path / "resumed", *extra, "--resume",

@@ -78,6 +78,11 @@ class ImageArrayDataset(torch.utils.data.Dataset):
         self.images, self.labels, self.files = images, labels, files
         self.transform = transform
 
+    @property
+    def targets(self):
+        """The labels as a tensor: what :class:`hw1.data.batches.BatchStream` indexes beside the images."""
+        return self.labels
+
     def __len__(self):
         return len(self.images)
 

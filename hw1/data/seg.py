@@ -93,6 +93,11 @@ class SegDataset(torch.utils.data.Dataset):
         self.images, self.masks, self.ids = images, masks, list(ids)
         self.transform = transform
 
+    @property
+    def targets(self):
+        """The masks: what :class:`hw1.data.batches.BatchStream` indexes beside the images."""
+        return self.masks
+
     def __len__(self):
         return len(self.images)
 

@@ -1,0 +1,161 @@
+"""hw1.data.batches: each batched augmentation against torchvision's per-image transform, pairs kept
+aligned, and the stream's batches in the DataLoader's order."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from hw1.data.batches import (BatchStream, ClsBatchTransform, SegBatchTransform, crop, eval_batch, random_crop,
+                              random_erasing, random_hflip, random_resized_crop, random_rot90)
+from hw1.data.cls import MEAN, STD, ImageArrayDataset, cls_eval_transform
+from hw1.data.masks import class_to_rgb, rgb_to_class
+from hw1.data.seg import SegDataset
+
+pytestmark = pytest.mark.usefixtures("cls_one_thread")
+
+
+def _images(n, side=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
+
+
+def test_crop_takes_each_images_own_window():
+    images = _images(5, side=12)
+    top, left = torch.tensor([0, 1, 2, 3, 4]), torch.tensor([4, 3, 2, 1, 0])
+    out = crop(images, top, left, 6, 7)
+    for i in range(5):
+        assert torch.equal(out[i], images[i, :, top[i]:top[i] + 6, left[i]:left[i] + 7])
+
+
+def test_random_crop_is_a_uniform_window_of_the_reflect_padded_image():
+    torch.manual_seed(0)
+    images = _images(1).repeat(4050, 1, 1, 1)
+    padded = F.pad(images[:1].float(), (4, 4, 4, 4), mode="reflect")[0].to(torch.uint8)
+    out = random_crop(images, 4)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    # the window of every output, found among the 81 of torchvision's RandomCrop(32, 4, reflect)
+    windows = torch.stack([padded[:, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)])
+    match = (out[:, None] == windows[None]).flatten(2).all(2)
+    assert (match.sum(1) == 1).all()
+    counts = torch.bincount(match.float().argmax(1), minlength=81)
+    assert counts.min() > 20 and counts.max() < 90  # 50 expected each
+
+
+def test_random_hflip_mirrors_half_and_both_tensors_alike():
+    torch.manual_seed(0)
+    images = _images(2000, side=4)
+    masks = images[:, 0].clone()
+    out, out_masks = random_hflip(images, masks)
+    flipped = (out == images.flip(-1)).flatten(1).all(1)
+    assert ((out == images).flatten(1).all(1) | flipped).all()
+    assert torch.equal(out_masks, torch.where(flipped[:, None, None], masks.flip(-1), masks))
+    assert 900 < flipped.sum() < 1100
+
+
+def test_random_erasing_matches_torchvisions_distribution():
+    torch.manual_seed(0)
+    n = 4000
+    ones = torch.ones(n, 3, 32, 32)
+    ours = random_erasing(ones)
+    reference = torch.stack([v2.RandomErasing()(ones[0]) for _ in range(n)])
+    for out in (ours, reference):
+        zero = out[:, 0] == 0
+        # every erased region is one axis-aligned box, the same in each channel
+        rows, cols = zero.any(2), zero.any(1)
+        assert torch.equal(zero, rows[:, :, None] & cols[:, None, :])
+        assert torch.equal(out[:, 0], out[:, 2])
+    share = [(out[:, 0] == 0).flatten(1).float().mean(1) for out in (ours, reference)]
+    erased = [(s > 0).float().mean() for s in share]
+    assert abs(erased[0] - erased[1]) < 0.04  # ~0.47 both (some draws do not fit)
+    assert abs(share[0][share[0] > 0].mean() - share[1][share[1] > 0].mean()) < 0.01  # ~0.13 both
+    assert abs(share[0][share[0] > 0].std() - share[1][share[1] > 0].std()) < 0.01
+
+
+def _class_scene(seed=0, side=64):
+    # an image whose colour is its class, asymmetric so that a missed flip or turn shows
+    rng = np.random.default_rng(seed)
+    classes = np.kron(rng.integers(0, 7, size=(side // 8, side // 8)), np.ones((8, 8), dtype=np.int64)).astype(np.uint8)
+    classes[:8, :8] = 0
+    return torch.from_numpy(class_to_rgb(classes)).permute(2, 0, 1).contiguous(), torch.from_numpy(classes)
+
+
+def test_random_rot90_turns_pairs_alike_through_all_four_turns():
+    torch.manual_seed(0)
+    image, mask = _class_scene(side=16)
+    images, masks = image[None].repeat(64, 1, 1, 1), mask[None].repeat(64, 1, 1)
+    out, out_masks = random_rot90(images, masks)
+    turns = set()
+    for o, m in zip(out, out_masks):
+        k = next(k for k in range(4) if torch.equal(m, torch.rot90(mask, k)))
+        assert torch.equal(o, torch.rot90(image, k, dims=(-2, -1)))
+        turns.add(k)
+    assert turns == {0, 1, 2, 3}
+    assert torch.equal(images[0], image)  # inputs untouched
+
+
+def test_random_resized_crop_of_the_whole_image_is_the_image():
+    torch.manual_seed(0)
+    image, mask = _class_scene()
+    out, out_masks = random_resized_crop(image[None].repeat(8, 1, 1, 1), mask[None].repeat(8, 1, 1), 64, (1.0, 1.0))
+    assert torch.equal(out, image[None].expand(8, -1, -1, -1)) and torch.equal(out_masks, mask[None].expand(8, -1, -1))
+
+
+def test_seg_batch_transform_keeps_images_and_masks_aligned():
+    # after any crop/resize/flip/turn, every pixel still a pure palette colour sits on its own class
+    torch.manual_seed(0)
+    image, mask = _class_scene()
+    x, y = SegBatchTransform(48, scale=(0.25, 1.0))(image[None].repeat(64, 1, 1, 1), mask[None].repeat(64, 1, 1))
+    assert x.shape == (64, 3, 48, 48) and x.dtype == torch.float32 and y.shape == (64, 48, 48)
+    assert y.dtype == torch.int64
+    mean, std = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
+    rgb = ((x * std + mean) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    pure = np.isin(rgb, (0, 255)).all(-1)
+    assert (rgb_to_class(rgb.reshape(-1, 48, 3))[pure.reshape(-1, 48)] == y.numpy().reshape(-1, 48)[pure.reshape(-1, 48)]).all()
+    assert pure.mean() > 0.5
+    assert len({m.numpy().tobytes() for m in y}) > 50  # random
+
+
+def test_cls_batch_transforms():
+    torch.manual_seed(0)
+    images, labels = _images(16), torch.arange(16)
+    x, y = ClsBatchTransform("none")(images, labels)
+    assert torch.equal(y, labels)
+    torch.testing.assert_close(x, torch.stack([cls_eval_transform()(i) for i in images]))  # to rounding
+    for aug in ("light", "seed"):
+        x, _ = ClsBatchTransform(aug)(images, labels)
+        assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
+        assert not torch.equal(x, ClsBatchTransform(aug)(images, labels)[0])
+    with pytest.raises(ValueError):
+        ClsBatchTransform("heavy")
+
+
+def test_stream_follows_its_sampler():
+    images, labels = _images(10, side=4), torch.arange(10)
+    ds = ImageArrayDataset(images, labels, [str(i) for i in range(10)], transform=cls_eval_transform())
+    batches = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(ds), 4, True)
+    torch.manual_seed(3)
+    expected = list(batches)  # a shuffle drawn from torch's global generator, as the DataLoader's
+    torch.manual_seed(3)
+    stream = BatchStream(ds, batches, transform=eval_batch, device=torch.device("cpu"))
+    got = list(stream)
+    assert len(stream) == len(got) == 2
+    assert [y.tolist() for _, y in got] == expected
+    for x, y in got:
+        torch.testing.assert_close(x, torch.stack([ds[i][0] for i in y]))
+    # under torchrun the sampler is a DistributedSampler, whose set_epoch the trainer calls
+    shard = torch.utils.data.DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=0)
+    stream = BatchStream(ds, torch.utils.data.BatchSampler(shard, 5, False), transform=eval_batch,
+                         device=torch.device("cpu"))
+    stream.sampler.set_epoch(1)
+    assert [y.tolist() for _, y in stream] == [list(shard)]
+
+
+def test_stream_of_seg_pairs():
+    image, mask = _class_scene(side=16)
+    ds = SegDataset(image[None].repeat(3, 1, 1, 1), mask[None].repeat(3, 1, 1), ["a", "b", "c"])
+    stream = BatchStream(ds, torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(ds), 2, False),
+                         transform=eval_batch, device=torch.device("cpu"))
+    (x, y), (x2, y2) = stream
+    assert x.shape == (2, 3, 16, 16) and y.dtype == torch.int64 and len(y2) == 1
+    assert torch.equal(y[0], mask.long())
