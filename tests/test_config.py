@@ -12,7 +12,6 @@ import train_cls
 import train_seg
 from hw1.cli import run, start_run
 from hw1.config import ClsConfig, SegConfig, config_of
-from hw1.data.demo import make_cls_demo
 from hw1.runtime import amp_dtype, channels_last_default, micro_batch_default
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
@@ -85,7 +84,12 @@ def test_invalid_seg_values(flags, message, tmp_path, capsys):
 
 
 def _config(script, argv, config_cls):
-    return start_run(f"{script.__name__}.py", script.get_args_parser(), argv, make_cls_demo, config_cls)
+    """The config ``script`` would run with; ``--demo`` data is not written (it would go into the
+    working directory's hw1_data/), only asked for in the config's data folder."""
+    demos = []
+    config = start_run(f"{script.__name__}.py", script.get_args_parser(), argv, demos.append, config_cls)
+    assert demos == ([config.data_dir] if config.demo else [])
+    return config
 
 
 def test_the_recipe_fills_what_no_flag_sets():
