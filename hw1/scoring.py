@@ -50,22 +50,23 @@ def mask_id(path):
 
 
 def list_masks(folder):
-    """``{id: path}`` of the ``.png`` masks of ``folder``.
+    """``{id: path}`` of the ``.png`` masks of ``folder``: every ``.png``, as the course's evaluator
+    reads them, whatever its name (``0013_mask.png``, ``0013.png``, ``0013_sat.png``: the mask of
+    ``0013`` written under its image's name).
 
-    JPEGs and ``*_sat.*`` files (the course's validation folder holds the ``_sat.jpg`` images
-    beside the masks) and hidden files are skipped silently, any other file and links that lead nowhere with a warning.
+    JPEGs (the course's validation folder holds the ``_sat.jpg`` images beside the masks) and hidden
+    files are skipped silently, any other file and links that lead nowhere with a warning.
     """
     folder = Path(folder)
     found, skipped = {}, []
     for p in folder_files(folder):
-        if p.stem.endswith("_sat"):
-            continue  # a satellite image beside its mask (the course's folders), whatever its format
         if p.suffix.lower() == ".png":
             # two files of one id (0013.png beside 0013_mask.png): either could be the one meant
             other = found.setdefault(mask_id(p), p)
             if other != p:
                 first, second = sorted([other.name, p.name])
-                raise UserError(f"{folder}: {first} and {second} are both masks of {mask_id(p)}; keep one")
+                raise UserError(f"{folder}: {first} and {second} are both masks of {mask_id(p)}; keep one "
+                                "(every .png of a mask folder is a mask, as the course's evaluator reads it)")
         elif p.suffix.lower() not in (".jpg", ".jpeg"):
             skipped.append(p.name)
     if skipped:
@@ -82,7 +83,8 @@ def seg_confusion_from_dirs(pred_dir, gt_dir, num_classes=NUM_CLASSES):
     mask without its partner, or of another size, is an error rather than a silently wrong score.
     """
     pred, gt = list_masks(pred_dir), list_masks(gt_dir)
-    require_same_keys(pred, gt, f"{pred_dir}: mask ids differ from {gt_dir}")
+    require_same_keys(pred, gt, f"{pred_dir}: mask ids differ from {gt_dir} (a mask's id is its name without "
+                                "_mask, _sat and .png: xxxx_mask.png, xxxx_sat.png and xxxx.png are all xxxx)")
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for i in sorted(gt):
         p, g = read_mask(pred[i]), read_mask(gt[i])

@@ -83,6 +83,32 @@ def test_seg_confusion_accepts_course_style_names_on_both_sides(tmp_path):
 
 
 @pytest.mark.reliability
+@pytest.mark.parametrize("suffix", ["_sat.png", "_mask.png", ".png"])
+def test_eval_scores_masks_named_after_their_images(suffix, tmp_path, capsys):
+    # name.replace(".jpg", ".png") gives 0010_sat.png: the course's evaluator reads every .png of
+    # both folders (in sorted order), and so does eval.py, pairing them by id
+    rng = np.random.default_rng(6)
+    pred_dir, gt_dir, pairs = make_mask_folders(tmp_path, rng, [(8, 8), (5, 7), (6, 6)])
+    for p in list(pred_dir.iterdir()):
+        p.rename(p.with_name(p.stem + suffix))
+    summary = eval_script.main(["--task", "seg", "--pred", str(pred_dir), "--gt", str(gt_dir)])
+    assert summary["miou"] == pytest.approx(brute_miou(pairs), abs=1e-12)
+    assert f"mIoU: {brute_miou(pairs):.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.reliability
+def test_eval_says_how_masks_pair_when_no_name_does(tmp_path):
+    pred_dir, gt_dir, _ = make_mask_folders(tmp_path, np.random.default_rng(7), [(8, 8), (5, 7)])
+    for p in list(pred_dir.iterdir()):
+        p.rename(p.with_name("pred_" + p.name))
+    with pytest.raises(UserError) as e:
+        seg_confusion_from_dirs(pred_dir, gt_dir)
+    assert str(e.value) == (f"{pred_dir}: mask ids differ from {gt_dir} (a mask's id is its name without _mask, "
+                            "_sat and .png: xxxx_mask.png, xxxx_sat.png and xxxx.png are all xxxx): missing 2 "
+                            "(e.g. 0010); extra 2 (e.g. pred_0010)")
+
+
+@pytest.mark.reliability
 @pytest.mark.parametrize("change", ["missing", "extra"])
 def test_seg_confusion_different_ids_name_the_pred_folder(tmp_path, change):
     rng = np.random.default_rng(2)
