@@ -74,9 +74,14 @@ def load_checkpoint(path, *, task=None):
                             f"not a {kind.__name__})")
     if ckpt["model_name"] not in REGISTRY:
         raise UserError(f"{path}: unknown model {ckpt['model_name']!r}")
-    if task is not None and get_spec(ckpt["model_name"]).task != task:
-        raise UserError(f"{path}: a {get_spec(ckpt['model_name']).task} checkpoint ({ckpt['model_name']}), "
-                        f"not a {task} one")
+    spec = get_spec(ckpt["model_name"])
+    if task is not None and spec.task != task:
+        raise UserError(f"{path}: a {spec.task} checkpoint ({ckpt['model_name']}), not a {task} one")
+    # a model of another class count would predict classes the task does not have (scored as others)
+    classes = ckpt["model_config"].get("num_classes", spec.num_classes)
+    if classes != spec.num_classes or isinstance(classes, bool):
+        raise UserError(f"{path}: a {ckpt['model_name']} checkpoint with num_classes {classes!r}; its task "
+                        f"({spec.task}) has {spec.num_classes} classes")
     return ckpt
 
 

@@ -14,12 +14,18 @@ import torch
 def confusion_matrix(target, pred, num_classes):
     """(num_classes, num_classes) int64 counts; ``target`` and ``pred`` are integer tensors of one shape.
 
-    Targets outside ``[0, num_classes)`` (an ignore index) are not counted.
+    A value outside ``[0, num_classes)`` on either side is a ValueError naming it: counted, it would
+    land in another cell (``num_classes * t + p``) and the score would be wrong without a sign.
     """
     target = target.reshape(-1).long()
     pred = pred.reshape(-1).long()
-    keep = (target >= 0) & (target < num_classes)
-    idx = num_classes * target[keep] + pred[keep]
+    if target.numel():
+        # one read of all four bounds: bincount waits for the device anyway
+        bounds = torch.stack([target.min(), target.max(), pred.min(), pred.max()]).tolist()
+        for what, value in zip(("target", "target", "prediction", "prediction"), bounds):
+            if not 0 <= value < num_classes:
+                raise ValueError(f"{what} {value} is outside the classes 0..{num_classes - 1}")
+    idx = num_classes * target + pred
     return torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 

@@ -15,11 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import eval as eval_py
 from conftest import REPO
+from helpers import cli_error, write_pairs
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.errors import UserError
+from hw1.models import build_model
 from hw1.predict import load_model
 from hw1.predict import main as predict_main
 from hw1.predict import predict_cls
@@ -123,6 +126,31 @@ def test_checkpoints_that_are_not_hw1_ones(tmp_path):
         load_checkpoint(unknown)
     with pytest.raises(UserError, match="not found"):
         load_checkpoint(tmp_path / "nope.pth")
+
+
+@pytest.mark.reliability
+def test_checkpoint_of_another_class_count_is_refused(tmp_path, capsys):
+    # a 10-class segmenter that predicts class 9 everywhere: counted, 7 * t + 9 lands in other cells
+    config = {"fc_channels": 16, "batch_norm": True, "width": 0.25, "num_classes": 10}
+    model = build_model("vgg16_fcn32s", **config, weights="none")
+    state = model.state_dict()
+    state["score.bias"][9] = 100.0
+    seg = tmp_path / "seg10.pth"
+    torch.save({"model": state, "model_name": "vgg16_fcn32s", "model_config": config, "task": "seg"}, seg)
+    pairs = write_pairs(tmp_path / "pairs", [(32, 32)])
+    err = cli_error(capsys, eval_py.main, ["--task", "seg", "--checkpoint", str(seg), "--data-dir", str(pairs)])
+    assert err == f"error: {seg}: a vgg16_fcn32s checkpoint with num_classes 10; its task (seg) has 7 classes\n"
+    # a 100-class classifier: no label 77 in a prediction CSV
+    cls = tmp_path / "cls100.pth"
+    config = {"depth": 10, "growth_rate": 4, "num_classes": 100}
+    torch.save({"model": build_model("densenet", **config).state_dict(), "model_name": "densenet",
+                "model_config": config, "task": "cls"}, cls)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (32, 32)).save(images / "0_0.png")
+    err = cli_error(capsys, predict_main, ["cls", str(images), str(tmp_path / "pred.csv"), "--checkpoint", str(cls)])
+    assert err == f"error: {cls}: a densenet checkpoint with num_classes 100; its task (cls) has 50 classes\n"
+    assert not (tmp_path / "pred.csv").exists()
 
 
 def test_checkpoint_whose_weights_do_not_fit(cls_tiny_checkpoint, tmp_path):

@@ -1,6 +1,7 @@
 """hw1.metrics (classification part): the confusion matrix against brute force, accuracy, and the
 label-smoothed loss the training uses, checked against a hand computation."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -29,12 +30,24 @@ def test_confusion_matrix_vs_brute_force(seed, n, size):
     assert cm.sum() == target.size
 
 
-def test_confusion_matrix_rows_are_truth_and_ignores_out_of_range_targets():
-    target = torch.tensor([0, 0, 1, 2, 255, -1, 3])
-    pred = torch.tensor([1, 1, 1, 0, 2, 0, 2])
+def test_confusion_matrix_rows_are_truth():
+    target = torch.tensor([0, 0, 1, 2])
+    pred = torch.tensor([1, 1, 1, 0])
     cm = metrics.confusion_matrix(target, pred, 3)
     np.testing.assert_array_equal(cm.numpy(), brute_force_cm(target.tolist(), pred.tolist(), 3))
     assert cm[0, 1] == 2 and cm.sum() == 4
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("target, pred, message", [
+    ([0, 1, 2], [9, 1, 2], "prediction 9 is outside the classes 0..6"),  # 7 * 0 + 9 would count as (1, 2)
+    ([0, 1, 2], [0, -1, 2], "prediction -1 is outside the classes 0..6"),
+    ([0, 255, 2], [0, 1, 2], "target 255 is outside the classes 0..6"),
+    ([-1, 1, 2], [0, 1, 2], "target -1 is outside the classes 0..6"),
+])
+def test_confusion_matrix_refuses_values_outside_the_classes(target, pred, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        metrics.confusion_matrix(torch.tensor(target), torch.tensor(pred), 7)
 
 
 def test_accuracy_and_per_class():
