@@ -69,7 +69,7 @@ def check_args(args):
         mode = "--checkpoint" if args.checkpoint else "--pred"
         raise UserError(f"--{ignored[0].replace('_', '-')}: not used with {mode}; leave it out")
     if args.json:
-        check_output(args.json, "json", overwrite=args.overwrite, inputs=[
+        check_output(args.json, "metrics-json", overwrite=args.overwrite, inputs=[
             (f"--{n.replace('_', '-')}", getattr(args, n)) for n in ("pred", "gt", "checkpoint", "data_dir", "labels")])
     return args
 

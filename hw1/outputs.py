@@ -6,18 +6,23 @@ unless the user passed ``--overwrite``, when it
 
 * is one of the command's inputs, or would replace a file inside an input folder;
 * is a file of a training run (``args.json``, ``metrics.jsonl``, ``last.pth``, ... of a run folder);
+* is a file of a git repository (tracked: a committed record, the shipped models, the README);
 * holds a file of another kind than the one written: an image, a checkpoint or a JSON file where a
   CSV or a figure would go; a mask or a CSV of the course's data (ground truth) where predictions
-  would go; a training checkpoint where an export would go.
+  would go; a training checkpoint where an export would go; a JSON, Markdown, PDF or SVG file that
+  the command does not write (told by its content: the keys of its JSON, the report's mark,
+  matplotlib's mark in a figure).
 
 A file of the kind written, that the command could have written itself (a figure, a mask hw1
-wrote, an earlier export), is replaced: running a command again is not an error. A parent folder
+wrote, an earlier export, its own JSON), is replaced: running a command again is not an error. A parent folder
 that does not exist is created when the file is written; one that cannot be (a file in the way, no
 permission) is refused here, before the work. Run folders follow their own rule (one run a
 folder, :meth:`hw1.run_dir.RunDir.check_new_run`); the staging and atomic writes are
 :mod:`hw1.io`'s.
 """
+import json
 import os
+import subprocess
 from pathlib import Path
 
 from PIL import Image
@@ -28,6 +33,8 @@ from hw1.tasks import TASKS
 
 # The tEXt mark of the PNGs hw1 writes as predictions, which tells them from ground truth.
 MASK_MARK = ("Software", "hw1.predict")
+# The first line of the Markdown of a report (viz.py report), which tells it from other Markdown.
+REPORT_MARK = "<!-- written by viz.py report (hw1.report) -->"
 # Folders and files of the course's data layout (a folder holding one is data, not output).
 DATA_FOLDERS = tuple(d for task in TASKS.values() for d in (task.layout.train, task.layout.val))
 
@@ -40,10 +47,69 @@ def _png_software(path):
         return ""
 
 
+def _read(path, limit=None):
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return b""
+
+
 def is_figure(path):
-    """A PNG that matplotlib drew (its ``Software`` text), or a PDF / SVG (what figures are saved as)."""
+    """A figure matplotlib drew: a PNG with its ``Software`` text, a PDF or SVG with its creator mark
+    (``Matplotlib pdf backend`` in a PDF's info, ``Created with matplotlib`` / ``Matplotlib v`` in
+    an SVG's first lines)."""
     path = Path(path)
-    return path.suffix.lower() != ".png" or _png_software(path).lower().startswith("matplotlib")
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        return _png_software(path).lower().startswith("matplotlib")
+    if suffix == ".pdf":  # the info dictionary is near the end of the file; figures are small
+        return b"/Producer (Matplotlib pdf backend" in _read(path)
+    head = _read(path, 4096).lower()
+    return b"created with matplotlib" in head or b"matplotlib v" in head
+
+
+def _json(path):
+    try:
+        return json.loads(_read(path).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _summary_keys():
+    """The key sets of eval.py's JSON: one task's metrics of a confusion matrix."""
+    import torch
+
+    return [set(task.summarize(torch.zeros(task.num_classes, task.num_classes, dtype=torch.int64)))
+            for task in TASKS.values()]
+
+
+def is_metrics_json(path):
+    """A JSON file that ``eval.py --json`` writes: an object of exactly one task's metrics."""
+    data = _json(path)
+    return isinstance(data, dict) and set(data) in _summary_keys()
+
+
+RUN_SUMMARY_KEYS = {"model", "metric", "best", "best_epoch", "epochs", "command"}
+
+
+def is_run_summary_json(path):
+    """A JSON file that ``hw1.summary --out`` writes: a run's summary, or a list of them."""
+    data = _json(path)
+    runs = data if isinstance(data, list) else [data]
+    return bool(runs) and all(isinstance(r, dict) and RUN_SUMMARY_KEYS <= set(r) for r in runs)
+
+
+def is_bench_json(path):
+    """A JSON file that ``hw1.bench --out`` writes: its ``machine`` record names the bench's command."""
+    data = _json(path)
+    machine = data.get("machine") if isinstance(data, dict) else None
+    return isinstance(machine, dict) and str(machine.get("command", "")).startswith("python -m hw1.bench")
+
+
+def is_report_markdown(path):
+    """The Markdown of a report that ``viz.py report`` wrote (its first line is :data:`REPORT_MARK`)."""
+    return _read(path, len(REPORT_MARK) + 2).decode("utf-8", "replace").splitlines()[:1] == [REPORT_MARK]
 
 
 def is_hw1_mask(path):
@@ -75,9 +141,14 @@ class Kind:
 
 KINDS = {
     "csv": Kind("CSV", (".csv",), lambda p: not is_data_folder(p.parent), "a CSV of the course's data (ground truth?)"),
-    "json": Kind("JSON", (".json",)),
-    "markdown": Kind("Markdown", (".md",)),
-    "figure": Kind("figure", (".png", ".pdf", ".svg"), is_figure, "an image that is not a figure"),
+    "metrics-json": Kind("JSON", (".json",), is_metrics_json, "a JSON file that is not eval.py's metrics"),
+    "summary-json": Kind("JSON", (".json",), is_run_summary_json, "a JSON file that is not a run summary"),
+    "bench-json": Kind("JSON", (".json",), is_bench_json, "a JSON file that is not a bench result"),
+    # any of the three (a command that does not say which it writes)
+    "json": Kind("JSON", (".json",), lambda p: is_metrics_json(p) or is_run_summary_json(p) or is_bench_json(p),
+                 "a JSON file that no hw1 command writes"),
+    "markdown": Kind("Markdown", (".md",), is_report_markdown, "Markdown that is not a report viz.py wrote"),
+    "figure": Kind("figure", (".png", ".pdf", ".svg"), is_figure, "a file that is not a figure matplotlib drew"),
     "mask": Kind("mask", (".png",), is_hw1_mask, "a mask that hw1.predict did not write (ground truth?)"),
     "checkpoint": Kind("checkpoint", (".pth", ".pt"), lambda p: not _is_training_checkpoint(p),
                        "a training checkpoint, which --resume needs"),
@@ -98,8 +169,19 @@ def _is_run_file(path):
     return run.holds_run() and path in run.run_files()
 
 
-def problem(path, kind, inputs=()):
-    """Why writing a ``kind`` file at ``path`` would replace what it should not, or None."""
+def tracked_names(folder):
+    """Names of the files directly in ``folder`` that its git repository tracks (none outside one, or without git)."""
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "ls-files", "-z", "--", "."], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    return {n for n in os.fsdecode(out.stdout).split("\0") if n and "/" not in n} if out.returncode == 0 else set()
+
+
+def problem(path, kind, inputs=(), tracked=None):
+    """Why writing a ``kind`` file at ``path`` would replace what it should not, or None.
+
+    ``tracked``: the :func:`tracked_names` of its folder, when the caller has them already."""
     path, kind = Path(path), KINDS[kind]
     for name, given in inputs:
         if given is None:
@@ -112,6 +194,8 @@ def problem(path, kind, inputs=()):
         return None
     if _is_run_file(path):
         return f"is a file of the training run in {path.parent}"
+    if path.name in (tracked_names(path.parent) if tracked is None else tracked):
+        return "is a file of the git repository (tracked)"
     if path.suffix.lower() not in kind.suffixes:
         return f"holds a {path.suffix or 'suffix-less'} file, which a {kind.name} would replace"
     if kind.replaceable is not None and not kind.replaceable(path):
@@ -130,12 +214,12 @@ def _check_parent(path):
         raise UserError(f"{path}: cannot write it, {parent} is not writable")
 
 
-def check_output(path, kind, *, inputs=(), overwrite=False):
+def check_output(path, kind, *, inputs=(), overwrite=False, tracked=None):
     """``path`` if a ``kind`` file (a key of :data:`KINDS`) may be written there, else a one-line
     :class:`UserError`. ``inputs`` are the command's ``(flag, path)`` pairs (files or folders)."""
     if Path(path).is_dir():  # --overwrite could not help: a folder is never replaced by a file
         raise UserError(f"{path}: is a folder; write the {KINDS[kind].name} to a file path")
-    found = None if overwrite else problem(path, kind, inputs)
+    found = None if overwrite else problem(path, kind, inputs, tracked)
     if found:
         raise UserError(f"{path}: {found}; pass --overwrite to replace it, or write to another path")
     _check_parent(path)
@@ -152,4 +236,5 @@ def check_outputs(folder, names, kind, *, inputs=(), overwrite=False):
             if given is not None and _same(folder, given) and any((folder / n).exists() for n in names):
                 raise UserError(f"{folder}: is the input {name}; the outputs would replace its files "
                                 "(pass --overwrite to replace them, or write to another folder)")
-    return [check_output(folder / n, kind, inputs=inputs, overwrite=overwrite) for n in names]
+    tracked = tracked_names(folder) if folder.is_dir() and not overwrite else set()  # one git call for the folder
+    return [check_output(folder / n, kind, inputs=inputs, overwrite=overwrite, tracked=tracked) for n in names]

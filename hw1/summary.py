@@ -73,7 +73,7 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.out:
-        check_output(args.out, "json", inputs=[("RUN_DIR", d) for d in args.run_dir], overwrite=args.overwrite)
+        check_output(args.out, "summary-json", inputs=[("RUN_DIR", d) for d in args.run_dir], overwrite=args.overwrite)
     summaries = [summarize_run(d) for d in args.run_dir]
     text = json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2) + "\n"
     if args.out:

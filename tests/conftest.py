@@ -304,7 +304,7 @@ def cli_runs(tmp_path_factory, cls_tiny_data, cls_one_epoch_run, seg_checkpoint)
     pred = root / "p.csv"
     pred.write_text("filename,label\na.png,1\nb.png,2\n")
     json_out = root / "metrics.json"
-    json_out.write_text('{"acc": 0.5}\n')
+    json_out.write_text('{"acc": 0.5, "per_class_acc": [0.5]}\n')  # an earlier eval.py --json
     cases["malformed_csv"] = ([sys.executable, "eval.py", "--task", "cls", "--pred", pred, "--gt", gt,
                                "--json", json_out], {"bad": gt, "out": json_out})
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 import eval as eval_script
 import viz
+from conftest import REPO
 from helpers import cli_error
 from hw1 import outputs, summary
 from hw1.checkpoint import export_checkpoint
@@ -48,13 +49,13 @@ def test_new_paths_and_files_of_the_kind_written_pass(tmp_path):
     assert problem(file(tmp_path / "old.csv", "filename,label\n"), "csv") is None  # an earlier output: running again is no error
     assert problem(figure(tmp_path / "f.png"), "figure") is None
     assert problem(write_mask(np.zeros((2, 2), np.int64), tmp_path / "m.png", text=MASK_MARK), "mask") is None
-    assert problem(file(tmp_path / "r.json", "{}"), "json") is None
+    assert problem(file(tmp_path / "r.json", '{"acc": 1.0, "per_class_acc": [1.0]}'), "metrics-json") is None
 
 
 @pytest.mark.parametrize("kind, make, reason", [
     ("csv", lambda p: image(p / "x.png"), "holds a .png file, which a CSV would replace"),
     ("json", lambda p: file(p / "x.pth"), "holds a .pth file"),
-    ("figure", lambda p: image(p / "x.png"), "holds an image that is not a figure"),
+    ("figure", lambda p: image(p / "x.png"), "holds a file that is not a figure matplotlib drew"),
     ("mask", lambda p: write_mask(np.zeros((2, 2), np.int64), p / "x_mask.png"), "a mask that hw1.predict did not"),
     ("csv", course_csv, "a CSV of the course's data"),
 ])
@@ -113,6 +114,83 @@ def test_data_folders(tmp_path):
     assert outputs.is_data_folder(tmp_path / "gt")
     (tmp_path / "p1" / "val_50").mkdir(parents=True)
     assert outputs.is_data_folder(tmp_path / "p1")
+
+
+def git_repo(root, files):
+    """A git repository at ``root`` that tracks ``{name: text or bytes}``."""
+    import subprocess
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(root)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "records"], check=True)
+    return root
+
+
+METRICS = '{"acc": 0.5, "per_class_acc": [0.5]}'
+SUMMARY = '{"model": "densenet", "metric": "acc", "best": 0.5, "best_epoch": 1, "epochs": 2, "command": "x"}'
+BENCH = '{"machine": {"command": "python -m hw1.bench --quick"}, "settings": {}}'
+
+
+def test_a_json_file_is_replaced_only_by_the_command_that_writes_it(tmp_path):
+    metrics, summary_, bench = (file(tmp_path / f"{n}.json", t) for n, t in
+                                (("m", METRICS), ("s", SUMMARY), ("b", BENCH)))
+    lone_args = file(tmp_path / "args.json", '{"model": "densenet", "epochs": 3}')  # no run folder around it
+    listed = file(tmp_path / "runs.json", f"[{SUMMARY}, {SUMMARY}]")
+    kinds = {"metrics-json": [metrics], "summary-json": [summary_, listed], "bench-json": [bench]}
+    for kind, own in kinds.items():
+        for path in [metrics, summary_, bench, listed, lone_args, file(tmp_path / "user.json", "[1, 2]")]:
+            assert (problem(path, kind) is None) == (path in own), (kind, path.name)
+    assert problem(lone_args, "json").startswith("holds a JSON file that no hw1 command writes")
+    assert problem(bench, "json") is None  # the kind of a command that does not say which JSON it writes
+
+
+def test_eval_json_over_a_lone_args_json(cls_tiny_data, tmp_path):
+    args = file(tmp_path / "args.json", '{"model": "densenet", "epochs": 3}')
+    gt = str(cls_tiny_data / "val_gt.csv")
+    one_line_refusal(lambda: eval_script.main(["--task", "cls", "--pred", gt, "--gt", gt, "--json", str(args)]), args)
+    eval_script.main(["--task", "cls", "--pred", gt, "--gt", gt, "--json", str(tmp_path / "m.json")])
+    eval_script.main(["--task", "cls", "--pred", gt, "--gt", gt, "--json", str(tmp_path / "m.json")])  # its own: again
+
+
+def test_tracked_files_of_a_git_repository_are_never_replaced(cls_tiny_checkpoint, cls_tiny_run, tmp_path):
+    from hw1.checkpoint import main as export_main
+
+    repo = git_repo(tmp_path / "repo", {"results/r.json": SUMMARY, "README.md": "# hw1\n",
+                                        "checkpoints/p2.pth": cls_tiny_checkpoint.read_bytes()})
+    assert problem(repo / "results" / "r.json", "summary-json") == "is a file of the git repository (tracked)"
+    one_line_refusal(lambda: summary.main([str(cls_tiny_run[0]), "--out", str(repo / "results" / "r.json")]),
+                     repo / "results" / "r.json")
+    one_line_refusal(lambda: export_main([str(cls_tiny_checkpoint), str(repo / "checkpoints" / "p2.pth")]),
+                     repo / "checkpoints" / "p2.pth")
+    export_main([str(cls_tiny_checkpoint), str(repo / "checkpoints" / "p2.pth"), "--overwrite"])  # told to
+    assert problem(repo / "results" / "new.json", "summary-json") is None  # a new file in the repository
+    file(repo / "results" / "untracked.json", SUMMARY)
+    assert problem(repo / "results" / "untracked.json", "summary-json") is None
+    if (REPO / ".git").exists():  # this checkout's own records and shipped models, read only
+        assert problem(REPO / "results" / "p1_densenet_cpu.json", "bench-json").startswith("is a file of the git")
+        assert problem(REPO / "checkpoints" / "p2_vgg16_fcn32s.pth", "checkpoint").startswith("is a file of the git")
+        assert problem(REPO / "README.md", "markdown").startswith("is a file of the git")
+
+
+def test_report_markdown_and_figures_are_known_by_their_marks(tmp_path):
+    repo = git_repo(tmp_path / "repo", {"README.md": "# hw1\n"})
+    one_line_refusal(lambda: viz.main(["report", "--out", str(repo / "README.pdf")]), repo / "README.md")
+    notes = file(tmp_path / "notes.md", "# my notes\n")
+    assert problem(notes, "markdown") == "holds Markdown that is not a report viz.py wrote"
+    assert problem(file(tmp_path / "r.md", outputs.REPORT_MARK + "\n# report\n"), "markdown") is None
+    thesis = tmp_path / "thesis.pdf"
+    thesis.write_bytes(b"%PDF-1.5\n/Producer (LaTeX)\n%%EOF\n")
+    assert problem(thesis, "figure") == "holds a file that is not a figure matplotlib drew"
+    assert problem(file(tmp_path / "logo.svg", "<svg xmlns='http://www.w3.org/2000/svg'/>"), "figure") is not None
+    for suffix in ("pdf", "svg", "png"):
+        assert problem(figure(tmp_path / f"f.{suffix}"), "figure") is None
+    one_line_refusal(lambda: viz.main(["curves", "--out-dir", str(tmp_path), "--name", "thesis", "--pdf",
+                                       str(tmp_path / "none")]), thesis)
 
 
 # --- every command that writes goes through the rule: output = one of its inputs, or a file of another kind ---

@@ -26,6 +26,7 @@ from hw1 import report  # noqa: E402
 from hw1.cli import run as run_cli  # noqa: E402
 from hw1.data.scenes import make_seg_demo  # noqa: E402
 from hw1.errors import UserError  # noqa: E402
+from hw1.outputs import REPORT_MARK  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 DPI = 40
@@ -101,7 +102,8 @@ def test_report_pages_sections_and_figures(full_report, cls_tiny_run, seg_tiny_r
     assert result["pages"] == len(titles) == pdf_pages(result["pdf"])
 
     md = result["markdown"].read_text()
-    assert md.startswith(f"# {report.TITLE}\n\nTiny runs on generated data.")
+    # the mark by which a later report knows the file as its own, then the report
+    assert md.startswith(f"{REPORT_MARK}\n\n# {report.TITLE}\n\nTiny runs on generated data.")
     for title in SECTIONS:
         assert f"\n## {title}\n" in md
     # the figures: one PNG per section that has one, linked from the Markdown, none of them blank

@@ -2,15 +2,19 @@
 import os
 from pathlib import Path
 
+from hw1.outputs import REPORT_MARK
 from hw1.report.blocks import Code, Missing, Paragraph, Table
 
 
 def markdown(sections, base):
-    """The sections as Markdown; figure paths relative to the folder ``base`` of the Markdown file."""
+    """The sections as Markdown; figure paths relative to the folder ``base`` of the Markdown file.
+
+    The first line is :data:`hw1.outputs.REPORT_MARK` (an HTML comment, not shown), by which a
+    later report knows the file as one it may replace."""
     def cell(v):
         return str(v).replace("|", "\\|").replace("\n", " ")
 
-    out = []
+    out = [REPORT_MARK]
     for i, s in enumerate(sections):
         out.append(("# " if i == 0 else "## ") + s.title)
         for b in s.blocks:
