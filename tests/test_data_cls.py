@@ -333,6 +333,16 @@ def test_label_csv_with_a_byte_order_mark(tmp_path):
 
 
 @pytest.mark.reliability
+def test_a_label_of_thousands_of_digits(tmp_path):
+    # int() of more than 4300 digits raises ValueError; no label that long is one of the classes
+    csv = tmp_path / "pred.csv"
+    csv.write_text(f"filename,label\n0_a.png,{'7' * 5000}\n")
+    with pytest.raises(UserError, match=r"line 2: expected '<filename>,<integer label>', got '0_a.png,777") as info:
+        read_labels_csv(csv)
+    assert str(info.value).startswith(str(csv)) and str(info.value).endswith("...")  # the row is cut short
+
+
+@pytest.mark.reliability
 def test_label_outside_the_50_classes(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -51,7 +51,9 @@ def read_labels_csv(path):
     for line, row in enumerate(rows[1:], start=2):
         if not row:
             continue
-        if len(row) != 2 or not re.fullmatch(r"-?[0-9]+", row[1].strip()):
+        # at most 18 digits: any label that long is outside the classes, and int() of thousands of
+        # digits raises (Python's limit on converting long digit strings)
+        if len(row) != 2 or not re.fullmatch(r"-?[0-9]{1,18}", row[1].strip()):
             shown = repr(",".join(row))
             shown = shown if len(shown) <= 80 else shown[:77] + "..."
             raise UserError(f"{path}: line {line}: expected '<filename>,<integer label>', got {shown}")
