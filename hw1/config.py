@@ -34,6 +34,8 @@ NOT_FLAGS = ("demo", "debug", "resume", "num_classes")
 RECORDS = ("command", "device_name", "torch_version", "world_size")
 # torch.manual_seed takes 64 bits, and the run adds the rank and 1000 x the epoch to the seed
 SEED_LIMIT = 2 ** 62
+# No recipe comes near it; far above it (1e39) the first step overflows fp32 inside the optimizer.
+MAX_LR = 1000.0
 
 
 @dataclass
@@ -119,6 +121,8 @@ class TrainConfig:
             p.append(("--epochs", self.epochs, "at least 1"))
         if self.lr is None or not self.lr > 0:
             p.append(("--lr", self.lr, "above 0"))
+        elif self.lr > MAX_LR:
+            p.append(("--lr", self.lr, f"at most {MAX_LR:g}"))
         if self.batch_size < 1:
             p.append(("--batch-size", self.batch_size, "at least 1"))
         if self.loader not in LOADERS:

@@ -37,6 +37,8 @@ CLS_INVALID = [
     (["--device", "tpu"], "--device tpu: not a device name (try cpu, cuda or cuda:1)"),
     (["--lr", "inf"], "--lr inf: must be a finite number"),
     (["--lr", "nan"], "--lr nan: must be a finite number"),
+    (["--lr", "1e39"], "--lr 1e+39: must be at most 1000"),
+    (["--lr", "1e308"], "--lr 1e+308: must be at most 1000"),
     (["--warmup-epochs", "nan"], "--warmup-epochs nan: must be a finite number"),
     (["--warmup-epochs", "inf"], "--warmup-epochs inf: must be a finite number"),
     (["--weight-decay", "nan"], "--weight-decay nan: must be a finite number"),
