@@ -37,6 +37,8 @@ MASK_MARK = ("Software", "hw1.predict")
 REPORT_MARK = "<!-- written by viz.py report (hw1.report) -->"
 # Folders and files of the course's data layout (a folder holding one is data, not output).
 DATA_FOLDERS = tuple(d for task in TASKS.values() for d in (task.layout.train, task.layout.val))
+# The course's label CSVs (val_gt.csv): ground truth by its name, wherever a copy of it lies.
+LABEL_FILES = tuple(task.layout.labels for task in TASKS.values() if task.layout.labels)
 
 
 def _png_software(path):
@@ -140,7 +142,8 @@ class Kind:
 
 
 KINDS = {
-    "csv": Kind("CSV", (".csv",), lambda p: not is_data_folder(p.parent), "a CSV of the course's data (ground truth?)"),
+    "csv": Kind("CSV", (".csv",), lambda p: p.name not in LABEL_FILES and not is_data_folder(p.parent),
+                "a CSV of the course's data (ground truth?)"),
     "metrics-json": Kind("JSON", (".json",), is_metrics_json, "a JSON file that is not eval.py's metrics"),
     "summary-json": Kind("JSON", (".json",), is_run_summary_json, "a JSON file that is not a run summary"),
     "bench-json": Kind("JSON", (".json",), is_bench_json, "a JSON file that is not a bench result"),

@@ -213,6 +213,14 @@ def test_predict_cls_into_its_input_folder(cls_tiny_data, cls_tiny_checkpoint, t
     one_line_refusal(lambda: predict_cls(folder, gt, checkpoint=cls_tiny_checkpoint, device="cpu"), gt)
 
 
+def test_predict_cls_over_a_copy_of_the_course_labels(cls_tiny_data, cls_tiny_checkpoint, tmp_path):
+    # val_gt.csv outside the data folder is still the course's ground truth
+    gt = shutil.copy(cls_tiny_data / "val_gt.csv", tmp_path / "val_gt.csv")
+    one_line_refusal(lambda: predict_cls(cls_tiny_data / "val_50", gt, checkpoint=cls_tiny_checkpoint,
+                                         device="cpu"), gt)
+    predict_cls(cls_tiny_data / "val_50", tmp_path / "pred.csv", checkpoint=cls_tiny_checkpoint, device="cpu")
+
+
 def test_eval_json_over_its_ground_truth_or_a_run_file(cls_tiny_data, cls_tiny_run, tmp_path):
     gt = shutil.copy(cls_tiny_data / "val_gt.csv", tmp_path / "gt.csv")
     argv = ["--task", "cls", "--pred", str(gt), "--gt", str(gt)]
