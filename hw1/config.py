@@ -34,8 +34,9 @@ NOT_FLAGS = ("demo", "debug", "resume", "num_classes")
 RECORDS = ("command", "device_name", "torch_version", "world_size")
 # torch.manual_seed takes 64 bits, and the run adds the rank and 1000 x the epoch to the seed
 SEED_LIMIT = 2 ** 62
-# No recipe comes near it; far above it (1e39) the first step overflows fp32 inside the optimizer.
-MAX_LR = 1000.0
+# Far above any recipe: up to it a diverging run stops at its first non-finite loss; far above it
+# (1e39) the optimizer's first step fails converting the rate to fp32.
+MAX_LR = 1e6
 
 
 @dataclass

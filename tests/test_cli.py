@@ -90,7 +90,7 @@ HUGE = str(10 ** 12)
 VALUES = ("nan", "inf", "-1", "0", HUGE)
 # (flag, value) that the commands take: they then stop at the missing input of the base command line,
 # not at the flag. A huge --weight-decay is taken: the run then stops at its first non-finite loss
-# (an --lr above 1000 is refused: far above it the optimizer's step overflows fp32 before any loss).
+# (an --lr above 1e6 is refused: far above it the optimizer's step overflows fp32 before any loss).
 ACCEPTED = {
     "train": {("--workers", "0"), ("--warmup-epochs", "0"), ("--min-lr", "0"), ("--weight-decay", "0"),
               ("--momentum", "0"), ("--seed", "0"), ("--ema", "0"), ("--micro-batch", "0"), ("--label-smoothing", "0"),
