@@ -150,7 +150,12 @@ def image_size(path):
 
 
 def normalize(images):
-    """uint8 (N, 3, H, W) -> float, scaled and normalised as in training, on the images' device."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255 - mean) / std
+    """uint8 (N, 3, H, W) -> float, scaled and normalised as in training, on the images' device.
+
+    The operations and their order are torchvision's ``ToDtype(scale=True)`` then ``Normalize``
+    (multiply by 1/255, subtract, divide), so a batch normalised here equals, bit for bit, the
+    same images through the DataLoader path's transforms: evaluation does not depend on the loader.
+    """
+    mean = torch.tensor(MEAN, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32, device=images.device).view(-1, 1, 1)
+    return images.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
