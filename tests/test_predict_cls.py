@@ -36,9 +36,23 @@ def _subprocess(*args):
 # --- predict ------------------------------------------------------------------------------------
 
 
+def _decisive(checkpoint, path):
+    """``checkpoint`` with its classifier scaled 100x: the same argmax, margins far above bf16's rounding.
+
+    A 4-epoch tiny model's top two logits differ by a few hundredths, on noise images even less:
+    too close for predictions under bf16 autocast to be compared with fp32 ones.
+    """
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    for key in ("classifier.weight", "classifier.bias"):
+        ckpt["model"][key] = ckpt["model"][key] * 100
+    torch.save(ckpt, path)
+    return path
+
+
 def test_predict_cls_writes_the_grading_csv(cls_tiny_checkpoint, odd_folder, tmp_path):
     out = tmp_path / "sub" / "pred.csv"
-    rows = predict_cls(odd_folder, out, checkpoint=cls_tiny_checkpoint, device="cpu")
+    checkpoint = _decisive(cls_tiny_checkpoint, tmp_path / "decisive.pth")
+    rows = predict_cls(odd_folder, out, checkpoint=checkpoint, device="cpu")
     images = sorted(p.name for p in odd_folder.iterdir() if p.suffix in (".png", ".jpg"))
     assert [name for name, _ in rows] == images
     assert all(isinstance(label, int) and 0 <= label < 50 for _, label in rows)
@@ -49,14 +63,14 @@ def test_predict_cls_writes_the_grading_csv(cls_tiny_checkpoint, odd_folder, tmp
     assert [p.name for p in out.parent.iterdir()] == ["pred.csv"]  # no temporary file left behind
 
     # The same labels as the checkpoint's model applied to the decoded images by hand.
-    model = model_from_checkpoint(load_checkpoint(cls_tiny_checkpoint)).eval()
+    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
     ds = load_cls_split(odd_folder, transform=cls_eval_transform())
     assert ds.files == images
     with torch.no_grad():
         logits = model(torch.stack([ds[i][0] for i in range(len(ds))]))
     top2 = logits.topk(2, dim=1).values
-    clear = [(a - b) > 0.05 for a, b in top2.tolist()]  # predict may run under bf16 autocast
-    assert sum(clear) >= len(rows) // 2, top2
+    clear = [(a - b) > 1.0 for a, b in top2.tolist()]  # predict may run under bf16 autocast
+    assert sum(clear) >= len(rows) - 1, top2
     for (name, label), expected, is_clear in zip(rows, logits.argmax(1).tolist(), clear):
         if is_clear:
             assert label == expected, name
