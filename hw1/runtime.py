@@ -34,10 +34,21 @@ def cpu_kind():
 
     ``fp32``: no bf16 instructions (AVX2 and older, non-x86): oneDNN emulates bf16 and autocast
     makes the CPU slower, not faster.
+
+    oneDNN's own cap, ``ONEDNN_MAX_CPU_ISA`` (or its older name ``DNNL_MAX_CPU_ISA``), is obeyed:
+    with ``AVX2`` oneDNN runs as on an AVX2-only CPU, bf16 emulated, so the kind is ``fp32``;
+    with ``AVX512_CORE_BF16`` (the AMX workaround, shared/notes) ``avx512_bf16``.
     """
     if not (torch.backends.mkldnn.is_available() and torch.cpu._is_avx512_bf16_supported()):
         return "fp32"
-    return "amx" if torch.cpu._is_amx_tile_supported() else "avx512_bf16"
+    kind = "amx" if torch.cpu._is_amx_tile_supported() else "avx512_bf16"
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    if cap == "ALL":
+        return kind
+    if "AMX" in cap:  # AVX512_CORE_AMX, AVX10_1_512_AMX(_FP16): all the CPU has
+        return kind
+    # ISAs that hold bf16 instructions: AVX512_CORE_BF16, AVX512_CORE_FP16, AVX10_1_512
+    return "avx512_bf16" if cap in ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512") else "fp32"
 
 
 def cpu_has_fast_bf16():

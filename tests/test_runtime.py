@@ -59,7 +59,26 @@ def test_an_unknown_model_gets_nhwc_and_bf16_only_where_the_cpu_has_it(kind):
     assert amp_dtype("auto", CPU) is None
 
 
-def test_cpu_kind_matches_the_cpu():
+def test_cpu_kind_matches_the_cpu(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     has_bf16 = torch.backends.mkldnn.is_available() and torch.cpu._is_avx512_bf16_supported()
     assert (runtime.cpu_kind() != "fp32") == has_bf16
     assert (runtime.cpu_kind() == "amx") == (has_bf16 and torch.cpu._is_amx_tile_supported())
+
+
+@pytest.mark.parametrize("cap, kind", [("AVX2", "fp32"), ("avx512_core", "fp32"), ("AVX512_CORE_BF16", "avx512_bf16"),
+                                       ("ALL", None), ("AVX512_CORE_AMX", None)])
+def test_cpu_kind_obeys_onednns_isa_cap(monkeypatch, cap, kind):
+    # ONEDNN_MAX_CPU_ISA makes oneDNN run as an older CPU: the defaults must follow, or bf16 would be
+    # chosen where oneDNN then emulates it
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    native = runtime.cpu_kind()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    if native == "fp32":  # a CPU without bf16 stays without it whatever the cap
+        assert runtime.cpu_kind() == "fp32"
+    elif kind is None:
+        assert runtime.cpu_kind() == native
+    else:
+        assert runtime.cpu_kind() == kind
