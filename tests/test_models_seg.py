@@ -5,6 +5,9 @@ torchvision model saved by the test; keyword weights are served from a TORCH_HOM
 """
 import functools
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -365,3 +368,12 @@ def test_architecture_stages_hold_every_parameter_of_each_variant(skips):
     names = [r[0] for r in rows]
     assert names[-1] == "output" and rows[-1][2] == (7, 64, 64)
     assert ("upscore" in names) == (skips == "none") and any(n.startswith("skips") for n in names) == (skips != "none")
+
+
+def test_the_vgg16_fcn_builds_without_importing_torchvision():
+    # torchvision.models costs about a second of hw1_2.sh's start-up; only its own models need it
+    code = ("import sys; from hw1.models import build_model; build_model('vgg16_fcn32s', width=0.125, fc_channels=16);"
+            "print(sorted(m for m in sys.modules if m.startswith('torchvision')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout

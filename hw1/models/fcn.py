@@ -8,8 +8,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import ResNet101_Weights, VGG16_BN_Weights, VGG16_Weights
-from torchvision.models.segmentation import FCN_ResNet101_Weights, fcn_resnet101
 
 from hw1.data.masks import NUM_CLASSES
 from hw1.models.spec import ModelSpec
@@ -193,7 +191,8 @@ def vgg16_fcn32s(*, fc_channels: int = 4096, batch_norm: bool = False, width: fl
     ``classifier.*``; the scorer stays freshly initialised) or a VGG16FCN32s one, e.g. an hw1
     checkpoint (loaded whole).
     """
-    keywords = {"imagenet": VGG16_BN_Weights.IMAGENET1K_V1 if batch_norm else VGG16_Weights.IMAGENET1K_V1}
+    # weights by name (hw1.models.weights.weights_enum): no torchvision import for a model built without them
+    keywords = {"imagenet": "VGG16_BN_Weights.IMAGENET1K_V1" if batch_norm else "VGG16_Weights.IMAGENET1K_V1"}
     state_dict = resolve_state_dict(weights, keywords)
     model = VGG16FCN32s(num_classes=num_classes, dropout=dropout, fc_channels=fc_channels, batch_norm=batch_norm,
                         width=width, fc_batch_norm=fc_batch_norm, skips=skips)
@@ -216,6 +215,8 @@ class ResNet101FCN(nn.Module):
 
     def __init__(self, num_classes=7, aux_loss=False):
         super().__init__()
+        from torchvision.models.segmentation import fcn_resnet101  # here: VGG16-FCN never needs torchvision.models
+
         self.fcn = fcn_resnet101(weights=None, weights_backbone=None, num_classes=21, aux_loss=aux_loss)
         self.head = nn.Conv2d(21, num_classes, kernel_size=1)
         self.aux_head = nn.Conv2d(21, num_classes, kernel_size=1) if aux_loss else None
@@ -243,8 +244,8 @@ def resnet101_fcn(*, aux_loss: bool = False, num_classes=7, weights="none"):
     ResNet101FCN one, e.g. an hw1 checkpoint (loaded whole).
     """
     keywords = {
-        "coco": FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1,
-        "imagenet-backbone": ResNet101_Weights.IMAGENET1K_V1,
+        "coco": "FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1",
+        "imagenet-backbone": "ResNet101_Weights.IMAGENET1K_V1",
     }
     state_dict = resolve_state_dict(weights, keywords)
     model = ResNet101FCN(num_classes=num_classes, aux_loss=aux_loss)

@@ -12,26 +12,40 @@ import torch
 from hw1.errors import UserError
 
 
-def hub_file(weights_enum):
-    """Where torchvision keeps (or would download) the file of a weights enum."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights_enum.url)
+def weights_enum(weights):
+    """A torchvision weights enum, given as itself or by its name (``"VGG16_Weights.IMAGENET1K_V1"``).
+
+    A name lets a model file declare its keywords without importing ``torchvision.models``: about a
+    second of start-up that inference with ``weights="none"`` (``hw1_2.sh``) never needs.
+    """
+    if isinstance(weights, str):
+        from torchvision.models import get_weight
+
+        return get_weight(weights)
+    return weights
 
 
-def torchvision_state_dict(weights_enum):
-    """State dict of a torchvision weights enum: the cached file, else a download into the cache.
+def hub_file(weights):
+    """Where torchvision keeps (or would download) the file of a weights enum (or its name)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights_enum(weights).url)
+
+
+def torchvision_state_dict(weights):
+    """State dict of a torchvision weights enum (or its name): the cached file, else a download into the cache.
 
     Both paths load with ``weights_only=True``: a file in the cache that would run code when
     unpickled is refused (torchvision's own ``get_state_dict`` would unpickle it in full).
     """
-    target = hub_file(weights_enum)
+    weights_enum_ = weights_enum(weights)
+    target = hub_file(weights_enum_)
     if target.is_file():
         return local_state_dict(target)
     try:
-        return weights_enum.get_state_dict(progress=False, check_hash=False, weights_only=True)
+        return weights_enum_.get_state_dict(progress=False, check_hash=False, weights_only=True)
     except Exception as e:  # urllib, socket and SSL errors all mean the same thing to the user
         raise UserError(
-            f"{target}: pretrained weights {weights_enum} not in the torch hub cache and the "
-            f"download failed ({type(e).__name__}); download {weights_enum.url} and place it there "
+            f"{target}: pretrained weights {weights_enum_} not in the torch hub cache and the "
+            f"download failed ({type(e).__name__}); download {weights_enum_.url} and place it there "
             f"(or set TORCH_HOME), or pass --weights PATH"
         ) from None
 
@@ -55,7 +69,7 @@ def local_state_dict(path):
 def resolve_state_dict(weights, keywords):
     """Turn a ``--weights`` value into a state dict, or None for ``none``.
 
-    ``keywords`` maps the accepted keywords (e.g. ``imagenet``) to torchvision weights enums.
+    ``keywords`` maps the accepted keywords (e.g. ``imagenet``) to torchvision weights enums or their names.
     """
     if weights in (None, "none"):
         return None
