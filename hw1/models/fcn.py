@@ -12,7 +12,7 @@ from torch import nn
 from hw1.data.masks import NUM_CLASSES
 from hw1.models.spec import ModelSpec
 from hw1.models.weights import hub_file, load_matching, resolve_state_dict
-from hw1.runtime import BF16_NCHW, BF16_NHWC, FP32_NCHW, FP32_NHWC, autocast
+from hw1.runtime import BF16_NHWC, FP32_NCHW, FP32_NHWC, autocast
 
 # torchvision's vgg16 "D" configuration; the resulting nn.Sequential has torchvision's indices,
 # so ``features.<i>.weight`` keys of a torchvision state dict load unchanged.
@@ -336,8 +336,10 @@ DEMO_RECIPE = {"data_dir": "hw1_data/demo_seg", "out_dir": "runs/demo_seg", "wei
 # (results/bench_cpu.json, results/bench_cpu_avx2_others.json). On AMX, VGG16-FCN as train_seg.py's
 # --recipe cpu builds it (width 0.25, fc 256, batch norm, 8s skips, 256x256, batch 16) trained at
 # 29.4 img/s in bf16 NHWC against 17.8 in bf16 NCHW and 15.4 in fp32 NHWC, and inferred at 115.6
-# against 60.6 (results/bench_cpu_amx_p2.json).
-VGG16_FASTEST = {"amx": (BF16_NHWC, BF16_NHWC), "avx512_bf16": (BF16_NCHW, BF16_NCHW),
+# against 60.6 (results/bench_cpu_amx_p2.json). On an AVX512-BF16 EPYC the same: 29.4 img/s in bf16
+# NHWC against 23.2 in bf16 NCHW and 12.3 in fp32, inferred at 109.0 against 66.2
+# (results/bench_cpu_avx512_p2.json, 2026-12-07).
+VGG16_FASTEST = {"amx": (BF16_NHWC, BF16_NHWC), "avx512_bf16": (BF16_NHWC, BF16_NHWC),
                  "fp32": (FP32_NCHW, FP32_NHWC)}
 RESNET101_FASTEST = {"amx": (BF16_NHWC, BF16_NHWC), "avx512_bf16": (BF16_NHWC, BF16_NHWC),
                      "fp32": (FP32_NHWC, FP32_NCHW)}
