@@ -181,3 +181,30 @@ def test_default_out_is_a_new_file_never_a_record_already_there(tmp_path, monkey
     (tmp_path / "bench_amx_2026-12-02_2.json").write_text("{}")
     assert default_out(cpu, tmp_path, day) == str(tmp_path / "bench_amx_2026-12-02_3.json")
     assert (tmp_path / "bench_amx_2026-12-02.json").read_text() == "{}"
+
+
+def test_recipes_and_predict_parts_time_the_shipped_pipelines(tmp_path, capsys):
+    # one step of each CPU recipe through each pipeline, and the course's two commands, on course-layout data
+    from conftest import make_cls_tiny
+    from hw1.data.scenes import make_seg_demo
+
+    p1 = make_cls_tiny(tmp_path / "p1", train_per_class=128, val_per_class=2)  # 384: 2 warm-up batches + 1
+    p2 = make_seg_demo(tmp_path / "p2", n_train=48, n_val=2, size=64)
+    out = tmp_path / "bench.json"
+    main(["--parts", "recipes", "predict", "--data-dir", str(p1), "--p2-data-dir", str(p2), "--recipe-steps", "1",
+          "--predict-repeats", "1", "--matmul-size", "64", "--device", "cpu", "--out", str(out)])
+    results = _strict_json(out)
+    for task, batch in (("cls", 128), ("seg", 16)):
+        r = results["recipes"][task]
+        assert r["batch_size"] == batch and r["images"] == batch
+        assert list(r["pipelines"]) == ["batched", "workers", "reference"]
+        for p in r["pipelines"].values():
+            assert p["steps"] == 1 and _positive(p["img_s"]) and math.isfinite(p["loss"])
+        assert r["pipelines"]["workers"]["workers"] > 0 and r["pipelines"]["batched"]["workers"] == 0
+        assert r["pipelines"]["reference"]["amp"] == "none" and not r["pipelines"]["reference"]["channels_last"]
+        for key in ("batched_vs_workers", "batched_vs_reference", "workers_vs_reference"):
+            assert _positive(r[key])
+    assert set(results["predict"]) == {"predict_cls", "hw1_2.sh"}
+    assert all(_positive(r["seconds"]) for r in results["predict"].values())
+    table = capsys.readouterr().out
+    assert "train_seg.py --recipe cpu" in table and "hw1_2.sh" in table

@@ -39,6 +39,7 @@ import torchvision
 from hw1.bench.data import DATA_BATCH, bench_data, p1_train_folder
 from hw1.bench.models import (BASELINE, CONFIGS, DEFAULT, TRAIN_FLOPS_NOTE, bench_model, default_config_name,
                               model_config_of, trainer_defaults)
+from hw1.bench.recipes import PIPELINES, bench_predict, bench_recipe
 from hw1.bench.reference import bench_reference
 from hw1.bench.timing import matmul_peak
 from hw1.cli import AT_LEAST_1, add_model_args, between, check_numbers, require_layout, split_hyperparameters
@@ -57,6 +58,8 @@ from hw1.tasks import get_task
 log = logging.getLogger(__name__)
 
 PARTS = ("models", "data", "reference")
+# on the course data only, so asked for by name: whole epochs of the CPU recipes, and the course's commands
+DATA_PARTS = ("recipes", "predict")
 # --quick: every part once, small, in about a minute on 2 CPU cores: the baseline against each
 # model's training defaults on this machine, DenseNet-BC 40 (k = 12) as trained on the CPU, P2
 # crops of 128. Explicit flags win.
@@ -107,6 +110,10 @@ def run_parts(args, device, argv):
             if "reference" in args.parts:
                 results["reference"] = {"data": p1,
                                         **bench_reference(dataset, folder, args, device, results.get("models", {}))}
+    if "recipes" in args.parts:
+        results["recipes"] = {task: bench_recipe(task, args, device) for task in args.recipe_tasks}
+    if "predict" in args.parts:
+        results["predict"] = bench_predict(args)
     step = densenet_step_img_s(results, device)
     if "data" in results and step:
         results["data"]["densenet_step_img_s"] = step
@@ -162,6 +169,12 @@ def format_table(results):
         lines.append(f"vs torchvision DenseNet + PNG decoding, {e['steps']} training steps of {e['batch_size']} "
                      f"with {e['workers']} workers: ours {e['ours_steps_s']:.3f} steps/s, reference "
                      f"{e['reference_steps_s']:.3f} steps/s: {e['ratio']:.2f}x")
+    for task, r in results.get("recipes", {}).items():
+        shown = ", ".join(f"{name} {p['img_s']:.1f} img/s ({p['seconds']:.1f} s)" for name, p in r["pipelines"].items())
+        ratios = ", ".join(f"{k} {v:.2f}x" for k, v in r.items() if k.endswith(("_vs_workers", "_vs_reference")))
+        lines.append(f"{r['recipe']}, {r['images']} images: {shown}; {ratios}")
+    for name, r in results.get("predict", {}).items():
+        lines.append(f"{r['command']}: {r['seconds']:.1f} s (median of {len(r['all_seconds'])})")
     return "\n".join(lines)
 
 
@@ -180,7 +193,10 @@ def batch_sizes(text):
 def get_args_parser():
     p = argparse.ArgumentParser(prog="python -m hw1.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="(default: all)")
+    p.add_argument("--parts", nargs="+", choices=PARTS + DATA_PARTS, default=list(PARTS),
+                   help="recipes: an epoch of each --recipe cpu, batched loader vs workers vs reference; predict: "
+                        "whole-process time of hw1.predict cls and hw1_2.sh on the validation folders (both need "
+                        "the course data) (default: %(default)s)")
     p.add_argument("--models", nargs="+", choices=model_names(), default=model_names(), help="(default: all)")
     p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                    help="fp32 (NCHW, eager) is always run as the baseline; fp16 only on CUDA (default: all)")
@@ -211,6 +227,14 @@ def get_args_parser():
     g.add_argument("--e2e-batch-size", type=int, default=128, help="(default: %(default)s, as train_cls.py)")
     g.add_argument("--e2e-workers", type=int, default=trainer_defaults().workers,
                    help="DataLoader workers of both loops (default: %(default)s, as the training scripts)")
+    g = p.add_argument_group("the CPU recipes' epochs and the course's commands (--parts recipes predict)")
+    g.add_argument("--p2-data-dir", default=SegConfig.data_dir, help="P2 data (default: %(default)s)")
+    g.add_argument("--recipe-tasks", nargs="+", choices=["cls", "seg"], default=["cls", "seg"],
+                   help="(default: both)")
+    g.add_argument("--recipe-steps", type=int, default=40, help="training steps timed per pipeline (default: "
+                                                                "%(default)s)")
+    g.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES), help="(default: all)")
+    g.add_argument("--predict-repeats", type=int, default=3, help="(default: %(default)s)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -221,7 +245,7 @@ ARG_RULES = {
     "crop_size": SIDE_RANGES["crop_size"],
     "threads": between(1, 1024), "matmul_size": between(1, 32768), "workers": between(0, MAX_WORKERS),
     "data_batches": AT_LEAST_1, "e2e_steps": AT_LEAST_1, "e2e_batch_size": AT_LEAST_1,
-    "e2e_workers": between(0, MAX_WORKERS),
+    "e2e_workers": between(0, MAX_WORKERS), "recipe_steps": between(1, 100_000), "predict_repeats": between(1, 100),
 }
 
 
@@ -238,6 +262,11 @@ def parse_args(argv):
             model_config_of(name, args)
         except ArgError as e:
             raise UserError(f"--{e.name.replace('_', '-')} {e.value}: {e.must}") from None
+    if set(args.parts) & set(DATA_PARTS):  # real data only: the recipes' epochs are of the course's images
+        for task, folder in (("cls", args.data_dir or ClsConfig.data_dir), ("seg", args.p2_data_dir)):
+            layout = get_task(task).layout
+            require_layout(folder, (layout.train, layout.val), layout.archive)
+        args.data_dirs = {"cls": args.data_dir or ClsConfig.data_dir, "seg": args.p2_data_dir}
     if args.data_dir is None:  # train_cls.py's default; p1_train_folder generates digits where it has no data
         args.data_dir = ClsConfig.data_dir
     else:  # a folder named on the command line must hold the data: no silent stand-in for a mistyped path
