@@ -106,8 +106,8 @@ def add_model_args(parser, specs):
         else:
             kwargs["type"] = type(param.default)
         g.add_argument("--" + name.replace("_", "-"), **kwargs)
-    g.add_argument("--model-config", nargs="+", metavar="KEY=VALUE", dest="model_config_items",
-                   help="hyperparameters by their builder's names, e.g. depth=40 growth_rate=12")
+    g.add_argument("--model-config", nargs="+", action="extend", metavar="KEY=VALUE", dest="model_config_items",
+                   help="hyperparameters by their builder's names, e.g. depth=40 growth_rate=12 (may be repeated)")
     return parser
 
 
@@ -118,10 +118,14 @@ def parse_key_values(items, flag="--model-config"):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"{flag} {item}: expected KEY=VALUE, e.g. depth=40")
+        key = key.replace("-", "_")
         try:
-            values[key.replace("-", "_")] = ast.literal_eval(value)
+            value = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            values[key.replace("-", "_")] = value  # a bare word such as variant=convnext_small
+            pass  # a bare word such as variant=convnext_small
+        if key in values and values[key] != value:  # the same setting twice: no silent winner
+            raise UserError(f"{flag}: {key} given twice, {values[key]!r} and {value!r}; give it once")
+        values[key] = value
     return values
 
 
@@ -130,7 +134,12 @@ def split_hyperparameters(typed, specs):
     names = {n for spec in specs for n in spec.hyperparameters()}
     hyper = {k: typed.pop(k) for k in list(typed) if k in names}
     hyper = {k: v for k, v in hyper.items() if v is not None}  # a flag with a None default, not typed
-    return typed, {**hyper, **parse_key_values(typed.pop("model_config_items", None) or [])}
+    items = parse_key_values(typed.pop("model_config_items", None) or [])
+    for key, value in items.items():
+        if key in hyper and hyper[key] != value:  # a flag and --model-config disagree: no silent winner
+            raise UserError(f"--{key.replace('_', '-')} {hyper[key]} and --model-config {key}={value!r} disagree; "
+                            "give one")
+    return typed, {**hyper, **items}
 
 
 AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
@@ -210,6 +219,27 @@ def _terminate_handler(owner):
             return
         raise Terminated()
     return handler
+
+
+def _expect_worker_deaths():
+    """On the way out after Ctrl-C or SIGTERM: the DataLoader's SIGCHLD handler would raise again,
+    as a traceback "Exception ignored in ... __del__", when the loader shuts down workers that the
+    same signal ended. Their deaths are expected now: the default SIGCHLD disposition."""
+    if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def _stopped_worker(error):
+    """``(message, exit status)`` when ``error`` is a DataLoader's report of a worker ended by SIGTERM or
+    SIGINT (``DataLoader worker (pid 123) is killed by signal: Terminated.``), else None."""
+    text = str(error)
+    if not text.startswith("DataLoader worker (pid"):
+        return None
+    if "signal: Terminated" in text:
+        return "terminated", 128 + signal.SIGTERM
+    if "signal: Interrupt" in text:
+        return "interrupted", 130
+    return None
 
 
 def _stdout_reader_gone():
@@ -306,11 +336,22 @@ def run(main, argv=None):
         print(f"error: stdout: cannot write ({e})", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
+        _expect_worker_deaths()
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Terminated:
+        _expect_worker_deaths()
         print("terminated", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
+    except RuntimeError as e:
+        # Ctrl-C or SIGTERM to the process group reaches DataLoader workers too, and the loader may
+        # report their deaths before this process's own signal is handled: the same stop, said so
+        stopped = _stopped_worker(e)
+        if stopped is None:
+            raise
+        _expect_worker_deaths()
+        print(stopped[0], file=sys.stderr)
+        sys.exit(stopped[1])
     finally:
         sys.stdout = stdout
         if "torch.distributed" in sys.modules:  # leave torchrun's process group cleanly

@@ -234,3 +234,17 @@ def test_sigterm_during_predict_seg_leaves_no_staged_masks(seg_checkpoint, tmp_p
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM and err == "terminated\n", err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]  # no masks folder, no staging folder
+
+
+@pytest.mark.parametrize("text, stopped", [
+    ("DataLoader worker (pid 4242) is killed by signal: Terminated. ", ("terminated", 128 + signal.SIGTERM)),
+    ("DataLoader worker (pid 4242) is killed by signal: Interrupt. ", ("interrupted", 130)),
+    ("DataLoader worker (pid 4242) is killed by signal: Killed. ", None),  # the OOM killer: its traceback stays
+    ("CUDA error: out of memory", None),
+])
+@pytest.mark.reliability
+def test_a_worker_ended_by_the_groups_signal_is_that_stop(text, stopped):
+    from hw1.cli import _stopped_worker
+
+    assert _stopped_worker(RuntimeError(text)) == stopped
+
