@@ -37,6 +37,15 @@ def rng_state():
     return state
 
 
+def check_rng_state(state, path):
+    """One line, not torch's RuntimeError at resume, for an RNG state that is not one this code saves."""
+    own = torch.get_rng_state()
+    torch_state = state.get("torch") if isinstance(state, dict) else None
+    if not (isinstance(torch_state, torch.Tensor) and torch_state.dtype == own.dtype
+            and torch_state.shape == own.shape and isinstance(state.get("python"), (list, tuple))):
+        raise UserError(f"{path}: its RNG state is damaged or not torch's (resume needs the one a run saved)")
+
+
 def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
@@ -82,7 +91,39 @@ def load_checkpoint(path, *, task=None):
     if classes != spec.num_classes or isinstance(classes, bool):
         raise UserError(f"{path}: a {ckpt['model_name']} checkpoint with num_classes {classes!r}; its task "
                         f"({spec.task}) has {spec.num_classes} classes")
+    _check_fields(ckpt, path, spec)
     return ckpt
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_fields(ckpt, path, spec):
+    """The fields that rebuild and run the model hold what their flags would: a hand-edited or foreign
+    value is one line here, not a traceback (or a model too large to build) later."""
+    from hw1.config import SIDE_RANGES
+    from hw1.models.spec import ArgError
+
+    try:  # the model's ranges, as its flags have them (a depth of 120004 would exhaust memory)
+        spec.model_config(ckpt["model_config"])
+    except ArgError as e:
+        raise UserError(f"{path}: model_config {e.name}={e.value!r}: {e.must}") from None
+    args = ckpt.get("args", {})
+    if not isinstance(args, dict):
+        raise UserError(f"{path}: 'args' is a {type(args).__name__}, not a dict")
+    for name, (ok, must) in SIDE_RANGES.items():
+        value = args.get(name)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and ok(value)):
+            raise UserError(f"{path}: args.{name} {value!r}: must be an integer {must}")
+    inference = ckpt.get("inference", {})
+    if not isinstance(inference, dict) or not isinstance(inference.get("tta", False), bool):
+        raise UserError(f"{path}: 'inference' must be a dict such as {{'tta': True}}, not {inference!r}")
+    if "epoch" in ckpt and not (isinstance(ckpt["epoch"], int) and not isinstance(ckpt["epoch"], bool)
+                                and ckpt["epoch"] >= 0):
+        raise UserError(f"{path}: 'epoch' {ckpt['epoch']!r}: must be an integer, 0 or more")
+    if "best" in ckpt and ckpt["best"] is not None and not _is_number(ckpt["best"]):
+        raise UserError(f"{path}: 'best' {ckpt['best']!r}: must be a number")
 
 
 def model_from_checkpoint(ckpt, path="checkpoint"):

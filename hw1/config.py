@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hw1.cli import between
 from hw1.errors import UserError
+from hw1.run_dir import run_folder_of
 from hw1.tasks import TASKS
 
 
@@ -317,7 +318,7 @@ def resolve(config_cls, typed, hyperparameters=None, *, command=None):
     params = spec.hyperparameters()
     values = {**{k: v for k, v in recipe.items() if k in fields}, **typed}
     model_config = {**{k: v for k, v in recipe.items() if k in params}, **(hyperparameters or {})}
-    out_dir = values.get("out_dir") or (str(Path(values["resume"]).parent) if values.get("resume")
+    out_dir = values.get("out_dir") or (str(run_folder_of(values["resume"])) if values.get("resume")
                                         else f"runs/{spec.name}")
     return config_cls(**{**values, "model": spec.name, "out_dir": out_dir, "command": command,
                          "model_config": model_config})

@@ -26,6 +26,13 @@ ARGS, METRICS, LAST, BEST, LOCK = "args.json", "metrics.jsonl", "last.pth", "bes
 EPOCH = re.compile(r"epoch_(\d+)\.pth")
 
 
+def run_folder_of(checkpoint):
+    """The run folder a checkpoint belongs to: its folder, or a link's target's (``latest.pth`` linked
+    from elsewhere continues the run it points into, not a new run beside the link)."""
+    path = Path(checkpoint)
+    return path.resolve().parent if path.is_symlink() else path.parent
+
+
 def epoch_name(epoch):
     return f"epoch_{epoch:03d}.pth"
 
@@ -191,7 +198,7 @@ class RunDir:
         whether ``best.pth`` holds it; when no file of that epoch was kept, it is removed (False).
         """
         resumed = Path(resumed)
-        source = RunDir(resumed.parent)
+        source = RunDir(run_folder_of(resumed))
         for e, p in self.epoch_files().items():
             if e > epoch:
                 p.unlink()

@@ -13,11 +13,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hw1 import distributed as dist
 from hw1 import engine
-from hw1.checkpoint import load_checkpoint, plain, rng_state, set_rng_state
+from hw1.checkpoint import check_rng_state, load_checkpoint, plain, rng_state, set_rng_state
 from hw1.errors import UserError
 from hw1.io import json_safe
 from hw1.models import get_spec
-from hw1.run_dir import RunDir
+from hw1.run_dir import RunDir, run_folder_of
 from hw1.runtime import (amp_dtype, channels_last_default, device_name, micro_batch_default, seed_everything,
                          setup_logging)
 from hw1.tasks import get_task
@@ -105,6 +105,8 @@ def load_resume(config, *, model_name, model_config):
     if missing:
         raise UserError(f"{path}: cannot resume from it: it has no {', '.join(missing)} (weights only?); "
                         "pass it as --weights to start a new run from its weights")
+    for state in ckpt.get("rng_ranks") or [ckpt["rng"]]:
+        check_rng_state(state, path)
     saved = ckpt.get("args") or {}
     # both filled in with the builder's defaults: a checkpoint that left a default out compares equal
     if ckpt["model_name"] != model_name or filled(ckpt) != model_config:
@@ -119,7 +121,7 @@ def load_resume(config, *, model_name, model_config):
     if "train_model" in ckpt and not config.ema:
         # the average would be dropped and val_* would change from its scores to the raw weights'
         raise UserError(f"{path}: an EMA run (--ema {saved.get('ema')}); resume it with --ema to continue the average")
-    if not isinstance(ckpt["epoch"], int) or ckpt["epoch"] > config.epochs:
+    if ckpt["epoch"] > config.epochs:
         raise UserError(f"{path}: checkpoint of epoch {ckpt['epoch']}, past --epochs {config.epochs}; "
                         f"resume with --epochs {ckpt['epoch']} or more")
     return ckpt
@@ -232,7 +234,7 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
         state.load(resume, config.resume, steps_per_epoch=steps)
         restore_rng(resume, config.seed)
         # the history it continues, from the checkpoint's own folder (a new --out-dir gets a copy)
-        records = RunDir(Path(config.resume).parent).read_metrics(upto_epoch=resume["epoch"], required=False)
+        records = RunDir(run_folder_of(config.resume)).read_metrics(upto_epoch=resume["epoch"], required=False)
         log.info("resumed from %s at epoch %d (lr %.4g)", config.resume, state.epoch + 1,
                  state.optimizer.param_groups[0]["lr"])
     args = plain(config.to_dict())

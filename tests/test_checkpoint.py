@@ -46,6 +46,43 @@ def test_checkpoint_fields_of_the_wrong_type(tmp_path, change):
     assert str(info.value).startswith(str(path))
 
 
+@pytest.mark.reliability
+@pytest.mark.parametrize("change, message", [
+    ({"inference": "yes"}, "'inference' must be a dict such as {'tta': True}, not 'yes'"),
+    ({"inference": {"tta": "no"}}, "'inference' must be a dict"),
+    ({"args": {"size": float("inf")}}, "args.size inf: must be an integer in [1, 4096]"),
+    ({"args": {"size": 30000}}, "args.size 30000: must be an integer in [1, 4096]"),
+    ({"args": "x"}, "'args' is a str, not a dict"),
+    ({"model_config": {"depth": 120004}}, "model_config depth=120004: must be 6n+4 in [10, 400]"),
+    ({"model_config": {"growth_rate": 257}}, "model_config growth_rate=257: must be in [1, 256]"),
+    ({"best": "x"}, "'best' 'x': must be a number"),
+    ({"epoch": "3"}, "'epoch' '3': must be an integer, 0 or more"),
+], ids=["tta-word", "tta-string", "size-inf", "size-huge", "args-str", "depth-huge", "growth-huge", "best-str",
+        "epoch-str"])
+def test_checkpoint_values_out_of_their_flags_ranges_are_one_line(tmp_path, change, message):
+    # caught at load, before a model is built or an epoch trained (they were AttributeError,
+    # OverflowError, memory exhaustion and a TypeError after a whole epoch)
+    path = tmp_path / "odd.pth"
+    ckpt = {"model": {}, "model_name": "densenet", "model_config": {"depth": 10, "growth_rate": 4}}
+    torch.save({**ckpt, **change}, path)
+    with pytest.raises(UserError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"{path}: {message}")
+
+
+@pytest.mark.reliability
+def test_resume_from_a_checkpoint_with_a_damaged_rng_state_is_one_line(cls_tiny_run, tmp_path):
+    from hw1.config import ClsConfig
+    from hw1.trainer import load_resume
+
+    ckpt = torch.load(cls_tiny_run[0] / "last.pth", weights_only=True)
+    ckpt["rng"]["torch"] = torch.zeros(3, dtype=torch.uint8)
+    torch.save(ckpt, tmp_path / "last.pth")
+    config = ClsConfig(model="densenet", epochs=8, resume=str(tmp_path / "last.pth"))
+    with pytest.raises(UserError, match="its RNG state is damaged or not torch's"):
+        load_resume(config, model_name="densenet", model_config=ckpt["model_config"])
+
+
 class _MakesADirectoryWhenUnpickled:
     def __init__(self, path):
         self.path = str(path)

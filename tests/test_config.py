@@ -5,6 +5,7 @@ folder of these runs does not exist (so a run that got that far would fail on it
 ``--demo`` would write its data first.
 """
 import json
+from pathlib import Path
 
 import pytest
 
@@ -111,6 +112,17 @@ def test_the_recipe_fills_what_no_flag_sets():
 
 
 @pytest.mark.reliability
+def test_resuming_through_a_link_continues_the_run_it_points_into(tmp_path):
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "links"
+    run_dir.mkdir()
+    elsewhere.mkdir()
+    (run_dir / "last.pth").write_bytes(b"")
+    (elsewhere / "latest.pth").symlink_to(run_dir / "last.pth")
+    config = _config(train_cls, ["--resume", str(elsewhere / "latest.pth")], ClsConfig)
+    assert Path(config.out_dir) == run_dir.resolve()
+
+
+@pytest.mark.reliability
 def test_flags_turn_off_what_a_recipe_turns_on():
     cpu = _config(train_cls, ["--recipe", "cpu"], ClsConfig)
     assert cpu.ema == 0.998 and cpu.model_config["stem_pool"]
@@ -151,6 +163,10 @@ def test_one_overlay_defaults_then_recipes_then_typed_flags():
     # --model-config and a flag of the model's own say the same
     assert _config(train_cls, ["--model-config", "depth=40", "stem_pool=True"], ClsConfig).model_config == \
         _config(train_cls, ["--depth", "40", "--stem-pool"], ClsConfig).model_config
+    # repeated --model-config flags add up; a value said twice alike is no conflict
+    repeated = _config(train_cls, ["--model-config", "depth=10", "--model-config", "growth_rate=4", "--depth", "10"],
+                       ClsConfig).model_config
+    assert (repeated["depth"], repeated["growth_rate"]) == (10, 4)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -161,6 +177,10 @@ def test_one_overlay_defaults_then_recipes_then_typed_flags():
     (["--model-config", "colour=red"], "--colour red: densenet takes no colour"),
     (["--recipe", "gpu"], "--recipe gpu: densenet has the recipes cpu, demo"),
     (["--demo", "--recipe", "cpu"], "--demo and --recipe cpu: choose one"),
+    # a setting given twice with two values has no silent winner, in either order
+    (["--model-config", "depth=16", "--depth", "22"], "--depth 22 and --model-config depth=16 disagree; give one"),
+    (["--depth", "22", "--model-config", "depth=16"], "--depth 22 and --model-config depth=16 disagree; give one"),
+    (["--model-config", "depth=10", "--model-config", "depth=16"], "--model-config: depth given twice, 10 and 16"),
 ])
 @pytest.mark.reliability
 def test_hyperparameters_the_model_does_not_take_are_refused(argv, message, tmp_path, capsys):
