@@ -236,7 +236,12 @@ def test_dataset_rejects_bad_tensors():
     with pytest.raises(ValueError, match="images"):
         SegDataset(torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.uint8), ["a", "b"])
     with pytest.raises(ValueError, match="masks"):
-        SegDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2, 4, 5, dtype=torch.uint8), ["a", "b"])
+        SegDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(3, 4, 4, dtype=torch.uint8), ["a", "b"])
+    with pytest.raises(ValueError, match="masks"):
+        SegDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2, 4, 4), ["a", "b"])
+    # masks of another shape than the images are the ground truth of a model run at its own square scale
+    assert len(SegDataset(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), torch.zeros(2, 4, 5, dtype=torch.uint8),
+                          ["a", "b"])) == 2
 
 
 # --- paired transforms --------------------------------------------------------------------------

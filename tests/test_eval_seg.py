@@ -280,6 +280,15 @@ def test_eval_checkpoint_of_a_scaled_run_scores_full_size_masks_as_predict_then_
 
 
 @pytest.mark.reliability
+def test_eval_checkpoint_of_a_scaled_run_on_oblong_pairs_scores_as_predict_then_eval(scaled_checkpoint, tmp_path,
+                                                                                     fp32_inference):
+    # the model sees each 30x50 image squeezed to its 32x32; its logits go back to 30x50, in both routes
+    val_dir = write_pairs(tmp_path / "val", [(30, 50)] * 3)
+    by_checkpoint, by_masks = eval_checkpoint_vs_predicted_masks(scaled_checkpoint, val_dir, tmp_path / "pred")
+    assert by_checkpoint["miou"] == by_masks["miou"] and by_checkpoint["pixel_acc"] == by_masks["pixel_acc"]
+
+
+@pytest.mark.reliability
 def test_eval_checkpoint_on_pairs_of_an_odd_size(seg_checkpoint, tmp_path, capsys):
     # 36x52 is no multiple of the network's stride of 32: the model pads, and every pixel is scored.
     folder = write_pairs(tmp_path / "val", [(36, 52)] * 3)
