@@ -119,13 +119,9 @@ def is_hw1_mask(path):
     return _png_software(path) == MASK_MARK[1]
 
 
-def is_data_folder(folder):
-    """A folder of the course's data: one holding its split folders or images (not predicted masks)."""
-    folder = Path(folder)
-    if any((folder / d).is_dir() for d in DATA_FOLDERS):
-        return True
-    return any(p.suffix.lower() in IMG_EXTS and p.is_file() and not is_hw1_mask(p)
-               for p in folder.iterdir()) if folder.is_dir() else False
+def holds_course_layout(folder):
+    """A folder holding the course's split folders (``train_50/``, ``validation/``, ...): its data's root."""
+    return any((Path(folder) / d).is_dir() for d in DATA_FOLDERS)
 
 
 def _is_training_checkpoint(path):
@@ -142,7 +138,9 @@ class Kind:
 
 
 KINDS = {
-    "csv": Kind("CSV", (".csv",), lambda p: p.name not in LABEL_FILES and not is_data_folder(p.parent),
+    # ground truth is the course's label file by its name, or any CSV at the root of its layout; a
+    # CSV in a folder that merely holds an image (hw1_1.sh run twice from such a folder) is output
+    "csv": Kind("CSV", (".csv",), lambda p: p.name not in LABEL_FILES and not holds_course_layout(p.parent),
                 "a CSV of the course's data (ground truth?)"),
     "metrics-json": Kind("JSON", (".json",), is_metrics_json, "a JSON file that is not eval.py's metrics"),
     "summary-json": Kind("JSON", (".json",), is_run_summary_json, "a JSON file that is not a run summary"),

@@ -105,15 +105,23 @@ def test_masks_into_an_input_folder_are_refused(tmp_path):
     assert check_outputs(ours, ["0001_mask.png"], "mask", inputs=[("IMAGE_DIR", tmp_path)]) == [ours / "0001_mask.png"]
 
 
-def test_data_folders(tmp_path):
-    """A folder of the course's data holds its split folders or images; one of predictions does not."""
-    assert not outputs.is_data_folder(tmp_path / "nonexistent") and not outputs.is_data_folder(tmp_path)
-    write_mask(np.zeros((2, 2), np.int64), tmp_path / "pred" / "0001_mask.png", text=MASK_MARK)
-    assert not outputs.is_data_folder(tmp_path / "pred")
+@pytest.mark.reliability
+def test_data_roots(tmp_path):
+    """The root of the course's data holds its split folders; a folder of images or predictions is none."""
+    assert not outputs.holds_course_layout(tmp_path / "nonexistent") and not outputs.holds_course_layout(tmp_path)
     write_mask(np.zeros((2, 2), np.int64), tmp_path / "gt" / "0001_mask.png")
-    assert outputs.is_data_folder(tmp_path / "gt")
+    assert not outputs.holds_course_layout(tmp_path / "gt")
     (tmp_path / "p1" / "val_50").mkdir(parents=True)
-    assert outputs.is_data_folder(tmp_path / "p1")
+    assert outputs.holds_course_layout(tmp_path / "p1")
+
+
+@pytest.mark.reliability
+def test_predict_cls_again_into_a_folder_that_holds_an_image(cls_tiny_data, cls_tiny_checkpoint, tmp_path):
+    # hw1_1.sh run twice from a folder with a photo in it: the second run replaces its own CSV
+    image(tmp_path / "holiday.png")
+    for _ in range(2):
+        predict_cls(cls_tiny_data / "val_50", tmp_path / "pred.csv", checkpoint=cls_tiny_checkpoint, device="cpu")
+    assert (tmp_path / "pred.csv").read_text().startswith("filename,label")
 
 
 def git_repo(root, files):
