@@ -95,8 +95,12 @@ def load_checkpoint(path, *, task=None):
     return ckpt
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return _is_int(value) or isinstance(value, float)
 
 
 def _check_fields(ckpt, path, spec):
@@ -114,13 +118,12 @@ def _check_fields(ckpt, path, spec):
         raise UserError(f"{path}: 'args' is a {type(args).__name__}, not a dict")
     for name, (ok, must) in SIDE_RANGES.items():
         value = args.get(name)
-        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and ok(value)):
+        if value is not None and not (_is_int(value) and ok(value)):
             raise UserError(f"{path}: args.{name} {value!r}: must be an integer {must}")
     inference = ckpt.get("inference", {})
     if not isinstance(inference, dict) or not isinstance(inference.get("tta", False), bool):
         raise UserError(f"{path}: 'inference' must be a dict such as {{'tta': True}}, not {inference!r}")
-    if "epoch" in ckpt and not (isinstance(ckpt["epoch"], int) and not isinstance(ckpt["epoch"], bool)
-                                and ckpt["epoch"] >= 0):
+    if "epoch" in ckpt and not (_is_int(ckpt["epoch"]) and ckpt["epoch"] >= 0):
         raise UserError(f"{path}: 'epoch' {ckpt['epoch']!r}: must be an integer, 0 or more")
     if "best" in ckpt and ckpt["best"] is not None and not _is_number(ckpt["best"]):
         raise UserError(f"{path}: 'best' {ckpt['best']!r}: must be a number")

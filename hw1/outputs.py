@@ -27,7 +27,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from hw1.data.images import IMG_EXTS
 from hw1.errors import UserError
 from hw1.tasks import TASKS
 

@@ -224,8 +224,8 @@ def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=None, o
     """Segment every .jpg/.png of ``image_dir`` into ``output_dir``; return the written paths.
 
     Images run through the model ``batch_size`` at a time (consecutive ones of one size together):
-    on 2 EPYC cores (bf16) the 257 validation tiles took 14-16 s in batches of 4, 16-19 s in batches
-    of 1 or 8 (3 runs each, docs/performance.md).
+    on 2 EPYC cores (bf16, in one process) the 257 validation tiles took 14.1-16.3 s in batches of
+    4, 16.8-18.4 s in batches of 1 and 16.1-18.8 s in batches of 8 (3 runs each, 2026-12-07).
 
     Files named ``*_mask.png`` are ground truth (the course's validation folder holds both) and
     are skipped. The masks are written to a hidden temporary folder and moved into ``output_dir``

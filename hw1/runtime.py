@@ -43,9 +43,7 @@ def cpu_kind():
         return "fp32"
     kind = "amx" if torch.cpu._is_amx_tile_supported() else "avx512_bf16"
     cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
-    if cap == "ALL":
-        return kind
-    if "AMX" in cap:  # AVX512_CORE_AMX, AVX10_1_512_AMX(_FP16): all the CPU has
+    if cap == "ALL" or "AMX" in cap:  # AVX512_CORE_AMX, AVX10_1_512_AMX(_FP16): all the CPU has
         return kind
     # ISAs that hold bf16 instructions: AVX512_CORE_BF16, AVX512_CORE_FP16, AVX10_1_512
     return "avx512_bf16" if cap in ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512") else "fp32"

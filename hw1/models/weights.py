@@ -36,16 +36,16 @@ def torchvision_state_dict(weights):
     Both paths load with ``weights_only=True``: a file in the cache that would run code when
     unpickled is refused (torchvision's own ``get_state_dict`` would unpickle it in full).
     """
-    weights_enum_ = weights_enum(weights)
-    target = hub_file(weights_enum_)
+    enum = weights_enum(weights)
+    target = hub_file(enum)
     if target.is_file():
         return local_state_dict(target)
     try:
-        return weights_enum_.get_state_dict(progress=False, check_hash=False, weights_only=True)
+        return enum.get_state_dict(progress=False, check_hash=False, weights_only=True)
     except Exception as e:  # urllib, socket and SSL errors all mean the same thing to the user
         raise UserError(
-            f"{target}: pretrained weights {weights_enum_} not in the torch hub cache and the "
-            f"download failed ({type(e).__name__}); download {weights_enum_.url} and place it there "
+            f"{target}: pretrained weights {enum} not in the torch hub cache and the "
+            f"download failed ({type(e).__name__}); download {enum.url} and place it there "
             f"(or set TORCH_HOME), or pass --weights PATH"
         ) from None
 
