@@ -263,10 +263,10 @@ def parse_args(argv):
         except ArgError as e:
             raise UserError(f"--{e.name.replace('_', '-')} {e.value}: {e.must}") from None
     if set(args.parts) & set(DATA_PARTS):  # real data only: the recipes' epochs are of the course's images
-        for task, folder in (("cls", args.data_dir or ClsConfig.data_dir), ("seg", args.p2_data_dir)):
+        args.data_dirs = {"cls": args.data_dir or ClsConfig.data_dir, "seg": args.p2_data_dir}
+        for task, folder in args.data_dirs.items():
             layout = get_task(task).layout
             require_layout(folder, (layout.train, layout.val), layout.archive)
-        args.data_dirs = {"cls": args.data_dir or ClsConfig.data_dir, "seg": args.p2_data_dir}
     if args.data_dir is None:  # train_cls.py's default; p1_train_folder generates digits where it has no data
         args.data_dir = ClsConfig.data_dir
     else:  # a folder named on the command line must hold the data: no silent stand-in for a mistyped path

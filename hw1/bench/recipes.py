@@ -36,13 +36,12 @@ from hw1.trainer import make_loaders
 
 log = logging.getLogger(__name__)
 
-RECIPE_MODELS = {"cls": "densenet", "seg": "vgg16_fcn32s"}
 PIPELINES = ("batched", "workers", "reference")
 
 
 def recipe_config(task, data_dir, **changes):
     """The validated config of ``--recipe cpu`` of ``task``'s model A, with ``changes`` laid over it."""
-    config = resolve(CONFIGS[task], {"model": RECIPE_MODELS[task], "recipe": "cpu", "data_dir": str(data_dir)},
+    config = resolve(CONFIGS[task], {"model": get_task(task).course_model("A"), "recipe": "cpu", "data_dir": str(data_dir)},
                      command="hw1.bench").validate()
     return config.replace(**changes)
 
@@ -133,12 +132,12 @@ def bench_recipe(task, args, device):
     config = recipe_config(task, args.data_dirs[task])
     n = args.recipe_steps * config.batch_size
     data, per_access = training_sets(task, config, n + 2 * config.batch_size)
-    warm = type(data)(*_head(data, 2 * config.batch_size))
+    warm = _subset(data, slice(0, 2 * config.batch_size))
     spec = get_spec(config.model)
-    out = {"recipe": f"{'train_cls.py' if task == 'cls' else 'train_seg.py'} --recipe cpu",
+    out = {"recipe": f"{get_task(task).script} --recipe cpu",
            "model": spec.name, "model_config": config.model_config, "batch_size": config.batch_size,
            "images": len(data) - 2 * config.batch_size, "pipelines": {}}
-    timed = type(data)(*_tail(data, 2 * config.batch_size))
+    timed = _subset(data, slice(2 * config.batch_size, None))
     criterion = config.criterion(data)  # P2's class weights from the masks, the same for every pipeline
     for name in args.pipelines:
         torch.manual_seed(0)
@@ -164,18 +163,11 @@ def bench_recipe(task, args, device):
     return out
 
 
-def _head(data, n):
-    return _rows(data, slice(0, n))
-
-
-def _tail(data, n):
-    return _rows(data, slice(n, None))
-
-
-def _rows(data, rows):
+def _subset(data, rows):
+    """The in-memory dataset ``data`` (P1's or P2's) restricted to ``rows`` (a slice)."""
     if hasattr(data, "masks"):
-        return data.images[rows], data.masks[rows], data.ids[rows], data.transform
-    return data.images[rows], data.labels[rows], data.files[rows], data.transform
+        return type(data)(data.images[rows], data.masks[rows], data.ids[rows], data.transform)
+    return type(data)(data.images[rows], data.labels[rows], data.files[rows], data.transform)
 
 
 def _reference_model(task, config):
