@@ -24,6 +24,16 @@ def _randomise_norms(model, seed=0):
     return model.eval()
 
 
+SEG_CONFIG = {"width": 0.125, "fc_channels": 16, "batch_norm": True, "fc_batch_norm": True, "skips": "8s"}
+
+
+def _save_seg(model, path):
+    """``model`` (a VGG16-FCN of :data:`SEG_CONFIG`) as an hw1 checkpoint at ``path``."""
+    torch.save({"model": model.state_dict(), "model_name": "vgg16_fcn32s", "model_config": SEG_CONFIG, "task": "seg"},
+               path)
+    return path
+
+
 def _norms(model):
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
@@ -103,14 +113,11 @@ def test_inference_model_folds_and_predicts_as_before(tmp_path, fp32_inference):
     from hw1.predict import segment, segment_batch
 
     torch.manual_seed(0)
-    config = {"width": 0.125, "fc_channels": 16, "batch_norm": True, "fc_batch_norm": True, "skips": "8s"}
-    model = _randomise_norms(build_model("vgg16_fcn32s", **config))
+    model = _randomise_norms(build_model("vgg16_fcn32s", **SEG_CONFIG))
     with torch.no_grad():  # the scorers start at zero: random ones, so that the classes vary
         for scorer in (model.score, model.score_pool4, model.score_pool3):
             scorer.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
-    path = tmp_path / "seg.pth"
-    torch.save({"model": model.state_dict(), "model_name": "vgg16_fcn32s", "model_config": config, "task": "seg"},
-               path)
+    path = _save_seg(model, tmp_path / "seg.pth")
     ckpt = load_checkpoint(path, task="seg")
     plain = InferenceModel.from_checkpoint(ckpt, path, torch.device("cpu"), fold=False)
     folded = InferenceModel.from_checkpoint(ckpt, path, torch.device("cpu"))
@@ -137,10 +144,7 @@ def test_bf16_inference_keeps_its_norms(tmp_path, monkeypatch):
     import hw1.runtime
 
     monkeypatch.setattr(hw1.runtime, "cpu_kind", lambda: "avx512_bf16")
-    config = {"width": 0.125, "fc_channels": 16, "batch_norm": True, "fc_batch_norm": True, "skips": "8s"}
-    model = build_model("vgg16_fcn32s", **config)
-    path = tmp_path / "seg.pth"
-    torch.save({"model": model.state_dict(), "model_name": "vgg16_fcn32s", "model_config": config, "task": "seg"},
-               path)
+    model = build_model("vgg16_fcn32s", **SEG_CONFIG)
+    path = _save_seg(model, tmp_path / "seg.pth")
     plan = InferenceModel.from_checkpoint(load_checkpoint(path, task="seg"), path, torch.device("cpu"))
     assert plan.amp == torch.bfloat16 and _norms(plan.module) == 15
