@@ -30,6 +30,9 @@ def get_args_parser():
     p.add_argument("--class-weights", choices=CLASS_WEIGHTS,
                    help="weight the loss per class by its share of the training pixels: enet = 1/ln(1.02 + share), "
                         "inv-sqrt = 1/sqrt(share), milder (default: %(default)s)")
+    p.add_argument("--lovasz", type=float, metavar="W",
+                   help="add W x the Lovász-softmax loss, a surrogate of each class's IoU, to the "
+                        "cross-entropy (default: %(default)s)")
     p.add_argument("--size", type=int,
                    help="resize every image and mask to this on load; the checkpoint records it and "
                         "prediction resizes to it, then upsamples the logits to each image's own size")

@@ -247,6 +247,7 @@ class SegConfig(TrainConfig):
     min_scale: float = 0.25
     aux_weight: float = 0.0
     class_weights: str = "none"
+    lovasz: float = 0.0
     size: int | None = None
     model: str = "vgg16_fcn32s"
 
@@ -261,6 +262,8 @@ class SegConfig(TrainConfig):
             p.append(("--aux-weight", self.aux_weight, "0 or more"))
         elif self.aux_weight > 0 and "aux_loss" not in self.spec().hidden:
             p.append(("--aux-weight", self.aux_weight, f"0: {self.model} has no auxiliary head"))
+        if self.lovasz < 0:
+            p.append(("--lovasz", self.lovasz, "0 or more"))
         from hw1.losses import CLASS_WEIGHTS
 
         if self.class_weights not in CLASS_WEIGHTS:
@@ -281,7 +284,7 @@ class SegConfig(TrainConfig):
             if train_set is None:
                 raise ValueError("class weights need the training set")
             weight = class_weights(train_set.masks, self.class_weights, num_classes=NUM_CLASSES)
-        return SegLoss(aux_weight=self.aux_weight, weight=weight)
+        return SegLoss(aux_weight=self.aux_weight, weight=weight, lovasz=self.lovasz)
 
     def batch_transform(self):
         """The training crops, flips and turns on whole batches, for ``--loader batched``."""

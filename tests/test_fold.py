@@ -53,16 +53,18 @@ def test_densenet_folds_each_bottleneck_norm_and_keeps_its_output(stem_pool):
     assert _norms(model) == 2 * layers + 2 + 1 + stem_pool  # the original is left as it was
 
 
-def test_vgg16_fcn_folds_every_norm():
+@pytest.mark.parametrize("context, norms", [("none", 15), ("ppm", 20)])
+def test_vgg16_fcn_folds_every_norm(context, norms):
+    # 13 trunk convolutions, fc6, fc7; the pyramid's four branches and its fusion
     model = _randomise_norms(build_model("vgg16_fcn32s", width=0.125, fc_channels=16, batch_norm=True,
-                                         fc_batch_norm=True, skips="8s"))
+                                         fc_batch_norm=True, skips="8s", context=context))
     x = torch.randn(2, 3, 64, 96)
     folded, count = fold_batch_norms(model, x[:1, :, :64, :64])
-    assert count == 15 and _norms(folded) == 0  # 13 trunk convolutions, fc6, fc7
+    assert count == norms and _norms(folded) == 0
     with torch.no_grad():
         torch.testing.assert_close(folded(x)["out"], model(x)["out"], atol=1e-4, rtol=1e-4)
     assert set(folded.state_dict()) != set(model.state_dict())
-    assert _norms(model) == 15
+    assert _norms(model) == norms
 
 
 class ConvReluNorm(nn.Module):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from hw1.data.masks import NUM_CLASSES, UNKNOWN
-from hw1.losses import SegLoss, class_weights
+from hw1.losses import SegLoss, class_weights, lovasz_softmax
 from hw1.metrics import confusion_matrix, image_miou, iou_per_class, mean_iou, summarize
 
 SCORED = range(6)  # the course averages classes 0-5; 6 (unknown) is not scored
@@ -246,6 +246,80 @@ def test_seg_loss_is_zero_not_nan_without_labelled_pixels():
     assert loss.item() == 0.0
     loss.backward()
     assert torch.count_nonzero(logits.grad) == 0
+
+
+# --- Lovász-softmax (--lovasz) ------------------------------------------------------------------
+
+def brute_lovasz(probs, target, ignore=UNKNOWN):
+    """The Lovász extension of each present class's Jaccard loss, from its definition: errors
+    sorted in decreasing order, each weighted by how much adding its pixel to the mispredicted set
+    M raises Delta_J(M) = |M| / |fg u M|; averaged over the classes present in the target."""
+    p = probs.permute(1, 0, 2, 3).reshape(probs.shape[1], -1).tolist()
+    t = target.reshape(-1).tolist()
+    pixels = [i for i, v in enumerate(t) if v != ignore]
+    losses = []
+    for c in range(probs.shape[1]):
+        fg = {i for i in pixels if t[i] == c}
+        if c == ignore or not fg:
+            continue
+        errors = {i: abs((t[i] == c) - p[c][i]) for i in pixels}
+        order = sorted(pixels, key=lambda i: -errors[i])
+        total, prev, m = 0.0, 0.0, set()
+        for i in order:
+            m.add(i)
+            delta = len(m) / len(fg | m)
+            total += errors[i] * (delta - prev)
+            prev = delta
+        losses.append(total)
+    return sum(losses) / len(losses)
+
+
+def test_lovasz_softmax_is_the_lovasz_extension_of_the_jaccard_loss():
+    torch.manual_seed(3)
+    logits = torch.randn(2, NUM_CLASSES, 3, 4, dtype=torch.float64)
+    target = torch.randint(0, NUM_CLASSES, (2, 3, 4))
+    target[0, 0, 0] = UNKNOWN
+    expected = brute_lovasz(logits.softmax(1), target)
+    assert lovasz_softmax(logits, target).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_lovasz_softmax_of_hard_predictions_is_one_minus_the_iou():
+    # at 0/1 errors the extension equals the set function: mean over present classes of 1 - IoU
+    torch.manual_seed(4)
+    target = torch.randint(0, 6, (2, 5, 6))
+    pred = torch.where(torch.rand(2, 5, 6) < 0.6, target, torch.randint(0, 6, (2, 5, 6)))
+    logits = F.one_hot(pred, NUM_CLASSES).permute(0, 3, 1, 2).double() * 100
+    gt, pr = target.numpy(), pred.numpy()
+    expected = np.mean([1 - brute_iou(gt, pr, c) for c in SCORED if (gt == c).any()])
+    assert lovasz_softmax(logits, target).item() == pytest.approx(expected, abs=1e-9)
+
+
+def test_lovasz_term_scores_a_grid_of_the_logits_and_ignores_unknown():
+    torch.manual_seed(5)
+    logits = torch.randn(2, NUM_CLASSES, 16, 16, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, NUM_CLASSES, (2, 16, 16))
+    loss = SegLoss(lovasz=0.5)({"out": logits}, target)
+    s = SegLoss.LOVASZ_STRIDE
+    grid = (..., slice(s // 2, None, s), slice(s // 2, None, s))
+    expected = manual_ce(logits.detach(), target) + 0.5 * brute_lovasz(logits.detach()[grid].softmax(1), target[grid])
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # only cross-entropy reaches the pixels off the grid; no term reaches the unknown ones
+    loss.backward()
+    grad = logits.grad.abs().sum(1)
+    assert (grad[target == UNKNOWN] == 0).all()
+    ce_only = logits.detach().clone().requires_grad_(True)
+    SegLoss()({"out": ce_only}, target).backward()
+    off_grid = torch.ones_like(target, dtype=torch.bool)
+    off_grid[grid] = False
+    assert torch.equal(logits.grad.permute(0, 2, 3, 1)[off_grid], ce_only.grad.permute(0, 2, 3, 1)[off_grid])
+    assert not torch.allclose(logits.grad[grid], ce_only.grad[grid])
+
+
+def test_lovasz_softmax_without_labelled_pixels_is_zero_with_a_graph():
+    logits = torch.randn(1, NUM_CLASSES, 4, 4, requires_grad=True)
+    loss = lovasz_softmax(logits, torch.full((1, 4, 4), UNKNOWN))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
 
 
 # --- class-weighted loss (--class-weights enet) ---------------------------------------------------

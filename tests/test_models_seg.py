@@ -335,6 +335,34 @@ def test_skip_heads_get_gradients(skips):
 def test_unknown_skips_is_an_error():
     with pytest.raises(ValueError, match="skips"):
         vgg16_fcn32s(skips="4s")
+    with pytest.raises(ValueError, match="context"):
+        vgg16_fcn32s(context="aspp")
+
+
+@pytest.mark.parametrize("context", ["none", "ppm"])
+def test_pyramid_pooling_gives_every_pixel_the_whole_tile(context):
+    """With the pyramid's global cell, a pixel's score depends on the far corner of a 512x512
+    tile; without it the stride-32 cell's receptive field (under 512 pixels) does not reach it."""
+    model = _small(skips="8s", context=context).eval()
+    with torch.no_grad():
+        for m in model.modules():  # non-zero scorers, so that the trunk's output shows
+            if isinstance(m, nn.Conv2d) and m.weight.abs().sum() == 0:
+                m.weight.normal_(generator=torch.Generator().manual_seed(2))
+        x = torch.randn(1, 3, 512, 512)
+        y = x.clone()
+        y[..., 448:, 448:] += 5.0
+        a, b = model(x)["out"][..., :16, :16], model(y)["out"][..., :16, :16]
+    assert (not torch.equal(a, b)) == (context == "ppm")
+
+
+def test_pyramid_pooling_gets_gradients_and_changes_the_state_dict_only_by_its_own_keys():
+    plain, ppm = _small(skips="8s"), _small(skips="8s", context="ppm").train()
+    extra = set(ppm.state_dict()) - set(plain.state_dict())
+    assert extra and all(k.startswith("context.") for k in extra) and set(plain.state_dict()) <= set(ppm.state_dict())
+    with torch.no_grad():
+        ppm.score.weight.normal_()
+    F.cross_entropy(ppm(torch.randn(2, 3, 64, 64))["out"], torch.randint(7, (2, 64, 64))).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in ppm.context.parameters())
 
 
 def test_small_vgg_checkpoint_round_trip(tmp_path):
@@ -358,16 +386,17 @@ def test_vgg_bn_imagenet_file_loads_into_the_fc_batch_norm_layout(tmp_path):
     torch.testing.assert_close(model.fc7.weight, tv.classifier[3].weight.reshape(4096, 4096, 1, 1))
 
 
-@pytest.mark.parametrize("skips", ["none", "16s", "8s"])
-def test_architecture_stages_hold_every_parameter_of_each_variant(skips):
+@pytest.mark.parametrize("skips, context", [("none", "none"), ("16s", "none"), ("8s", "none"), ("8s", "ppm")])
+def test_architecture_stages_hold_every_parameter_of_each_variant(skips, context):
     from hw1.models import get_spec
     from hw1.models.introspect import model_summary
 
-    model = _small(skips=skips)
+    model = _small(skips=skips, context=context)
     rows, total = model_summary(model, 64, get_spec("vgg16_fcn32s"))  # asserts every parameter is counted
     names = [r[0] for r in rows]
     assert names[-1] == "output" and rows[-1][2] == (7, 64, 64)
     assert ("upscore" in names) == (skips == "none") and any(n.startswith("skips") for n in names) == (skips != "none")
+    assert ("ppm" in names) == (context == "ppm")
 
 
 def test_the_vgg16_fcn_builds_without_importing_torchvision():

@@ -53,6 +53,34 @@ def _bilinear_kernel(channels, size):
     return weight.float()
 
 
+class PyramidPooling(nn.Module):
+    """PSPNet's pyramid pooling module (Zhao et al., CVPR 2017): the map average-pooled to 1x1,
+    2x2, 3x3 and 6x6 cells, each reduced by a 1x1 conv-BN-ReLU to a quarter of the channels and
+    upsampled back, concatenated with the map and fused by a 3x3 conv-BN-ReLU to ``channels``.
+
+    The 1x1 branch gives every pixel the whole image's average: a tile's land-cover mix is
+    evidence for each of its pixels (rangeland, told apart from forest and farmland by its
+    surroundings). On the stride-32 map it costs little (8x8 cells at 256x256).
+    """
+
+    BINS = (1, 2, 3, 6)
+
+    def __init__(self, channels):
+        super().__init__()
+        reduced = max(1, channels // len(self.BINS))
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), nn.Conv2d(channels, reduced, 1, bias=False),
+                          nn.BatchNorm2d(reduced), nn.ReLU(inplace=True))
+            for b in self.BINS)
+        self.fuse = nn.Sequential(nn.Conv2d(channels + reduced * len(self.BINS), channels, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+    def forward(self, x):
+        size = x.shape[-2:]
+        pooled = [F.interpolate(b(x), size=size, mode="bilinear", align_corners=False) for b in self.branches]
+        return self.fuse(torch.cat([x, *pooled], 1))
+
+
 class VGG16FCN32s(nn.Module):
     """FCN-32s (Long et al., 2015) on a VGG16 trunk, optionally with the FCN-16s/8s skip heads.
 
@@ -69,18 +97,23 @@ class VGG16FCN32s(nn.Module):
     then upsampled to the input with ``F.interpolate`` (bilinear, align_corners=False), which puts
     cell centres where ``upscore`` would. The skip scorers start at zero (as in the paper), so a
     fresh 16s/8s model computes what its 32s trunk does.
+
+    ``context="ppm"`` puts a :class:`PyramidPooling` module between fc7 and the scorer.
     """
 
     # Score cell i of the replicate-padded map lands at 32 * i + 31.5 in the upscore output; the
     # unpadded cell i - 1 belongs at 32 * (i - 1) + 15.5 in the image, hence 32 + 16.
     _CROP = _STRIDE + _STRIDE // 2
     SKIPS = ("none", "16s", "8s")
+    CONTEXTS = ("none", "ppm")
 
     def __init__(self, num_classes=7, dropout=0.5, fc_channels=4096, batch_norm=False, width=1.0,
-                 fc_batch_norm=False, skips="none"):
+                 fc_batch_norm=False, skips="none", context="none"):
         super().__init__()
         if skips not in self.SKIPS:
             raise ValueError(f"skips must be one of {self.SKIPS}, got {skips!r}")
+        if context not in self.CONTEXTS:
+            raise ValueError(f"context must be one of {self.CONTEXTS}, got {context!r}")
         # batch_norm (VGG16-BN) is for training from scratch, where plain VGG16 learns very slowly;
         # width < 1 (and a narrow fc) for from-scratch runs on a CPU budget
         self.features = _vgg16_features(batch_norm, width)
@@ -96,6 +129,7 @@ class VGG16FCN32s(nn.Module):
         self.bn7 = nn.BatchNorm2d(fc_channels) if fc_batch_norm else nn.Identity()
         self.relu7 = nn.ReLU(inplace=True)
         self.drop7 = nn.Dropout(dropout)
+        self.context = PyramidPooling(fc_channels) if context == "ppm" else None
         self.score = nn.Conv2d(fc_channels, num_classes, kernel_size=1)
         self.upscore = nn.ConvTranspose2d(
             num_classes, num_classes, kernel_size=2 * _STRIDE, stride=_STRIDE, bias=False
@@ -110,7 +144,8 @@ class VGG16FCN32s(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -136,6 +171,8 @@ class VGG16FCN32s(nn.Module):
         x = self.features[p4:](pool4)
         x = self.drop6(self.relu6(self.bn6(self.fc6(x))))
         x = self.drop7(self.relu7(self.bn7(self.fc7(x))))
+        if self.context is not None:
+            x = self.context(x)
         # The scorers and the upsampling always run in fp32. Under bf16 autocast on CPUs with AMX,
         # oneDNN 3.12 (torch 2.14) corrupts the heap in the backward-weights pass of a convolution
         # with a bias, < 16 output and > 2048 input channels: this scorer (fc_channels -> num_classes).
@@ -183,9 +220,11 @@ def _vgg16_to_fcn(state_dict):
 
 
 def vgg16_fcn32s(*, fc_channels: int = 4096, batch_norm: bool = False, width: float = 1.0,
-                 fc_batch_norm: bool = False, skips: Literal[VGG16FCN32s.SKIPS] = "none", dropout: float = 0.5,
+                 fc_batch_norm: bool = False, skips: Literal[VGG16FCN32s.SKIPS] = "none",
+                 context: Literal[VGG16FCN32s.CONTEXTS] = "none", dropout: float = 0.5,
                  num_classes=7, weights="none"):
-    """VGG16-FCN32s (FCN-16s/8s with ``skips``); ``weights``: ``imagenet``, ``none`` or a PATH.
+    """VGG16-FCN32s (FCN-16s/8s with ``skips``, a pyramid pooling head with ``context="ppm"``);
+    ``weights``: ``imagenet``, ``none`` or a PATH.
 
     A PATH holds a torchvision vgg16 (vgg16_bn with ``batch_norm``) state dict (``features.*``,
     ``classifier.*``; the scorer stays freshly initialised) or a VGG16FCN32s one, e.g. an hw1
@@ -195,14 +234,14 @@ def vgg16_fcn32s(*, fc_channels: int = 4096, batch_norm: bool = False, width: fl
     keywords = {"imagenet": "VGG16_BN_Weights.IMAGENET1K_V1" if batch_norm else "VGG16_Weights.IMAGENET1K_V1"}
     state_dict = resolve_state_dict(weights, keywords)
     model = VGG16FCN32s(num_classes=num_classes, dropout=dropout, fc_channels=fc_channels, batch_norm=batch_norm,
-                        width=width, fc_batch_norm=fc_batch_norm, skips=skips)
+                        width=width, fc_batch_norm=fc_batch_norm, skips=skips, context=context)
     if state_dict is not None:
         source = hub_file(keywords[weights]) if weights in keywords else weights
         if "fc6.weight" in state_dict:
             load_matching(model, state_dict, source=source)
         else:
             load_matching(model, _vgg16_to_fcn(state_dict), source=source,
-                          skip_prefixes=("score.", "upscore.", "score_pool", "bn6.", "bn7."))
+                          skip_prefixes=("score.", "upscore.", "score_pool", "bn6.", "bn7.", "context."))
     return model
 
 
@@ -280,6 +319,11 @@ def vgg16_fcn32s_stages(model):
     rows += [
         ("fc6", f"conv 7x7{bn}, ReLU, dropout", [model.fc6, model.bn6]),
         ("fc7", f"conv 1x1{bn}, ReLU, dropout", [model.fc7, model.bn7]),
+    ]
+    if model.context is not None:
+        rows.append(("ppm", "pyramid pooling 1/2/3/6, conv 1x1-BN-ReLU each, concat, conv 3x3-BN-ReLU",
+                     [model.context]))
+    rows += [
         ("score", "conv 1x1 to classes", [model.score]),
     ]
     if model.skips == "none":
@@ -358,6 +402,7 @@ VGG16_FCN32S = ModelSpec(
           "width": "channel multiplier of the 13 trunk convolutions; the ImageNet weights need 1",
           "fc_batch_norm": "batch norm after fc6 and fc7",
           "skips": "FCN-16s (pool4) or FCN-8s (pool4 + pool3) skip heads",
+          "context": "ppm: PSPNet's pyramid pooling between fc7 and the scorer",
           "dropout": "dropout after fc6 and fc7"},
     fastest=VGG16_FASTEST, bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages)
 RESNET101_FCN = ModelSpec(
