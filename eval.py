@@ -3,7 +3,7 @@
     python eval.py --task cls --pred pred.csv --gt hw1_data/p1_data/val_gt.csv
     python eval.py --task cls --checkpoint runs/densenet/best.pth --data-dir hw1_data/p1_data/val_50
     python eval.py --task seg --pred pred_masks/ --gt hw1_data/p2_data/validation
-    python eval.py --task seg --checkpoint runs/vgg16_fcn32s/best.pth --data-dir hw1_data/p2_data/validation
+    python eval.py --task seg --checkpoint runs/vgg16_fcn8s/best.pth --data-dir hw1_data/p2_data/validation
 """
 import argparse
 import json

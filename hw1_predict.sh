@@ -3,7 +3,7 @@
 # python -m hw1.predict with the repository's venv if it has one (else the machine's python3) and
 # the task's checkpoint: $HW1_P1_CHECKPOINT / $HW1_P2_CHECKPOINT if set; else checkpoints/p1.pth /
 # checkpoints/p2.pth (what hw1_download.sh fetches); without one, the shipped model A,
-# checkpoints/p1_densenet.pth / checkpoints/p2_vgg16_fcn32s.pth.
+# checkpoints/p1_densenet.pth / checkpoints/p2_vgg16_fcn8s.pth.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 task="${1:-}"
@@ -16,7 +16,7 @@ case "$task" in
     seg) script=hw1_2.sh output=output_dir variable=HW1_P2_CHECKPOINT
          checkpoint="${HW1_P2_CHECKPOINT:-$here/checkpoints/p2.pth}"
          if [ -z "${HW1_P2_CHECKPOINT:-}" ] && [ ! -f "$checkpoint" ]; then
-             checkpoint="$here/checkpoints/p2_vgg16_fcn32s.pth"
+             checkpoint="$here/checkpoints/p2_vgg16_fcn8s.pth"
          fi ;;
     *) echo "usage: bash hw1_predict.sh cls|seg <image_dir> <output>" >&2; exit 2 ;;
 esac

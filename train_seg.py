@@ -1,8 +1,9 @@
-"""Train a P2 segmenter: the hand-written VGG16-FCN32s (model A) or torchvision's FCN-ResNet101 (model B).
+"""Train a P2 segmenter: the hand-written VGG16-FCN32s (model A) or VGG16-FCN8s, or torchvision's
+FCN-ResNet101 (model B).
 
     python train_seg.py --model vgg16_fcn32s                 # ImageNet VGG16 weights (README: Pretrained weights)
     python train_seg.py --model resnet101_fcn                # COCO-VOC weights + 1x1 conv 21->7
-    python train_seg.py --model vgg16_fcn32s --weights none  # from scratch
+    python train_seg.py --model vgg16_fcn8s --recipe cpu     # the shipped model, from scratch on 2 CPU cores
     python train_seg.py --demo                               # a few minutes on generated scenes
 """
 import argparse
@@ -20,7 +21,7 @@ def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=model_names("seg"), help="(default: %(default)s)")
     p.add_argument("--weights",
-                   help="vgg16_fcn32s: imagenet|none|PATH (default imagenet); "
+                   help="vgg16_fcn32s, vgg16_fcn8s: imagenet|none|PATH (default imagenet); "
                         "resnet101_fcn: coco|imagenet-backbone|none|PATH (default coco)")
     p.add_argument("--crop-size", type=int, help="training crop (default: %(default)s)")
     p.add_argument("--min-scale", type=float,

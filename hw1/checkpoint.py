@@ -14,7 +14,7 @@ import torch
 from hw1.errors import UserError
 from hw1.io import atomic_torch_save
 from hw1.outputs import check_output
-from hw1.models import REGISTRY, build_model, get_spec
+from hw1.models import REGISTRY, build_model, current_name, get_spec
 
 REQUIRED = ("model", "model_name", "model_config")
 
@@ -81,6 +81,7 @@ def load_checkpoint(path, *, task=None):
         if not isinstance(ckpt[key], kind):
             raise UserError(f"{path}: not an hw1 checkpoint ({key!r} is a {type(ckpt[key]).__name__}, "
                             f"not a {kind.__name__})")
+    ckpt = _under_current_name(ckpt, path)
     if ckpt["model_name"] not in REGISTRY:
         raise UserError(f"{path}: unknown model {ckpt['model_name']!r}")
     spec = get_spec(ckpt["model_name"])
@@ -92,6 +93,25 @@ def load_checkpoint(path, *, task=None):
         raise UserError(f"{path}: a {ckpt['model_name']} checkpoint with num_classes {classes!r}; its task "
                         f"({spec.task}) has {spec.num_classes} classes")
     _check_fields(ckpt, path, spec)
+    return ckpt
+
+
+def _under_current_name(ckpt, path):
+    """``ckpt`` with its model's name and config (and its run's, in ``args``) under today's registry
+    names: a checkpoint saved before a model was renamed loads, resumes and predicts as it did."""
+    try:
+        name, config = current_name(ckpt["model_name"], ckpt["model_config"])
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+    if (name, config) == (ckpt["model_name"], ckpt["model_config"]):
+        return ckpt
+    ckpt = {**ckpt, "model_name": name, "model_config": config}
+    args = ckpt.get("args")
+    if isinstance(args, dict) and args.get("model") == "vgg16_fcn32s":
+        # older runs kept the hyperparameters as fields of their own: skips among them
+        ckpt["args"] = {**{k: v for k, v in args.items() if k != "skips"}, "model": name}
+        if "model_config" in args:
+            ckpt["args"]["model_config"] = config
     return ckpt
 
 

@@ -36,7 +36,7 @@ def add_training_args(parser, config_cls):
     g.add_argument("--save-epochs", type=int, nargs="*",
                    help="epochs whose checkpoint is kept as epoch_NNN.pth (default: first, middle, last)")
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--recipe", help="a named recipe of the model, e.g. densenet's or vgg16_fcn32s's cpu: defaults "
+    g.add_argument("--recipe", help="a named recipe of the model, e.g. densenet's or vgg16_fcn8s's cpu: defaults "
                                     "for its flags and hyperparameters; typed flags still win")
     g.add_argument("--epochs", type=int, help="(default: %(default)s)")
     g.add_argument("--batch-size", type=int, help="(default: %(default)s)")

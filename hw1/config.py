@@ -88,7 +88,8 @@ class TrainConfig:
         """A config from a saved ``args.json`` (or a checkpoint's ``args``); unknown keys are ignored
         (so that an older or newer args.json still reads). An args.json written when the
         hyperparameters were fields of their own (``depth``, ``skips``) has them gathered into
-        ``model_config``."""
+        ``model_config``; one of a model since renamed reads under today's name
+        (:func:`hw1.models.current_name`)."""
         names = {f.name for f in dataclasses.fields(cls)}
         fields = {k: v for k, v in values.items() if k in names}
         if "model_config" not in values and values.get("model"):
@@ -98,7 +99,15 @@ class TrainConfig:
                 params = get_spec(values["model"]).hyperparameters()
             except ValueError:  # a model of another version
                 params = {}
-            fields["model_config"] = {k: v for k, v in values.items() if k in params}
+            # skips: a vgg16_fcn32s argument then, which current_name turns into the model it built
+            fields["model_config"] = {k: v for k, v in values.items() if k in params or k == "skips"}
+        if fields.get("model") and isinstance(fields.get("model_config"), dict):
+            from hw1.models import current_name
+
+            try:
+                fields["model"], fields["model_config"] = current_name(fields["model"], fields["model_config"])
+            except ValueError:  # a model no registered one builds: left for the caller to refuse
+                pass
         return cls(**fields)
 
     def to_dict(self):

@@ -4,8 +4,8 @@
     python -m hw1.predict seg IMAGE_DIR OUTPUT_DIR [--checkpoint PATH] [--device cpu] [--tta | --no-tta]
 
 ``predict_cls`` writes a CSV with the header ``filename,label`` (bare file names, sorted) and
-returns its rows. Without a checkpoint each task uses its shipped model A, ``checkpoints/p1_densenet.pth``
-and ``checkpoints/p2_vgg16_fcn32s.pth``.
+returns its rows. Without a checkpoint each task uses its shipped model, ``checkpoints/p1_densenet.pth``
+(P1's model A) and ``checkpoints/p2_vgg16_fcn8s.pth`` (a VGG16-FCN8s).
 ``predict_seg`` writes one RGB mask in the course's 7 colours per input image, at the input's
 size: ``xxxx_sat.jpg`` becomes ``xxxx_mask.png`` (the course's naming, which its evaluator
 pairs with the ground truth); any other ``name.jpg`` / ``name.png`` becomes ``name.png``.

@@ -51,7 +51,8 @@ class Task:
     metric_label: str  # its name in messages and the report
     per_class: str  # the per-class list of metrics.jsonl: val_<per_class>
     layout: Layout
-    default_checkpoint: Path  # the shipped model A, the default of hw1.predict
+    default_checkpoint: Path  # the shipped model, the default of hw1.predict
+    shipped_model: str  # its model, trained by the script's --recipe cpu
     eval_batch: int  # images per batch when scoring a checkpoint
     classes: str  # "module:attribute" of its class count
     scorer: str  # "module:attribute" of score(pred, gt) -> confusion matrix, for eval.py --pred
@@ -97,7 +98,7 @@ TASKS = {
         name="cls", problem="P1", script="train_cls.py", metric="acc", metric_label="accuracy",
         per_class="per_class_acc",
         layout=Layout(folder="p1_data", archive="p1_data.tar.gz", train="train_50", val="val_50", labels="val_gt.csv"),
-        default_checkpoint=CHECKPOINTS / "p1_densenet.pth", eval_batch=500,
+        default_checkpoint=CHECKPOINTS / "p1_densenet.pth", shipped_model="densenet", eval_batch=500,
         classes="hw1.data.cls:NUM_CLASSES",
         scorer="hw1.scoring:cls_confusion_from_csv", writer="hw1.predict:predict_cls",
         summary="hw1.metrics:cls_summary", lines="hw1.metrics:cls_lines"),
@@ -105,9 +106,10 @@ TASKS = {
         name="seg", problem="P2", script="train_seg.py", metric="miou", metric_label="mIoU", per_class="iou",
         layout=Layout(folder="p2_data", archive="p2_data.tar.gz", train="train", val="validation",
                       image_suffix="_sat.jpg", mask_suffix="_mask.png"),
-        # P2's model A as shipped: VGG16-FCN at a quarter of VGG16's width, trained on a CPU budget (the
+        # P2's shipped model: VGG16-FCN8s at a quarter of VGG16's width, trained on a CPU budget (the
         # full-width models are hundreds of MB and come through hw1_download.sh)
-        default_checkpoint=CHECKPOINTS / "p2_vgg16_fcn32s.pth", eval_batch=4, classes="hw1.data.masks:NUM_CLASSES",
+        default_checkpoint=CHECKPOINTS / "p2_vgg16_fcn8s.pth", shipped_model="vgg16_fcn8s", eval_batch=4,
+        classes="hw1.data.masks:NUM_CLASSES",
         scorer="hw1.scoring:seg_confusion_from_dirs", writer="hw1.predict:predict_seg",
         summary="hw1.metrics:seg_summary", lines="hw1.metrics:seg_lines"),
 }

@@ -220,8 +220,8 @@ def scaled_checkpoint(seg_data, tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("seg_scaled_run")
     args = [a if a != "64" else "32" for a in TINY_RUNTIME_ARGS]  # --crop-size 32
     with cls_one_torch_thread():
-        train_seg.main([*TINY_VGG_ARGS, *args, "--data-dir", str(seg_data), "--out-dir", str(out_dir),
-                        "--epochs", "1", "--lr", "1e-3", "--size", "32", "--skips", "8s", "--save-epochs"])
+        train_seg.main(["--model", "vgg16_fcn8s", *TINY_VGG_ARGS[2:], *args, "--data-dir", str(seg_data),
+                        "--out-dir", str(out_dir), "--epochs", "1", "--lr", "1e-3", "--size", "32", "--save-epochs"])
         path = vary(out_dir / "last.pth", seg_data, tmp_path_factory.mktemp("seg_scaled") / "varied.pth")
     # at 32x32 the stride-32 scores are one cell: a random pool3 scorer (stride 8, 4x4 cells) varies the classes
     ckpt = torch.load(path, weights_only=True)

@@ -148,7 +148,7 @@ def test_defaults_follow_the_training_script():
 
 def test_batch_sizes_per_model_and_for_all():
     assert parse_args(["--batch-size", "3", "convnext=5"]).batch_size == {
-        "densenet": 3, "convnext": 5, "vgg16_fcn32s": 3, "resnet101_fcn": 3}
+        "densenet": 3, "convnext": 5, "vgg16_fcn32s": 3, "vgg16_fcn8s": 3, "resnet101_fcn": 3}
     quick = parse_args(["--quick", "--batch-size", "densenet=7"])
     assert quick.batch_size == {**QUICK_BATCH, "densenet": 7} and quick.hyperparameters["depth"] == 40
     # explicit flags win over the preset

@@ -165,6 +165,37 @@ def test_checkpoints_that_are_not_hw1_ones(tmp_path):
         load_checkpoint(tmp_path / "nope.pth")
 
 
+@pytest.mark.parametrize("skips, name", [("none", "vgg16_fcn32s"), ("8s", "vgg16_fcn8s")])
+def test_a_checkpoint_saved_before_fcn8s_had_its_name_loads_under_it(skips, name, tmp_path):
+    """Checkpoints of vgg16_fcn32s with a skips argument (the shipped P2 model was one) load,
+    resume and predict as the model they hold: FCN-32s or FCN-8s, the same weights."""
+    from hw1.models.fcn import VGG16FCN32s
+
+    torch.manual_seed(0)
+    old = VGG16FCN32s(fc_channels=16, batch_norm=True, width=0.125, skips=skips).eval()
+    torch.nn.init.normal_(old.score.weight)
+    config = {"fc_channels": 16, "batch_norm": True, "width": 0.125, "skips": skips, "num_classes": 7}
+    path = tmp_path / "old.pth"
+    torch.save({"model": old.state_dict(), "model_name": "vgg16_fcn32s", "model_config": config, "task": "seg",
+                "args": {"model": "vgg16_fcn32s", "model_config": config, "epochs": 3}}, path)
+    ckpt = load_checkpoint(path, task="seg")
+    current = {k: v for k, v in config.items() if k != "skips"}
+    assert (ckpt["model_name"], ckpt["model_config"]) == (name, current)
+    assert ckpt["args"] == {"model": name, "model_config": current, "epochs": 3}
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model_from_checkpoint(ckpt).eval()(x)["out"], old(x)["out"])
+
+
+def test_an_fcn16s_checkpoint_is_refused_with_what_to_do(tmp_path, capsys):
+    path = tmp_path / "fcn16s.pth"
+    torch.save({"model": {}, "model_name": "vgg16_fcn32s", "model_config": {"skips": "16s"}, "task": "seg"}, path)
+    pairs = write_pairs(tmp_path / "pairs", [(32, 32)])
+    err = cli_error(capsys, eval_py.main, ["--task", "seg", "--checkpoint", str(path), "--data-dir", str(pairs)])
+    assert err.startswith(f"error: {path}: an FCN-16s") and "train vgg16_fcn8s or vgg16_fcn32s" in err
+    assert err.count("\n") == 1
+
+
 @pytest.mark.reliability
 def test_checkpoint_of_another_class_count_is_refused(tmp_path, capsys):
     # a 10-class segmenter that predicts class 9 everywhere: counted, 7 * t + 9 lands in other cells

@@ -149,7 +149,7 @@ def test_one_overlay_defaults_then_recipes_then_typed_flags():
     """No flag has a parser default: what is not typed comes from the dataclass, then the model's
     recipes, in one pass; the hyperparameters from the builder's signature."""
     assert vars(train_cls.get_args_parser().parse_args([])) == {}
-    assert vars(train_seg.get_args_parser().parse_args(["--skips", "8s"])) == {"skips": "8s"}
+    assert vars(train_seg.get_args_parser().parse_args(["--context", "ppm"])) == {"context": "ppm"}
     plain = _config(train_cls, [], ClsConfig)
     assert plain.model_config == {"depth": 100, "growth_rate": 24, "compression": 0.5, "bn_size": 4,
                                   "drop_rate": 0.0, "stem_pool": False, "num_classes": 50}

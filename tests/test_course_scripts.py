@@ -65,7 +65,7 @@ def test_course_scripts_find_python_and_their_default_checkpoints(tmp_path):
     assert result.stderr == f"hw1_1.sh: checkpoint {clone / 'checkpoints' / 'p1_densenet.pth'}\n"
     (clone / "checkpoints" / "p1.pth").write_bytes(b"")
     assert call("hw1_1.sh")[1][-1] == str(clone / "checkpoints" / "p1.pth")  # the downloaded one comes first
-    shipped = clone / "checkpoints" / "p2_vgg16_fcn32s.pth"
+    shipped = clone / "checkpoints" / "p2_vgg16_fcn8s.pth"
     result, _ = call("hw1_2.sh")  # neither a downloaded nor the shipped P2 checkpoint
     assert result.returncode == 2 and result.stderr == (
         f"error: {shipped}: checkpoint not found; run 'bash hw1_download.sh' first or set HW1_P2_CHECKPOINT\n")

@@ -24,12 +24,12 @@ def _randomise_norms(model, seed=0):
     return model.eval()
 
 
-SEG_CONFIG = {"width": 0.125, "fc_channels": 16, "batch_norm": True, "fc_batch_norm": True, "skips": "8s"}
+SEG_CONFIG = {"width": 0.125, "fc_channels": 16, "batch_norm": True, "fc_batch_norm": True}  # of vgg16_fcn8s
 
 
 def _save_seg(model, path):
     """``model`` (a VGG16-FCN of :data:`SEG_CONFIG`) as an hw1 checkpoint at ``path``."""
-    torch.save({"model": model.state_dict(), "model_name": "vgg16_fcn32s", "model_config": SEG_CONFIG, "task": "seg"},
+    torch.save({"model": model.state_dict(), "model_name": "vgg16_fcn8s", "model_config": SEG_CONFIG, "task": "seg"},
                path)
     return path
 
@@ -56,8 +56,7 @@ def test_densenet_folds_each_bottleneck_norm_and_keeps_its_output(stem_pool):
 @pytest.mark.parametrize("context, norms", [("none", 15), ("ppm", 20)])
 def test_vgg16_fcn_folds_every_norm(context, norms):
     # 13 trunk convolutions, fc6, fc7; the pyramid's four branches and its fusion
-    model = _randomise_norms(build_model("vgg16_fcn32s", width=0.125, fc_channels=16, batch_norm=True,
-                                         fc_batch_norm=True, skips="8s", context=context))
+    model = _randomise_norms(build_model("vgg16_fcn8s", **SEG_CONFIG, context=context))
     x = torch.randn(2, 3, 64, 96)
     folded, count = fold_batch_norms(model, x[:1, :, :64, :64])
     assert count == norms and _norms(folded) == 0
@@ -115,7 +114,7 @@ def test_inference_model_folds_and_predicts_as_before(tmp_path, fp32_inference):
     from hw1.predict import segment, segment_batch
 
     torch.manual_seed(0)
-    model = _randomise_norms(build_model("vgg16_fcn32s", **SEG_CONFIG))
+    model = _randomise_norms(build_model("vgg16_fcn8s", **SEG_CONFIG))
     with torch.no_grad():  # the scorers start at zero: random ones, so that the classes vary
         for scorer in (model.score, model.score_pool4, model.score_pool3):
             scorer.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
@@ -146,7 +145,7 @@ def test_bf16_inference_keeps_its_norms(tmp_path, monkeypatch):
     import hw1.runtime
 
     monkeypatch.setattr(hw1.runtime, "cpu_kind", lambda: "avx512_bf16")
-    model = build_model("vgg16_fcn32s", **SEG_CONFIG)
+    model = build_model("vgg16_fcn8s", **SEG_CONFIG)
     path = _save_seg(model, tmp_path / "seg.pth")
     plan = InferenceModel.from_checkpoint(load_checkpoint(path, task="seg"), path, torch.device("cpu"))
     assert plan.amp == torch.bfloat16 and _norms(plan.module) == 15

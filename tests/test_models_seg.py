@@ -18,7 +18,7 @@ from torchvision.models import ResNet101_Weights, VGG16_Weights
 from torchvision.models.segmentation import FCN_ResNet101_Weights
 
 from hw1.errors import UserError
-from hw1.models.fcn import resnet101_fcn, vgg16_fcn32s
+from hw1.models.fcn import VGG16FCN32s, resnet101_fcn, vgg16_fcn8s, vgg16_fcn32s
 from hw1.models.weights import hub_file
 
 SIZES = [(512, 512), (45, 77), (20, 13)]
@@ -286,7 +286,7 @@ def test_resnet_backward_reaches_every_trainable_parameter():
 
 def _small(**kw):
     torch.manual_seed(0)
-    return vgg16_fcn32s(batch_norm=True, fc_batch_norm=True, width=0.25, fc_channels=32, **kw)
+    return VGG16FCN32s(batch_norm=True, fc_batch_norm=True, width=0.25, fc_channels=32, **kw)
 
 
 @pytest.mark.parametrize("skips", ["none", "16s", "8s"])
@@ -334,9 +334,9 @@ def test_skip_heads_get_gradients(skips):
 
 def test_unknown_skips_is_an_error():
     with pytest.raises(ValueError, match="skips"):
-        vgg16_fcn32s(skips="4s")
+        VGG16FCN32s(skips="4s")
     with pytest.raises(ValueError, match="context"):
-        vgg16_fcn32s(context="aspp")
+        VGG16FCN32s(context="aspp")
 
 
 @pytest.mark.parametrize("context", ["none", "ppm"])
@@ -381,7 +381,7 @@ def test_vgg_bn_imagenet_file_loads_into_the_fc_batch_norm_layout(tmp_path):
     torch.manual_seed(0)
     tv = torchvision.models.vgg16_bn(weights=None)
     torch.save(tv.state_dict(), tmp_path / "vgg16_bn.pth")
-    model = vgg16_fcn32s(weights=str(tmp_path / "vgg16_bn.pth"), batch_norm=True, fc_batch_norm=True, skips="8s")
+    model = vgg16_fcn8s(weights=str(tmp_path / "vgg16_bn.pth"), batch_norm=True, fc_batch_norm=True, context="ppm")
     torch.testing.assert_close(model.features[0].weight, tv.features[0].weight)
     torch.testing.assert_close(model.fc7.weight, tv.classifier[3].weight.reshape(4096, 4096, 1, 1))
 

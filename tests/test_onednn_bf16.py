@@ -26,8 +26,8 @@ CASES = [
     ("vgg16_fcn32s", {"num_classes": 7, "weights": "none"}, 64),
     ("vgg16_fcn32s", {"num_classes": 7, "weights": "none", "batch_norm": True}, 64),
     ("vgg16_fcn32s", {"num_classes": 7, "weights": "none", "batch_norm": True, "fc_channels": 1024}, 64),
-    ("vgg16_fcn32s", {"num_classes": 7, "weights": "none", "batch_norm": True, "fc_batch_norm": True, "width": 0.25,
-                      "fc_channels": 256, "skips": "8s"}, 64),  # train_seg.py --recipe cpu
+    ("vgg16_fcn8s", {"num_classes": 7, "weights": "none", "batch_norm": True, "fc_batch_norm": True, "width": 0.25,
+                      "fc_channels": 256}, 64),  # train_seg.py --model vgg16_fcn8s --recipe cpu
     ("resnet101_fcn", {"num_classes": 7, "weights": "none"}, 64),
     ("resnet101_fcn", {"num_classes": 7, "weights": "none", "aux_loss": True}, 64),
 ]

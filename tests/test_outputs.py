@@ -181,7 +181,7 @@ def test_tracked_files_of_a_git_repository_are_never_replaced(cls_tiny_checkpoin
     assert problem(repo / "results" / "untracked.json", "summary-json") is None
     if (REPO / ".git").exists():  # this checkout's own records and shipped models, read only
         assert problem(REPO / "results" / "p1_densenet_cpu.json", "bench-json").startswith("is a file of the git")
-        assert problem(REPO / "checkpoints" / "p2_vgg16_fcn32s.pth", "checkpoint").startswith("is a file of the git")
+        assert problem(REPO / "checkpoints" / "p2_vgg16_fcn8s.pth", "checkpoint").startswith("is a file of the git")
         assert problem(REPO / "README.md", "markdown").startswith("is a file of the git")
 
 

@@ -222,7 +222,7 @@ def test_scaled_checkpoint_predicts_at_its_scale_and_writes_each_images_size(
         scaled_checkpoint, predict_inputs, tmp_path, fp32_inference):
     folder, sizes = predict_inputs
     ckpt = torch.load(scaled_checkpoint, weights_only=True)
-    assert ckpt["args"]["size"] == 32 and ckpt["model_config"]["skips"] == "8s"
+    assert ckpt["args"]["size"] == 32 and ckpt["model_name"] == "vgg16_fcn8s"
     written = predict_seg(folder, tmp_path / "masks", checkpoint=scaled_checkpoint, device="cpu", tta=False)
     model = model_from_checkpoint(ckpt).eval()
     classes = set()

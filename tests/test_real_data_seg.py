@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 VAL = REPO / "hw1_data" / "p2_data" / "validation"
-SHIPPED = REPO / "checkpoints" / "p2_vgg16_fcn32s.pth"
+SHIPPED = REPO / "checkpoints" / "p2_vgg16_fcn8s.pth"
 RECORD = REPO / "results" / "p2_vgg16_fcn_cpu.json"
 
 pytestmark = pytest.mark.skipif(not VAL.is_dir(), reason=f"{VAL} not extracted")

@@ -44,8 +44,7 @@ def test_train_seg_checkpoints_load_weights_only(seg_run):
     for ckpt in (last, best):
         assert ckpt["model_name"] == "vgg16_fcn32s" and ckpt["task"] == "seg"
         assert ckpt["model_config"] == {"num_classes": NUM_CLASSES, "fc_channels": FC, "batch_norm": False,
-                                        "width": 1.0, "fc_batch_norm": False, "skips": "none", "context": "none",
-                                        "dropout": 0.5}
+                                        "width": 1.0, "fc_batch_norm": False, "dropout": 0.5}
         assert ckpt["args"]["model_config"] == ckpt["model_config"] and ckpt["args"]["model"] == "vgg16_fcn32s"
         assert ckpt["model"]["fc6.weight"].shape == (FC, 512, 7, 7)
         assert ckpt["model"]["score.weight"].shape == (NUM_CLASSES, FC, 1, 1)
@@ -63,8 +62,8 @@ def test_train_seg_checkpoints_load_weights_only(seg_run):
 
 def test_train_seg_with_pyramid_pooling_and_the_lovasz_term(seg_data, tmp_path):
     out_dir = tmp_path / "run"
-    record = train_seg.main(["--model", "vgg16_fcn32s", "--weights", "none", "--width", "0.125", "--fc-channels", "16",
-                             "--batch-norm", "--fc-batch-norm", "--skips", "8s", "--context", "ppm", "--lovasz", "0.5",
+    record = train_seg.main(["--model", "vgg16_fcn8s", "--weights", "none", "--width", "0.125", "--fc-channels", "16",
+                             "--batch-norm", "--fc-batch-norm", "--context", "ppm", "--lovasz", "0.5",
                              *TINY_RUNTIME_ARGS, "--data-dir", str(seg_data), "--out-dir", str(out_dir),
                              "--epochs", "1", "--save-epochs"])
     assert np.isfinite(record["train_loss"])

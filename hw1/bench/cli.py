@@ -66,7 +66,7 @@ DATA_PARTS = ("recipes", "predict")
 QUICK = {"configs": [BASELINE, DEFAULT], "depth": 40, "growth_rate": 12, "crop_size": 128,
          "steps": 1, "warmup": 1, "repeats": 2, "workers": [0, 2], "data_batches": 4, "e2e_steps": 4,
          "e2e_batch_size": 32}
-QUICK_BATCH = {"densenet": 32, "convnext": 2, "vgg16_fcn32s": 1, "resnet101_fcn": 1}
+QUICK_BATCH = {"densenet": 32, "convnext": 2, "vgg16_fcn32s": 1, "vgg16_fcn8s": 1, "resnet101_fcn": 1}
 
 
 # --- the run -------------------------------------------------------------------------------------

@@ -40,8 +40,8 @@ PIPELINES = ("batched", "workers", "reference")
 
 
 def recipe_config(task, data_dir, **changes):
-    """The validated config of ``--recipe cpu`` of ``task``'s model A, with ``changes`` laid over it."""
-    config = resolve(CONFIGS[task], {"model": get_task(task).course_model("A"), "recipe": "cpu", "data_dir": str(data_dir)},
+    """The validated config of ``--recipe cpu`` of ``task``'s shipped model, with ``changes`` laid over it."""
+    config = resolve(CONFIGS[task], {"model": get_task(task).shipped_model, "recipe": "cpu", "data_dir": str(data_dir)},
                      command="hw1.bench").validate()
     return config.replace(**changes)
 

@@ -11,6 +11,7 @@ REGISTRY = {
     "densenet": "hw1.models.densenet:SPEC",
     "convnext": "hw1.models.convnext:SPEC",
     "vgg16_fcn32s": "hw1.models.fcn:VGG16_FCN32S",
+    "vgg16_fcn8s": "hw1.models.fcn:VGG16_FCN8S",
     "resnet101_fcn": "hw1.models.fcn:RESNET101_FCN",
 }
 
@@ -21,6 +22,17 @@ def get_spec(name):
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}")
     module, _, attr = REGISTRY[name].partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def current_name(name, model_config):
+    """``(name, model_config)`` under today's registry names of a checkpoint saved under older ones
+    (``vgg16_fcn32s`` with a ``skips`` argument, before FCN-8s was ``vgg16_fcn8s``); ValueError for
+    an old model that no registered one builds."""
+    if name == "vgg16_fcn32s":
+        from hw1.models.fcn import renamed_vgg16_fcn
+
+        return renamed_vgg16_fcn(name, model_config)
+    return name, model_config
 
 
 def model_names(task=None):
