@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hw1.cli import AT_LEAST_1, check_numbers, run
+from hw1.cli import AT_LEAST_1, add_tta_args, check_numbers, run
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
 from hw1.outputs import check_output
@@ -27,9 +27,7 @@ def get_args_parser():
     p.add_argument("--checkpoint", help="evaluate this checkpoint directly instead of --pred")
     p.add_argument("--data-dir", help="with --checkpoint: the image folder (cls) or image+mask folder (seg)")
     p.add_argument("--labels", help="cls with --checkpoint: labels CSV (default: from the file names)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="with --checkpoint: average with the mirror image, as hw1.predict --tta does (default: "
-                        "as the checkpoint says, as hw1.predict does)")
+    add_tta_args(p, "with --checkpoint, as the checkpoint says, as hw1.predict does")
     p.add_argument("--batch-size", type=int, default=None, help="(default: 500 for cls, 4 for seg)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the metrics to this JSON file")

@@ -141,8 +141,10 @@ def _check_fields(ckpt, path, spec):
         if value is not None and not (_is_int(value) and ok(value)):
             raise UserError(f"{path}: args.{name} {value!r}: must be an integer {must}")
     inference = ckpt.get("inference", {})
-    if not isinstance(inference, dict) or not isinstance(inference.get("tta", False), bool):
-        raise UserError(f"{path}: 'inference' must be a dict such as {{'tta': True}}, not {inference!r}")
+    if not isinstance(inference, dict) or not (isinstance(inference.get("tta", False), bool)
+                                               or inference.get("tta") in ("none", "flip", "d4")):
+        raise UserError(f"{path}: 'inference' must be a dict such as {{'tta': 'flip'}} (none, flip, d4 or a bool), "
+                        f"not {inference!r}")
     if "epoch" in ckpt and not (_is_int(ckpt["epoch"]) and ckpt["epoch"] >= 0):
         raise UserError(f"{path}: 'epoch' {ckpt['epoch']!r}: must be an integer, 0 or more")
     if "best" in ckpt and ckpt["best"] is not None and not _is_number(ckpt["best"]):
@@ -180,8 +182,9 @@ def is_training_checkpoint(path):
 def export_checkpoint(src, dst, *, tta=False, half=False, overwrite=False):
     """Write the inference part of checkpoint ``src`` to ``dst`` (atomically); returns the exported dict.
 
-    ``tta`` records that the model is to be used with flip test-time augmentation: hw1.predict and
-    eval.py then use it unless told ``--no-tta`` (a choice made on pilot runs, not on the data scored).
+    ``tta`` records the test-time augmentation the model is to be used with (``flip``, ``d4``; True
+    is flip): hw1.predict and eval.py then use it unless told otherwise (a choice made on the
+    validation set, not on the data scored).
     ``half`` stores the floating-point weights in fp16, half the file; ``load_state_dict`` copies
     them back into the model's fp32 tensors, so loading is unchanged.
 
@@ -193,8 +196,10 @@ def export_checkpoint(src, dst, *, tta=False, half=False, overwrite=False):
     ckpt = load_checkpoint(src)
     exported = {k: ckpt[k] for k in EXPORT_KEYS if k in ckpt}
     exported["exported_from"] = str(src)
-    if tta:
-        exported["inference"] = {"tta": True}
+    from hw1.engine import tta_mode
+
+    if tta_mode(tta) != "none":
+        exported["inference"] = {"tta": tta_mode(tta)}
     if half:
         exported["model"] = {k: v.half() if v.is_floating_point() else v for k, v in exported["model"].items()}
     save_checkpoint(exported, dst)
@@ -209,7 +214,9 @@ def main(argv=None):
                                             "the run's args and metrics, without the training state.")
     p.add_argument("src", help="an hw1 checkpoint, e.g. runs/densenet/best.pth")
     p.add_argument("dst", help="the file to write, e.g. checkpoints/p1_densenet.pth")
-    p.add_argument("--tta", action="store_true", help="predict and eval use flip TTA with it by default")
+    p.add_argument("--tta", nargs="?", const="flip", choices=("flip", "d4"), default=None, metavar="MODE",
+                   help="predict and eval use this test-time augmentation with it by default: flip (what --tta "
+                        "alone means) or d4")
     p.add_argument("--half", action="store_true", help="store the weights in fp16 (they load back into fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace DST even if it is the source or a training checkpoint")
     p.add_argument("--debug", action="store_true")
@@ -217,7 +224,7 @@ def main(argv=None):
     exported = export_checkpoint(args.src, args.dst, tta=args.tta, half=args.half, overwrite=args.overwrite)
     size = Path(args.dst).stat().st_size
     print(f"wrote {args.dst}: {exported['model_name']} {exported['model_config']}, {size / 1e6:.1f} MB"
-          + (", fp16 weights" if args.half else "") + (", flip TTA by default" if args.tta else ""))
+          + (", fp16 weights" if args.half else "") + (f", {args.tta} TTA by default" if args.tta else ""))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,17 @@ def add_model_args(parser, specs):
     return parser
 
 
+def add_tta_args(parser, default):
+    """``--tta [MODE]`` (alone: flip) and ``--no-tta``, into ``tta``: a mode of
+    :data:`hw1.engine.TTA_MODES` or None (``default`` says what None means)."""
+    modes = ("none", "flip", "d4")  # hw1.engine.TTA_MODES, without importing torch for --help
+    parser.add_argument("--tta", nargs="?", const="flip", choices=modes, default=None, metavar="MODE",
+                        help="test-time augmentation: flip (the mirror image, what --tta alone means) or d4 "
+                             f"(the 8 turns and mirrors of a square image), averaged (default: {default})")
+    parser.add_argument("--no-tta", dest="tta", action="store_const", const="none", help="no test-time augmentation")
+    return parser
+
+
 def parse_key_values(items, flag="--model-config"):
     """``{key: value}`` of ``KEY=VALUE`` strings, each value a Python literal or else a word."""
     values = {}

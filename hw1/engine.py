@@ -50,17 +50,67 @@ def upsampled(logits, size):
     return F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False)
 
 
+# Test-time augmentation, as views of the input that a segmenter's maps are turned back from:
+# "flip" mirrors left-right; "d4" is the 8 symmetries of a square (4 turns, each also mirrored),
+# all valid for overhead imagery, which has no up or left.
+TTA_MODES = ("none", "flip", "d4")
+
+
+def tta_mode(tta):
+    """The TTA mode ``tta`` names: one of :data:`TTA_MODES`; False/None and True are "none" and
+    "flip", as checkpoints and callers from before "d4" say."""
+    if tta is None or tta is False:
+        return "none"
+    if tta is True:
+        return "flip"
+    if tta in TTA_MODES:
+        return tta
+    raise ValueError(f"test-time augmentation must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+
+
+def tta_views(tta):
+    """The views of mode ``tta`` as ``(quarter turns, mirrored)``, the plain image first."""
+    mode = tta_mode(tta)
+    if mode == "none":
+        return [(0, False)]
+    if mode == "flip":
+        return [(0, False), (0, True)]
+    return [(k, mirrored) for k in range(4) for mirrored in (False, True)]
+
+
+def _view(x, turns, mirrored):
+    x = x.flip(-1) if mirrored else x
+    return torch.rot90(x, turns, (-2, -1)) if turns else x
+
+
+def _unview(y, turns, mirrored):
+    y = torch.rot90(y, -turns, (-2, -1)) if turns else y
+    return y.flip(-1) if mirrored else y
+
+
 def probabilities(model, x, *, tta=False, size=None, output=None):
-    """Class probabilities of a batch, (N, C) or (N, C, H, W) in fp32; with ``tta`` averaged with
-    those of the horizontally mirrored batch (mirrored back for a segmenter's maps). ``size``: a
-    segmenter's logits are upsampled to it first (:func:`upsampled`). ``output``: the model's output
-    for ``x`` when the caller has it already, so that only the mirrored batch runs again."""
-    output = model(x) if output is None else output
-    prob = upsampled(logits_of(output), size).float().softmax(1)
-    if tta:
-        mirrored = upsampled(logits_of(model(x.flip(-1))), size).float().softmax(1)
-        prob = (prob + (mirrored.flip(-1) if prob.dim() == 4 else mirrored)) / 2
-    return prob
+    """Class probabilities of a batch, (N, C) or (N, C, H, W) in fp32; with ``tta`` (a mode of
+    :data:`TTA_MODES`, or True for "flip") the mean over its views, a segmenter's maps turned and
+    mirrored back. ``size``: a segmenter's logits are upsampled to it first (:func:`upsampled`).
+    ``output``: the model's output for ``x`` when the caller has it already, so that only the
+    other views run."""
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    views = tta_views(tta)
+    total = None
+    for turns, mirrored in views:
+        if (turns, mirrored) == (0, False) and output is not None:
+            out = output
+        else:
+            v = _view(x, turns, mirrored)
+            out = model(v.contiguous(memory_format=torch.channels_last) if nhwc and turns else v)
+        logits = logits_of(out)
+        if logits.dim() == 4:  # a segmenter's map: upsampled in the view's orientation, then turned back
+            view_size = None if size is None else (tuple(size)[::-1] if turns % 2 else tuple(size))
+            prob = _unview(upsampled(logits, view_size).float().softmax(1), turns, mirrored)
+        else:
+            prob = logits.float().softmax(1)
+        total = prob if total is None else total + prob
+    return total if len(views) == 1 else total / len(views)
 
 
 def to_device(images, targets, device, channels_last):
@@ -166,8 +216,8 @@ def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dt
              progress=False, distributed=False, tta=False):
     """Pooled confusion matrix over ``loader`` and its summary (:func:`hw1.metrics.summarize`).
 
-    With ``tta`` the predictions average the class probabilities of each image and its mirror image
-    (:func:`probabilities`); the loss stays the plain forward's.
+    With ``tta`` (a mode of :data:`TTA_MODES`) the predictions average the class probabilities of
+    each image's views (:func:`probabilities`); the loss stays the plain forward's.
 
     Returns ``{"loss"?, <task metrics>, "samples", "cm": (C, C) int64 tensor on the CPU, "img_s"}``.
     With ``distributed`` each rank holds a disjoint shard (:class:`hw1.distributed.ShardSampler`) and
@@ -186,8 +236,8 @@ def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dt
                 loss_sum += criterion(output, targets).double() * images.shape[0]
             # masks larger than the model's input (a model trained at a smaller scale): logits upsampled
             size = targets.shape[-2:] if targets.dim() == 3 else None
-            pred = top_class(probabilities(model, images, tta=True, size=size, output=output) if tta
-                             else upsampled(logits_of(output), size))
+            pred = top_class(probabilities(model, images, tta=tta, size=size, output=output)
+                             if tta_mode(tta) != "none" else upsampled(logits_of(output), size))
         cm += metrics.confusion_matrix(targets, pred, num_classes)
         seen += images.shape[0]
     seconds = time.perf_counter() - start

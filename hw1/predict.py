@@ -1,7 +1,7 @@
 """The grading API: predictions for a folder of images, written where the grader asks.
 
-    python -m hw1.predict cls IMAGE_DIR OUTPUT_CSV [--checkpoint PATH] [--device cpu] [--tta | --no-tta]
-    python -m hw1.predict seg IMAGE_DIR OUTPUT_DIR [--checkpoint PATH] [--device cpu] [--tta | --no-tta]
+    python -m hw1.predict cls IMAGE_DIR OUTPUT_CSV [--checkpoint PATH] [--device cpu] [--tta [MODE] | --no-tta]
+    python -m hw1.predict seg IMAGE_DIR OUTPUT_DIR [--checkpoint PATH] [--device cpu] [--tta [MODE] | --no-tta]
 
 ``predict_cls`` writes a CSV with the header ``filename,label`` (bare file names, sorted) and
 returns its rows. Without a checkpoint each task uses its shipped model, ``checkpoints/p1_densenet.pth``
@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
-from hw1.cli import run
+from hw1.cli import add_tta_args, run
 from hw1.data.cls import IMG_SIZE, decode_images
 from hw1.data.images import list_images, normalize, read_rgb, resize_rgb
-from hw1.engine import probabilities, top_class
+from hw1.engine import probabilities, top_class, tta_mode
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, staged_folder
 from hw1.outputs import MASK_MARK, check_output, check_outputs
@@ -37,14 +37,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class InferenceModel:
     """A model ready to infer, with its plan: ``module`` in eval mode on ``device``, run under
-    autocast to ``amp`` (None: full fp32) on inputs in NHWC when ``channels_last``; ``tta`` averages
-    with the mirror image; ``size`` is the side a segmenter was trained at (None: images at their
+    autocast to ``amp`` (None: full fp32) on inputs in NHWC when ``channels_last``; ``tta`` the
+    test-time augmentation (:data:`hw1.engine.TTA_MODES`: none, flip, d4); ``size`` is the side a segmenter was trained at (None: images at their
     own size); ``name`` the model's registry name (None for a model built otherwise)."""
     module: torch.nn.Module
     device: torch.device
     amp: torch.dtype | None
     channels_last: bool
-    tta: bool = False
+    tta: str = "none"
     size: int | None = None
     name: str | None = None
 
@@ -53,8 +53,8 @@ class InferenceModel:
         """The model of a loaded checkpoint, set up to infer the fastest way on ``device``.
 
         Memory format and autocast dtype are the measured fastest inference configuration of that
-        model on this device (``hw1.runtime``); ``tta`` is the checkpoint's own choice of flip TTA
-        (``python -m hw1.checkpoint --tta``); ``size`` its run's ``--size``. With ``fold`` each batch
+        model on this device (``hw1.runtime``); ``tta`` is the checkpoint's own choice of TTA
+        (``python -m hw1.checkpoint --tta [MODE]``); ``size`` its run's ``--size``. With ``fold`` each batch
         norm that follows a convolution is folded into it (:func:`hw1.models.fold.fold_batch_norms`)
         when the plan infers in fp32.
         """
@@ -75,7 +75,7 @@ class InferenceModel:
         if channels_last:
             module = module.to(memory_format=torch.channels_last)
         return cls(module, device, amp, channels_last,
-                   tta=bool(ckpt.get("inference", {}).get("tta", False)), size=trained_size(ckpt), name=name)
+                   tta=tta_mode(ckpt.get("inference", {}).get("tta", False)), size=trained_size(ckpt), name=name)
 
     @classmethod
     def of(cls, module, device):
@@ -84,8 +84,8 @@ class InferenceModel:
         return cls(module, device, amp_dtype("auto", device), channels_last=True)
 
     def with_tta(self, tta):
-        """This plan with flip TTA as asked, or (None) as it is: the checkpoint's choice."""
-        return self if tta is None else replace(self, tta=tta)
+        """This plan with the TTA asked for (a mode, or True/False), or (None) as it is: the checkpoint's choice."""
+        return self if tta is None else replace(self, tta=tta_mode(tta))
 
     def prepare(self, images):
         """uint8 (N, 3, H, W) -> normalised floats on the model's device, NHWC if ``channels_last``."""
@@ -109,7 +109,8 @@ def load_model(checkpoint, task, device):
 @torch.inference_mode()
 def classify(model, images, *, batch_size=128, tta=None):
     """Class indices (N,) of uint8 images (N, 3, H, W), in batches, as the :class:`InferenceModel` ``model``
-    plans; ``tta`` averages each image's class probabilities with its mirror image's (None: the plan's choice).
+    plans; ``tta`` averages each image's class probabilities over its views (a mode of
+    :data:`hw1.engine.TTA_MODES`; None: the plan's choice).
 
     Batches of 128 keep a DenseNet's concatenated 32x32 feature maps in the CPU's caches: on 2
     cores they classified 766 img/s against 490 in batches of 500.
@@ -160,8 +161,9 @@ def shown(path):
 def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=None, overwrite=False):
     """Classify every .png/.jpg of ``image_dir``; write ``output_csv``; return ``[(filename, label), ...]``.
 
-    ``tta``: average each image's class probabilities with its mirror image's; None (the default)
-    does what the checkpoint says, which for the shipped model A is on.
+    ``tta``: average each image's class probabilities over its views (:data:`hw1.engine.TTA_MODES`;
+    True is flip, the mirror image); None (the default) does what the checkpoint says, which for
+    the shipped model A is flip.
 
     Grayscale, RGBA, palette and non-32x32 images are converted to RGB and resized to 32x32. A
     file name that is not UTF-8 is an error before any image is decoded: the CSV could not hold it.
@@ -190,7 +192,8 @@ def mask_name(image_path):
 @torch.inference_mode()
 def segment_batch(model, images, *, tta=None):
     """(N, H, W) int64 classes of uint8 images (N, 3, H, W) of one size, as the :class:`InferenceModel`
-    ``model`` plans; ``tta`` averages with the flipped images (None: the plan's choice).
+    ``model`` plans; ``tta`` averages over the images' views (a mode of :data:`hw1.engine.TTA_MODES`;
+    None: the plan's choice).
 
     A model trained at a smaller scale (``model.size``) sees each image resized to it as its
     training images were (:func:`hw1.data.images.resize_rgb`); its logits are upsampled back to (H, W).
@@ -268,9 +271,7 @@ def get_args_parser():
     g.add_argument("image_dir")
     g.add_argument("output_dir")
     for s in (c, g):
-        s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                       help="average with the horizontally mirrored image (default: as the checkpoint says; "
-                            "the shipped model A does)")
+        add_tta_args(s, "as the checkpoint says; the shipped ones use flip")
         s.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
         s.add_argument("--device", default=None, help="auto, cpu, cuda (default: auto)")
         s.add_argument("--overwrite", action="store_true",

@@ -101,7 +101,8 @@ def model_confusion(model, data_dir, *, task, labels_csv=None, size=None, batch_
     optionally resized to ``size``; a model trained at a smaller scale (``model.size``) gets the
     images at that scale and its logits are upsampled to the masks, as ``hw1.predict`` does.
     Autocast and memory format as its plan says, as in ``hw1.predict``, so both routes score alike;
-    ``tta`` as its ``--tta`` (class probabilities averaged with the mirror image's; None: the plan's choice).
+    ``tta`` as its ``--tta`` (class probabilities averaged over the views of a mode of
+    :data:`hw1.engine.TTA_MODES`; None: the plan's choice).
     """
     from hw1.engine import evaluate
 

@@ -48,7 +48,7 @@ def test_checkpoint_fields_of_the_wrong_type(tmp_path, change):
 
 @pytest.mark.reliability
 @pytest.mark.parametrize("change, message", [
-    ({"inference": "yes"}, "'inference' must be a dict such as {'tta': True}, not 'yes'"),
+    ({"inference": "yes"}, "'inference' must be a dict such as {'tta': 'flip'} (none, flip, d4 or a bool), not 'yes'"),
     ({"inference": {"tta": "no"}}, "'inference' must be a dict"),
     ({"args": {"size": float("inf")}}, "args.size inf: must be an integer in [1, 4096]"),
     ({"args": {"size": 30000}}, "args.size 30000: must be an integer in [1, 4096]"),
@@ -320,7 +320,7 @@ def test_a_checkpoint_exported_with_tta_is_used_with_it_unless_told_not_to(cls_t
     from hw1.checkpoint import export_checkpoint
 
     shipped = tmp_path / "shipped.pth"
-    assert export_checkpoint(cls_tiny_checkpoint, shipped, tta=True)["inference"] == {"tta": True}
+    assert export_checkpoint(cls_tiny_checkpoint, shipped, tta=True)["inference"] == {"tta": "flip"}
     asked, real = [], engine.probabilities
     monkeypatch.setattr(hw1.predict, "probabilities", lambda m, x, tta=False, **kw: asked.append(tta) or real(m, x, tta=tta, **kw))
     monkeypatch.setattr(engine, "probabilities", hw1.predict.probabilities)
@@ -339,10 +339,11 @@ def test_a_checkpoint_exported_with_tta_is_used_with_it_unless_told_not_to(cls_t
         return acc, set(asked)
 
     with_tta, plain = predict(cls_tiny_checkpoint, "--tta"), predict(cls_tiny_checkpoint)
-    assert with_tta[1] == {True} and plain[1] == {False}  # a checkpoint that says nothing: off
+    assert with_tta[1] == {"flip"} and plain[1] == {"none"}  # a checkpoint that says nothing: off
     assert predict(shipped) == with_tta
     assert predict(shipped, "--no-tta") == plain
-    assert score(shipped) == score(cls_tiny_checkpoint, "--tta") and score(shipped)[1] == {True}
+    assert score(shipped) == score(cls_tiny_checkpoint, "--tta") and score(shipped)[1] == {"flip"}
+    assert predict(cls_tiny_checkpoint, "--tta", "d4")[1] == {"d4"}
     # without TTA the evaluation takes the logits' argmax and never asks for probabilities
     assert score(shipped, "--no-tta") == score(cls_tiny_checkpoint) and score(cls_tiny_checkpoint)[1] == set()
 
@@ -355,14 +356,22 @@ def test_the_inference_model_carries_its_checkpoints_plan(cls_tiny_checkpoint, t
     cpu = torch.device("cpu")
     export_checkpoint(cls_tiny_checkpoint, tmp_path / "shipped.pth", tta=True)
     plain, shipped = load_model(cls_tiny_checkpoint, "cls", cpu), load_model(tmp_path / "shipped.pth", "cls", cpu)
-    assert (plain.tta, shipped.tta, shipped.size, shipped.name) == (False, True, None, "densenet")
+    assert (plain.tta, shipped.tta, shipped.size, shipped.name) == ("none", "flip", None, "densenet")
+    # checkpoints exported before d4 say {"tta": True}: flip
+    ckpt = torch.load(tmp_path / "shipped.pth", weights_only=True)
+    torch.save({**ckpt, "inference": {"tta": True}}, tmp_path / "old.pth")
+    assert load_model(tmp_path / "old.pth", "cls", cpu).tta == "flip"
+    torch.save({**ckpt, "inference": {"tta": "d8"}}, tmp_path / "bad.pth")
+    with pytest.raises(UserError, match="'inference' must be"):
+        load_model(tmp_path / "bad.pth", "cls", cpu)
     assert shipped.amp == amp_dtype("auto", cpu, "densenet", use="infer") and not shipped.module.training
     assert shipped.channels_last == channels_last_default(None, "densenet", cpu, use="infer")
     # --tta / --no-tta override the checkpoint's choice; not given, it stands
-    assert shipped.with_tta(None) is shipped and not shipped.with_tta(False).tta and plain.with_tta(True).tta
+    assert shipped.with_tta(None) is shipped and shipped.with_tta(False).tta == "none"
+    assert plain.with_tta(True).tta == "flip" and plain.with_tta("d4").tta == "d4"
     # a model built otherwise: the device's defaults for an unknown model
     bare = InferenceModel.of(plain.module, cpu)
-    assert (bare.amp, bare.channels_last, bare.tta, bare.size) == (amp_dtype("auto", cpu), True, False, None)
+    assert (bare.amp, bare.channels_last, bare.tta, bare.size) == (amp_dtype("auto", cpu), True, "none", None)
 
 
 @pytest.mark.reliability

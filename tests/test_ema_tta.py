@@ -114,11 +114,34 @@ class _PerPixel(nn.Module):
         return {"out": self.conv(x)}
 
 
-def test_flip_tta_mirrors_segmentation_maps_back():
+@pytest.mark.parametrize("tta", ["flip", "d4"])
+def test_tta_turns_and_mirrors_segmentation_maps_back(tta):
+    # a per-pixel model commutes with every view: each view's map, turned back, is the plain one
     torch.manual_seed(0)
     model, x = _PerPixel().eval(), torch.randn(1, 3, 6, 9)
     with torch.no_grad():
-        torch.testing.assert_close(engine.probabilities(model, x, tta=True), engine.probabilities(model, x))
+        torch.testing.assert_close(engine.probabilities(model, x, tta=tta), engine.probabilities(model, x))
+        torch.testing.assert_close(engine.probabilities(model, x, tta=tta, size=(12, 18)),
+                                   engine.probabilities(model, x, size=(12, 18)))
+
+
+def test_d4_tta_averages_the_eight_turned_and_mirrored_views():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 7, 3, padding=1), nn.ReLU(), nn.Conv2d(7, 7, 3, padding=1)).eval()
+    seg = lambda t: {"out": model(t)}  # noqa: E731
+    x = torch.randn(2, 3, 5, 8)
+    with torch.no_grad():
+        expected = []
+        for k in range(4):
+            for mirrored in (False, True):
+                v = torch.rot90(x.flip(-1) if mirrored else x, k, (-2, -1))
+                back = torch.rot90(model(v).softmax(1), -k, (-2, -1))
+                expected.append(back.flip(-1) if mirrored else back)
+        got = engine.probabilities(seg, x, tta="d4")
+    torch.testing.assert_close(got, torch.stack(expected).mean(0))
+    assert not torch.allclose(got, engine.probabilities(seg, x, tta="flip"))
+    with pytest.raises(ValueError, match="none, flip, d4"):
+        engine.probabilities(seg, x, tta="d8")
 
 
 def test_stem_pool_runs_the_blocks_at_half_the_side():

@@ -249,7 +249,7 @@ def test_details_rows_come_from_the_config(cls_tiny_run, tmp_path, monkeypatch):
     monkeypatch.chdir(run.path.parent)  # the export and the report run from the same folder
     export_checkpoint(Path(run.path.name) / "best.pth", shipped / "p1.pth", tta=True)
     found = evidence.exports(run.path, shipped)
-    assert [(e.path.name, str(e.source), e.tta) for e in found] == [("p1.pth", f"{run.path.name}/best.pth", True)]
+    assert [(e.path.name, str(e.source), e.tta) for e in found] == [("p1.pth", f"{run.path.name}/best.pth", "flip")]
     assert evidence.exports(tmp_path, shipped) == []
 
     ema_run = dataclasses.replace(run, config=run.config.replace(ema=0.99))

@@ -94,9 +94,10 @@ def tta(c, x):
     if not x.exports:
         return (f"none: no checkpoint in {shown(CHECKPOINTS)}/ is exported from this run "
                 f"(python -m hw1.checkpoint --tta exports one that predicts with flip TTA)")
-    flip = "with flip TTA: each image's class probabilities averaged with its mirror image's"
-    shipped = "; ".join(f"{shown(e.path)} (exported from {e.source.name}) predicts {flip if e.tta else 'without it'}"
-                        for e in x.exports)
+    how = {"none": "without it",
+           "flip": "with flip TTA: each image's class probabilities averaged with its mirror image's",
+           "d4": "with d4 TTA: each image's class probabilities averaged over its 4 turns, each also mirrored"}
+    shipped = "; ".join(f"{shown(e.path)} (exported from {e.source.name}) predicts {how[e.tta]}" for e in x.exports)
     return shipped + (". The validation scores of metrics.jsonl and of fresh evaluations of the run's checkpoints "
                       "are without it.")
 

@@ -12,6 +12,7 @@ from PIL import Image as PILImage
 
 from hw1 import metrics, plots
 from hw1.checkpoint import load_checkpoint
+from hw1.engine import tta_mode
 from hw1.errors import UserError
 from hw1.models import build_model, get_spec
 from hw1.models.introspect import model_summary
@@ -63,7 +64,7 @@ def parameter_count(name, config):
 class Export:
     path: Path  # the exported checkpoint (python -m hw1.checkpoint SRC DST)
     source: Path  # the run's checkpoint it was exported from
-    tta: bool  # whether hw1.predict and eval.py predict with flip TTA by default (its "inference" entry)
+    tta: str  # the TTA hw1.predict and eval.py predict with by default (its "inference" entry): none, flip, d4
 
 
 def exports(run_path, folder=CHECKPOINTS):
@@ -82,7 +83,7 @@ def exports(run_path, folder=CHECKPOINTS):
             continue
         # exported_from is as the export was given it: relative to where it ran, the repository as a rule
         if any((base / source).resolve().parent == run_path for base in (Path.cwd(), CHECKPOINTS.parent)):
-            found.append(Export(path, Path(source), bool(ckpt.get("inference", {}).get("tta", False))))
+            found.append(Export(path, Path(source), tta_mode(ckpt.get("inference", {}).get("tta", False))))
     return found
 
 
