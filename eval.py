@@ -7,6 +7,7 @@
 """
 import argparse
 import json
+import os
 from pathlib import Path
 
 from hw1.cli import AT_LEAST_1, add_tta_args, check_numbers, run
@@ -61,6 +62,10 @@ def check_args(args):
         ignored = given(PRED_ONLY)
     elif args.pred and args.gt:
         ignored = given(CHECKPOINT_ONLY)
+        pred, gt = Path(args.pred), Path(args.gt)
+        if pred.exists() and gt.exists() and os.path.samefile(pred, gt):  # a slip that would score a perfect 1.0
+            raise UserError(f"--pred {pred} and --gt {gt}: the same {'folder' if gt.is_dir() else 'file'}; "
+                            "--pred is the predictions to score against it")
     else:
         raise UserError("give either --pred and --gt, or --checkpoint and --data-dir")
     if ignored:

@@ -24,6 +24,11 @@ if [ "$#" -ne 3 ]; then
     echo "usage: bash $script <image_dir> <$output>" >&2
     exit 2
 fi
+# an empty argument would mean the current folder to Python
+if [ -z "$2" ] || [ -z "$3" ]; then
+    echo "error: $script: empty $([ -z "$2" ] && echo "<image_dir>" || echo "<$output>") argument" >&2
+    exit 2
+fi
 if [ ! -f "$checkpoint" ]; then
     echo "error: $checkpoint: checkpoint not found; run 'bash hw1_download.sh' first or set $variable" >&2
     exit 2
@@ -36,4 +41,5 @@ if ! "$python" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) 
     exit 2
 fi
 echo "$script: checkpoint $checkpoint" >&2
-PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m hw1.predict "$task" "$2" "$3" --checkpoint "$checkpoint"
+# "--": a path that starts with "-" is a path, not a flag
+PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m hw1.predict "$task" --checkpoint "$checkpoint" -- "$2" "$3"

@@ -179,14 +179,16 @@ def is_training_checkpoint(path):
         return False
 
 
-def export_checkpoint(src, dst, *, tta=False, half=False, overwrite=False):
+def export_checkpoint(src, dst, *, tta=None, half=False, overwrite=False):
     """Write the inference part of checkpoint ``src`` to ``dst`` (atomically); returns the exported dict.
 
     ``tta`` records the test-time augmentation the model is to be used with (``flip``, ``d4``; True
-    is flip): hw1.predict and eval.py then use it unless told otherwise (a choice made on the
-    validation set, not on the data scored).
+    is flip; ``none`` or False none): hw1.predict and eval.py then use it unless told otherwise (a
+    choice made on the validation set, not on the data scored). None keeps ``src``'s own (an
+    export of an export keeps its TTA).
     ``half`` stores the floating-point weights in fp16, half the file; ``load_state_dict`` copies
-    them back into the model's fp32 tensors, so loading is unchanged.
+    them back into the model's fp32 tensors, so loading is unchanged. A weight beyond fp16's range
+    would become infinite: such a checkpoint is refused.
 
     The result is still an hw1 checkpoint: predict, eval and viz load it as they load ``src``
     (``model`` is what they load, the EMA where the run kept one); only ``--resume`` needs the original.
@@ -198,9 +200,16 @@ def export_checkpoint(src, dst, *, tta=False, half=False, overwrite=False):
     exported["exported_from"] = str(src)
     from hw1.engine import tta_mode
 
-    if tta_mode(tta) != "none":
-        exported["inference"] = {"tta": tta_mode(tta)}
+    mode = tta_mode(ckpt.get("inference", {}).get("tta", False) if tta is None else tta)
+    if mode != "none":
+        exported["inference"] = {"tta": mode}
     if half:
+        fp16_max = torch.finfo(torch.float16).max
+        for k, v in exported["model"].items():
+            big = v[v.isfinite() & (v.abs() > fp16_max)] if v.is_floating_point() else v[:0]
+            if big.numel():
+                raise UserError(f"{src}: --half: {k} holds values up to {big.abs().max().item():.4g}, beyond fp16's "
+                                f"{fp16_max:.0f}: they would be stored as inf; export it without --half")
         exported["model"] = {k: v.half() if v.is_floating_point() else v for k, v in exported["model"].items()}
     save_checkpoint(exported, dst)
     return exported
@@ -209,22 +218,23 @@ def export_checkpoint(src, dst, *, tta=False, half=False, overwrite=False):
 def main(argv=None):
     import argparse
 
+    from hw1.cli import add_tta_args
+
     p = argparse.ArgumentParser(prog="python -m hw1.checkpoint",
                                 description="Export a checkpoint for inference: weights, model, config and "
                                             "the run's args and metrics, without the training state.")
     p.add_argument("src", help="an hw1 checkpoint, e.g. runs/densenet/best.pth")
     p.add_argument("dst", help="the file to write, e.g. checkpoints/p1_densenet.pth")
-    p.add_argument("--tta", nargs="?", const="flip", choices=("flip", "d4"), default=None, metavar="MODE",
-                   help="predict and eval use this test-time augmentation with it by default: flip (what --tta "
-                        "alone means) or d4")
+    add_tta_args(p, "SRC's own: predict and eval use it with the export by default")
     p.add_argument("--half", action="store_true", help="store the weights in fp16 (they load back into fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace DST even if it is the source or a training checkpoint")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     exported = export_checkpoint(args.src, args.dst, tta=args.tta, half=args.half, overwrite=args.overwrite)
     size = Path(args.dst).stat().st_size
+    tta = exported.get("inference", {}).get("tta")
     print(f"wrote {args.dst}: {exported['model_name']} {exported['model_config']}, {size / 1e6:.1f} MB"
-          + (", fp16 weights" if args.half else "") + (f", {args.tta} TTA by default" if args.tta else ""))
+          + (", fp16 weights" if args.half else "") + (f", {tta} TTA by default" if tta else ""))
 
 
 if __name__ == "__main__":

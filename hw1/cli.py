@@ -106,8 +106,10 @@ def add_model_args(parser, specs):
         else:
             kwargs["type"] = type(param.default)
         g.add_argument("--" + name.replace("_", "-"), **kwargs)
+    # the help's example: two hyperparameters of these models, with their defaults
+    example = " ".join(f"{name}={pairs[0][1].default}" for name, pairs in list(uses.items())[:2])
     g.add_argument("--model-config", nargs="+", action="extend", metavar="KEY=VALUE", dest="model_config_items",
-                   help="hyperparameters by their builder's names, e.g. depth=40 growth_rate=12 (may be repeated)")
+                   help=f"hyperparameters by their builder's names, e.g. {example} (may be repeated)")
     return parser
 
 

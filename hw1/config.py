@@ -318,6 +318,9 @@ def resolve(config_cls, typed, hyperparameters=None, *, command=None):
     typed = dict(typed)
     spec = get_spec(typed.get("model") or config_cls.model)
     name = "demo" if typed.get("demo") else typed.get("recipe")
+    if typed.get("resume") and typed.get("weights"):
+        raise UserError(f"--weights {typed['weights']} and --resume: a resumed run continues from its checkpoint's "
+                        "weights; drop --weights (or start a new run from them without --resume)")
     if typed.get("demo") and typed.get("recipe"):
         raise UserError(f"--demo and --recipe {typed['recipe']}: choose one (--demo is the recipe 'demo' on "
                         "generated data)")

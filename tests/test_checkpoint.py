@@ -306,6 +306,35 @@ def test_exported_checkpoint_predicts_the_same_without_the_training_state(cls_ti
         predict_cls(val, tmp_path / "b.csv", checkpoint=cls_tiny_checkpoint, device="cpu")
 
 
+@pytest.mark.reliability
+def test_an_export_of_an_export_keeps_its_tta_unless_told(cls_tiny_checkpoint, tmp_path, capsys):
+    from hw1.checkpoint import main as checkpoint_main
+
+    first, again, off, d4 = (tmp_path / f"{n}.pth" for n in ("first", "again", "off", "d4"))
+    checkpoint_main([str(cls_tiny_checkpoint), str(first), "--tta"])
+    checkpoint_main([str(first), str(again)])
+    assert capsys.readouterr().out.splitlines()[-1].endswith(", flip TTA by default")
+    checkpoint_main([str(first), str(off), "--no-tta"])
+    checkpoint_main([str(first), str(d4), "--tta", "d4"])
+    tta = [load_checkpoint(p).get("inference") for p in (again, off, d4)]
+    assert tta == [{"tta": "flip"}, None, {"tta": "d4"}]
+
+
+@pytest.mark.reliability
+def test_half_refuses_weights_beyond_fp16s_range(cls_tiny_checkpoint, tmp_path, capsys):
+    from hw1.checkpoint import main as checkpoint_main
+
+    ckpt = torch.load(cls_tiny_checkpoint, weights_only=True)
+    name = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][name] = ckpt["model"][name].clone().fill_(1e6)
+    big = tmp_path / "big.pth"
+    torch.save(ckpt, big)
+    err = cli_error(capsys, checkpoint_main, [str(big), str(tmp_path / "out.pth"), "--half"])
+    assert err == (f"error: {big}: --half: {name} holds values up to 1e+06, beyond fp16's 65504: they would be "
+                   "stored as inf; export it without --half\n")
+    assert not (tmp_path / "out.pth").exists()
+
+
 def test_export_of_a_missing_checkpoint_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "hw1.checkpoint", str(tmp_path / "no.pth"), str(tmp_path / "o.pth")],
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])

@@ -1,6 +1,7 @@
 """The shared command-line helpers: demo defaults, the course folder check, error reporting."""
 import json
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,7 +199,8 @@ def test_eval_writes_its_json_whatever_becomes_of_stdout(stdout, cls_tiny_data, 
     """stdout closed (``>&-``), on a full disk (``> /dev/full``) or read by a process that has exited
     (``| true``): the JSON is written first; then a quiet end, one line and exit 2, or SIGPIPE's status."""
     gt, out = cls_tiny_data / "val_gt.csv", tmp_path / "m.json"
-    argv = [sys.executable, "eval.py", "--task", "cls", "--pred", str(gt), "--gt", str(gt), "--json", str(out)]
+    pred = shutil.copy(gt, tmp_path / "pred.csv")
+    argv = [sys.executable, "eval.py", "--task", "cls", "--pred", str(pred), "--gt", str(gt), "--json", str(out)]
     env = {**script_env(), "PYTHONUNBUFFERED": "1"}
     if stdout == "reader gone":
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -199,6 +199,24 @@ def test_aux_weight_needs_a_model_with_an_auxiliary_head(tmp_path, capsys):
     assert resnet.model_config == {"aux_loss": True, "num_classes": 7}
 
 
+@pytest.mark.reliability
+def test_weights_with_resume_is_refused_not_ignored(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        run(train_cls.main, ["--resume", str(tmp_path / "last.pth"), "--weights", "none",
+                             "--data-dir", str(tmp_path / "none")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == ("error: --weights none and --resume: a resumed run continues from its "
+                                       "checkpoint's weights; drop --weights (or start a new run from them "
+                                       "without --resume)\n")
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("script, example", [(train_cls, "depth=100 growth_rate=24"),
+                                             (train_seg, "fc_channels=4096 batch_norm=False")])
+def test_model_config_help_gives_an_example_of_the_scripts_own_models(script, example):
+    assert example in " ".join(script.get_args_parser().format_help().split())
+
+
 def test_config_is_saved_as_it_is(cls_tiny_run):
     import torch
 

@@ -26,18 +26,29 @@ def test_course_scripts_predict_with_the_checkpoint_they_are_given(cls_one_epoch
                                                                    tmp_path):
     shutil.copytree(cls_tiny_data / "val_50", tmp_path / "images")
     write_pairs(tmp_path / "sat", [(16, 16)] * 2)
-    # Paths relative to the caller's folder, as the course's grader passes them.
-    p1 = course_script("hw1_1.sh", "images", "pred.csv", cwd=tmp_path,
+    # Paths relative to the caller's folder, as the course's grader passes them; a name that starts
+    # with "-" is a path, not a flag.
+    p1 = course_script("hw1_1.sh", "images", "-pred.csv", cwd=tmp_path,
                        env={"HW1_P1_CHECKPOINT": str(cls_one_epoch_run / "last.pth")})
-    p2 = course_script("hw1_2.sh", "sat", "masks", cwd=tmp_path, env={"HW1_P2_CHECKPOINT": str(seg_checkpoint)})
+    p2 = course_script("hw1_2.sh", "sat", "-masks", cwd=tmp_path, env={"HW1_P2_CHECKPOINT": str(seg_checkpoint)})
     for proc in (p1, p2):
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err
         assert "Traceback" not in err
     expected = predict_cls(tmp_path / "images", tmp_path / "again.csv", checkpoint=cls_one_epoch_run / "last.pth",
                            device="cpu")
-    assert (tmp_path / "pred.csv").read_text() == (tmp_path / "again.csv").read_text() and len(expected) == 12
-    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["0000_mask.png", "0001_mask.png"]
+    assert (tmp_path / "-pred.csv").read_text() == (tmp_path / "again.csv").read_text() and len(expected) == 12
+    assert sorted(p.name for p in (tmp_path / "-masks").iterdir()) == ["0000_mask.png", "0001_mask.png"]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("args, empty", [(("sat", ""), "<output_dir>"), (("", "masks"), "<image_dir>")])
+def test_course_scripts_refuse_an_empty_argument(args, empty, tmp_path):
+    # Python would take "" for the current folder
+    proc = course_script("hw1_2.sh", *args, cwd=tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err == f"error: hw1_2.sh: empty {empty} argument\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.reliability
@@ -60,21 +71,21 @@ def test_course_scripts_find_python_and_their_default_checkpoints(tmp_path):
         return result, (tmp_path / "called").read_text().splitlines() if result.returncode == 0 else None
 
     result, called = call("hw1_1.sh")
-    assert called == [str(clone), "-m", "hw1.predict", "cls", "in", "out", "--checkpoint",
-                      str(clone / "checkpoints" / "p1_densenet.pth")]  # the shipped model A
+    assert called == [str(clone), "-m", "hw1.predict", "cls", "--checkpoint",
+                      str(clone / "checkpoints" / "p1_densenet.pth"), "--", "in", "out"]  # the shipped model A
     assert result.stderr == f"hw1_1.sh: checkpoint {clone / 'checkpoints' / 'p1_densenet.pth'}\n"
     (clone / "checkpoints" / "p1.pth").write_bytes(b"")
-    assert call("hw1_1.sh")[1][-1] == str(clone / "checkpoints" / "p1.pth")  # the downloaded one comes first
+    assert call("hw1_1.sh")[1][5] == str(clone / "checkpoints" / "p1.pth")  # the downloaded one comes first
     shipped = clone / "checkpoints" / "p2_vgg16_fcn8s.pth"
     result, _ = call("hw1_2.sh")  # neither a downloaded nor the shipped P2 checkpoint
     assert result.returncode == 2 and result.stderr == (
         f"error: {shipped}: checkpoint not found; run 'bash hw1_download.sh' first or set HW1_P2_CHECKPOINT\n")
     shipped.write_bytes(b"")
     result, called = call("hw1_2.sh")
-    assert called == [str(clone), "-m", "hw1.predict", "seg", "in", "out", "--checkpoint", str(shipped)]
+    assert called == [str(clone), "-m", "hw1.predict", "seg", "--checkpoint", str(shipped), "--", "in", "out"]
     assert result.stderr == f"hw1_2.sh: checkpoint {shipped}\n"
     (clone / "checkpoints" / "p2.pth").write_bytes(b"")
-    assert call("hw1_2.sh")[1][-1] == str(clone / "checkpoints" / "p2.pth")  # the downloaded one comes first
+    assert call("hw1_2.sh")[1][5] == str(clone / "checkpoints" / "p2.pth")  # the downloaded one comes first
 
 
 @pytest.mark.reliability

@@ -3,6 +3,7 @@
 The model is the tiny DenseNet trained once per session (``cls_tiny_checkpoint`` in conftest.py).
 """
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -72,8 +73,9 @@ def test_eval_writes_json(tmp_path):
 def test_eval_json_is_strict_json(tmp_path):
     gt = tmp_path / "gt.csv"
     gt.write_text("filename,label\na.png,1\nb.png,2\n")
+    pred = shutil.copy(gt, tmp_path / "pred.csv")
     out = tmp_path / "m.json"
-    eval_py.main(["--task", "cls", "--pred", str(gt), "--gt", str(gt), "--json", str(out)])
+    eval_py.main(["--task", "cls", "--pred", str(pred), "--gt", str(gt), "--json", str(out)])
     def strict(constant):
         raise ValueError(f"non-standard JSON constant {constant}")
 
@@ -120,6 +122,16 @@ def test_eval_argument_errors(cls_tiny_checkpoint, capsys):
     with pytest.raises(SystemExit) as info:
         eval_py.run(eval_py.main, ["--task", "cls"])
     assert info.value.code == 2 and capsys.readouterr().err.startswith("error: give either")
+
+
+@pytest.mark.reliability
+def test_eval_refuses_the_ground_truth_as_its_own_prediction(cls_tiny_data, tmp_path):
+    gt = cls_tiny_data / "val_gt.csv"
+    (tmp_path / "link.csv").symlink_to(gt)
+    for pred, what in ((gt, "file"), (tmp_path / "link.csv", "file"), (cls_tiny_data, "folder")):
+        with pytest.raises(UserError) as info:
+            eval_py.main(["--task", "cls", "--pred", str(pred), "--gt", str(gt if what == "file" else cls_tiny_data)])
+        assert str(info.value).endswith(f": the same {what}; --pred is the predictions to score against it")
 
 
 @pytest.mark.reliability

@@ -160,9 +160,10 @@ def test_a_json_file_is_replaced_only_by_the_command_that_writes_it(tmp_path):
 def test_eval_json_over_a_lone_args_json(cls_tiny_data, tmp_path):
     args = file(tmp_path / "args.json", '{"model": "densenet", "epochs": 3}')
     gt = str(cls_tiny_data / "val_gt.csv")
-    one_line_refusal(lambda: eval_script.main(["--task", "cls", "--pred", gt, "--gt", gt, "--json", str(args)]), args)
-    eval_script.main(["--task", "cls", "--pred", gt, "--gt", gt, "--json", str(tmp_path / "m.json")])
-    eval_script.main(["--task", "cls", "--pred", gt, "--gt", gt, "--json", str(tmp_path / "m.json")])  # its own: again
+    pred = str(shutil.copy(gt, tmp_path / "pred.csv"))
+    one_line_refusal(lambda: eval_script.main(["--task", "cls", "--pred", pred, "--gt", gt, "--json", str(args)]), args)
+    eval_script.main(["--task", "cls", "--pred", pred, "--gt", gt, "--json", str(tmp_path / "m.json")])
+    eval_script.main(["--task", "cls", "--pred", pred, "--gt", gt, "--json", str(tmp_path / "m.json")])  # its own: again
 
 
 def test_tracked_files_of_a_git_repository_are_never_replaced(cls_tiny_checkpoint, cls_tiny_run, tmp_path):
@@ -231,7 +232,8 @@ def test_predict_cls_over_a_copy_of_the_course_labels(cls_tiny_data, cls_tiny_ch
 
 def test_eval_json_over_its_ground_truth_or_a_run_file(cls_tiny_data, cls_tiny_run, tmp_path):
     gt = shutil.copy(cls_tiny_data / "val_gt.csv", tmp_path / "gt.csv")
-    argv = ["--task", "cls", "--pred", str(gt), "--gt", str(gt)]
+    pred = shutil.copy(gt, tmp_path / "pred.csv")
+    argv = ["--task", "cls", "--pred", str(pred), "--gt", str(gt)]
     one_line_refusal(lambda: eval_script.main([*argv, "--json", str(gt)]), gt)
     args = cls_tiny_run[0] / "args.json"
     one_line_refusal(lambda: eval_script.main([*argv, "--json", str(args)]), args)
@@ -276,7 +278,8 @@ def test_bench_out_over_a_run_file(cls_tiny_run):
 @pytest.mark.reliability
 @pytest.mark.usefixtures("cls_one_thread")
 @pytest.mark.parametrize("case", ["csv-onto-a-folder", "masks-onto-a-file", "json-onto-a-folder"])
-def test_unwritable_output(case, cls_one_epoch_run, cls_tiny_data, seg_checkpoint, tmp_path, capsys):
+def test_unwritable_output(case, cls_one_epoch_run, cls_tiny_data, seg_checkpoint, tmp_path, tmp_path_factory,
+                           capsys):
     val = cls_tiny_data / "val_50"
     if case == "csv-onto-a-folder":
         target = tmp_path / "pred.csv"
@@ -291,7 +294,8 @@ def test_unwritable_output(case, cls_one_epoch_run, cls_tiny_data, seg_checkpoin
         target = tmp_path / "m.json"
         target.mkdir()
         gt = cls_tiny_data / "val_gt.csv"
-        main, argv, problem = eval_script.main, ["--task", "cls", "--pred", gt, "--gt", gt, "--json", target], \
+        pred = shutil.copy(gt, tmp_path_factory.mktemp("pred") / "pred.csv")  # not beside the output
+        main, argv, problem = eval_script.main, ["--task", "cls", "--pred", pred, "--gt", gt, "--json", target], \
             "is a folder; write the JSON to a file path"
     err = cli_error(capsys, main, [str(a) for a in [*argv, *(["--device", "cpu"] if main is predict_main else [])]])
     assert err.startswith(f"error: {target}: {problem}")

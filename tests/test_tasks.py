@@ -5,6 +5,7 @@ scorer): the test below adds one that reuses P1's pieces under another name, and
 with it, the report names it and the training config and the data checks follow its layout.
 """
 import dataclasses
+import shutil
 
 import pytest
 
@@ -34,10 +35,11 @@ def test_the_data_follows_the_layout(cls_tiny_data, tmp_path):
         layout.require(tmp_path)
 
 
-def test_a_new_task_is_one_entry(monkeypatch, cls_tiny_data, capsys):
+def test_a_new_task_is_one_entry(monkeypatch, cls_tiny_data, capsys, tmp_path):
     monkeypatch.setitem(TASKS, "p3", dataclasses.replace(TASKS["cls"], name="p3", problem="P3",
                                                          metric_label="top-1"))
     gt = cls_tiny_data / TASKS["p3"].layout.labels
-    summary = eval_script.main(["--task", "p3", "--pred", str(gt), "--gt", str(gt)])  # its scorer
+    pred = shutil.copy(gt, tmp_path / "pred.csv")
+    summary = eval_script.main(["--task", "p3", "--pred", str(pred), "--gt", str(gt)])  # its scorer
     assert summary["acc"] == 1.0 and "accuracy: 1.0000" in capsys.readouterr().out
     assert Run(task="p3", slot="A").name == "P3 model A"  # the report's name of it
