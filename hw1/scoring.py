@@ -8,7 +8,7 @@ from hw1 import metrics
 from hw1.data.cls import read_labels_csv
 from hw1.data.cls import NUM_CLASSES as CLS_CLASSES
 from hw1.data.images import folder_files
-from hw1.data.masks import NUM_CLASSES, read_mask
+from hw1.data.masks import NUM_CLASSES, UNKNOWN, holds_class_indices, read_mask
 from hw1.errors import UserError
 from hw1.tasks import get_task
 
@@ -86,11 +86,17 @@ def seg_confusion_from_dirs(pred_dir, gt_dir, num_classes=NUM_CLASSES):
     require_same_keys(pred, gt, f"{pred_dir}: mask ids differ from {gt_dir} (a mask's id is its name without "
                                 "_mask, _sat and .png: xxxx_mask.png, xxxx_sat.png and xxxx.png are all xxxx)")
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    indices = []
     for i in sorted(gt):
-        p, g = read_mask(pred[i]), read_mask(gt[i])
+        (p, rgb), g = read_mask(pred[i], with_rgb=True), read_mask(gt[i])
         if p.shape != g.shape:
             raise UserError(f"{pred[i]}: mask is {p.shape[1]}x{p.shape[0]} but {gt[i].name} is {g.shape[1]}x{g.shape[0]}")
+        indices += [pred[i]] if holds_class_indices(rgb) else []
         cm += metrics.confusion_matrix(torch.from_numpy(g), torch.from_numpy(p), num_classes)
+    if indices:
+        log.warning("%s: %d of %d predicted masks (%s first) hold only the values 0-%d: class indices, not the "
+                    "course's colours? Scored as the course scores them: unknown everywhere", pred_dir, len(indices),
+                    len(gt), indices[0].name, UNKNOWN)
     return cm
 
 

@@ -42,6 +42,19 @@ def test_label_from_bad_name(name):
     assert name in str(info.value)
 
 
+@pytest.mark.reliability
+def test_eval_cls_on_a_p2_folder_says_it_is_one(cls_tiny_checkpoint, tmp_path, capsys):
+    import eval as eval_py
+    from helpers import cli_error, write_pairs
+
+    # 0000_mask.png reads as {label}_{id}.png with label 0: without the check, masks scored as photos
+    pairs = write_pairs(tmp_path / "validation", [(32, 32)] * 2)
+    err = cli_error(capsys, eval_py.main, ["--task", "cls", "--checkpoint", str(cls_tiny_checkpoint),
+                                           "--data-dir", str(pairs), "--device", "cpu"])
+    assert err.startswith(f"error: {pairs / '0000_mask.png'}: a P2 satellite image or mask")
+    assert err.endswith("P2 folders are scored with --task seg\n")
+
+
 def test_read_labels_csv(tmp_path):
     path = tmp_path / "gt.csv"
     path.write_text("filename,label\n3_1.png,3\nb.png, 17\n\na.jpg,0\n")

@@ -233,6 +233,23 @@ def test_eval_reads_off_palette_masks_by_thresholding(tmp_path):
     np.testing.assert_array_equal(cm.numpy(), expected)
 
 
+@pytest.mark.reliability
+def test_masks_of_class_indices_are_scored_as_the_course_does_with_a_warning(tmp_path, caplog):
+    rng = np.random.default_rng(3)
+    classes = rng.integers(0, 6, size=(2, 8, 8))
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    for i, c in enumerate(classes):
+        write_mask(c, gt_dir / f"{i:04d}_mask.png")
+        Image.fromarray(c.astype(np.uint8)).save(pred_dir / f"{i:04d}.png")  # grey levels 0-5, not colours
+    cm = seg_confusion_from_dirs(pred_dir, gt_dir)
+    assert cm[:, 6].sum() == classes.size  # every pixel read as unknown, as the course's thresholds read it
+    assert f"{pred_dir}: 2 of 2 predicted masks (0000.png first) hold only the values 0-6" in caplog.text
+    caplog.clear()
+    seg_confusion_from_dirs(gt_dir, gt_dir)  # colour masks: no warning
+    assert "class indices" not in caplog.text
+
+
 # --- eval --checkpoint vs predict + eval --pred ------------------------------------------------
 
 def eval_checkpoint_vs_predicted_masks(checkpoint, val_dir, pred_dir):

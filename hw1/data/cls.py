@@ -20,9 +20,15 @@ NUM_CLASSES = 50
 
 def label_from_name(path):
     """Class of a course file name ``{label}_{id}.png``."""
-    head = Path(path).name.split("_", 1)[0]
+    from hw1.data.seg import MASK_SUFFIX, SAT_SUFFIX
+
+    name = Path(path).name
+    head = name.split("_", 1)[0]
     if not re.fullmatch(r"[0-9]+", head):
         raise UserError(f"{path}: file name does not start with a class label ('{{label}}_{{id}}.png')")
+    if name.endswith((MASK_SUFFIX, SAT_SUFFIX)):  # 0013_mask.png would read as an image of class 13
+        raise UserError(f"{path}: a P2 satellite image or mask (xxxx{SAT_SUFFIX}, xxxx{MASK_SUFFIX}), not a P1 "
+                        "image named {label}_{id}.png: P2 folders are scored with --task seg")
     return int(head)
 
 

@@ -52,11 +52,19 @@ def class_to_rgb(idx):
     return PALETTE[idx]
 
 
-def read_mask(path):
-    """(H, W) uint8 class indices of a mask image (any mode and bit depth, :func:`hw1.data.images.to_rgb`)."""
+def read_mask(path, *, with_rgb=False):
+    """(H, W) uint8 class indices of a mask image (any mode and bit depth, :func:`hw1.data.images.to_rgb`);
+    with ``with_rgb``, ``(classes, rgb)``."""
     with open_image(path, "mask") as im:
         rgb = np.asarray(to_rgb(im, path))
-    return rgb_to_class(rgb)
+    return (rgb_to_class(rgb), rgb) if with_rgb else rgb_to_class(rgb)
+
+
+def holds_class_indices(rgb):
+    """Whether a mask's pixels are all 0-6 and not all 0: class indices written as grey levels
+    (``Image.fromarray(classes)``), which the course's colour thresholds read as unknown everywhere."""
+    top = int(rgb.max()) if rgb.size else 0
+    return 0 < top <= UNKNOWN
 
 
 def write_mask(idx, path, *, text=None):
