@@ -324,6 +324,9 @@ def resolve(config_cls, typed, hyperparameters=None, *, command=None):
     if typed.get("demo") and typed.get("recipe"):
         raise UserError(f"--demo and --recipe {typed['recipe']}: choose one (--demo is the recipe 'demo' on "
                         "generated data)")
+    if typed.get("recipe") == "demo" and "demo" in spec.recipes:
+        # the demo recipe trains on the generated data that only --demo writes
+        raise UserError("--recipe demo: use --demo, which writes the generated data the demo recipe trains on")
     named = sorted(r for r in spec.recipes if r != "default")
     if name is not None and name not in named:
         raise UserError(f"--{'demo' if name == 'demo' else 'recipe ' + name}: {spec.name} has "

@@ -211,6 +211,17 @@ def test_weights_with_resume_is_refused_not_ignored(tmp_path, capsys):
 
 
 @pytest.mark.reliability
+@pytest.mark.parametrize("script", [train_cls, train_seg])
+def test_recipe_demo_points_to_demo(script, tmp_path, capsys):
+    # it trained on hw1_data/demo_*, which only --demo writes, then suggested extracting course data there
+    with pytest.raises(SystemExit) as info:
+        run(script.main, ["--recipe", "demo", "--out-dir", str(tmp_path / "run")])
+    assert info.value.code == 2 and capsys.readouterr().err == (
+        "error: --recipe demo: use --demo, which writes the generated data the demo recipe trains on\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.reliability
 @pytest.mark.parametrize("script, example", [(train_cls, "depth=100 growth_rate=24"),
                                              (train_seg, "fc_channels=4096 batch_norm=False")])
 def test_model_config_help_gives_an_example_of_the_scripts_own_models(script, example):
