@@ -8,6 +8,7 @@ from torch import nn
 
 import train_cls
 from hw1 import runtime
+from helpers import cli_error
 from hw1.bench.cli import QUICK_BATCH, default_out, main, parse_args
 from hw1.bench.data import DATA_BATCH, p1_train_folder
 from hw1.bench.models import CONFIGS, config_names, default_config_name, model_setup
@@ -129,6 +130,15 @@ def test_stem_pool_reaches_the_benched_model():
     config, shape, classes, _ = model_setup("densenet", args)
     assert config["stem_pool"] is True and shape == (3, 32, 32) and classes == 50
     assert model_setup("densenet", parse_args([]))[0]["stem_pool"] is False
+
+
+@pytest.mark.reliability
+def test_a_hyperparameter_no_benched_model_takes_is_refused(capsys):
+    # --depth with convnext alone was silently ignored
+    err = cli_error(capsys, main, ["--models", "convnext", "--depth", "10"])
+    assert err == "error: --depth: none of the benched models (convnext) takes it\n"
+    assert parse_args(["--models", "convnext", "densenet", "--depth", "10"]).hyperparameters["depth"] == 10
+    assert parse_args(["--models", "convnext", "--quick"]).models == ["convnext"]  # --quick's depth is no flag typed
 
 
 def test_defaults_follow_the_training_script():

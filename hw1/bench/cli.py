@@ -252,11 +252,17 @@ ARG_RULES = {
 def parse_args(argv):
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    specs = [get_spec(n) for n in model_names()]
+    _, typed = split_hyperparameters(dict(vars(args)), specs)  # before --quick's preset: what the user typed
     if args.quick:  # parse again over the preset, so explicit flags still win
         parser.set_defaults(**QUICK)
         args = parser.parse_args(argv)
     check_numbers(args, ARG_RULES)
-    _, args.hyperparameters = split_hyperparameters(dict(vars(args)), [get_spec(n) for n in model_names()])
+    _, args.hyperparameters = split_hyperparameters(dict(vars(args)), specs)
+    for name in typed:  # a flag that no benched model takes would be silently ignored
+        if not any(name in get_spec(m).hyperparameters() for m in args.models):
+            raise UserError(f"--{name.replace('_', '-')}: none of the benched models ({', '.join(args.models)}) "
+                            "takes it")
     for name in args.models:  # a value out of a model's range is a one-line error before anything runs
         try:
             model_config_of(name, args)
