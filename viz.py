@@ -4,7 +4,7 @@
     python viz.py masks --checkpoints EARLY MID FINAL --data-dir hw1_data/p2_data/validation --ids 0013 0062 0104
     python viz.py curves runs/densenet [runs/convnext ...]
     python viz.py confusion --checkpoint runs/densenet/best.pth --data-dir hw1_data/p1_data/val_50
-    python viz.py arch --model densenet --config depth=40 growth_rate=12
+    python viz.py arch --model densenet --model-config depth=40 growth_rate=12
     python viz.py report --cls-runs RUN_A RUN_B --seg-runs RUN_A RUN_B --data-dir hw1_data --out report.pdf
 """
 import argparse
@@ -62,13 +62,13 @@ def cmd_confusion(args, device):
 
 
 def cmd_arch(args, device):
-    config = parse_key_values(args.config, "--config")
+    config = parse_key_values(args.model_config, "--model-config")
     spec = get_spec(args.model)
     try:
-        # the builder's defaults fill what --config leaves out: the figure shows what training builds
+        # the builder's defaults fill what --model-config leaves out: the figure shows what training builds
         model = spec.build(**spec.model_config(config), weights="none")
     except (TypeError, ValueError) as e:
-        raise UserError(f"--model {args.model} --config {' '.join(args.config)}: {e}") from None
+        raise UserError(f"--model {args.model} --model-config {' '.join(args.model_config)}: {e}") from None
     size = args.input_size or spec.input_size
     rows, total = model_summary(model, size, spec)
     print(summary_table(rows, total, size))
@@ -124,7 +124,8 @@ def get_args_parser():
 
     s = add("arch", "block diagram and table of a model's stages", None)
     s.add_argument("--model", required=True, choices=model_names())
-    s.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+    # --model-config as the training scripts name it; --config, its former name here, still reads
+    s.add_argument("--model-config", "--config", nargs="*", default=[], metavar="KEY=VALUE", dest="model_config",
                    help="builder arguments, e.g. depth=40 growth_rate=12 or batch_norm=True")
     s.add_argument("--input-size", type=int, default=None, help="(default: 32 for P1 models, 512 for P2)")
 

@@ -302,7 +302,7 @@ class SegConfig(TrainConfig):
         return SegBatchTransform(self.crop_size, scale=(self.min_scale, 1.0))
 
 
-CONFIGS = {config.task: config for config in (ClsConfig, SegConfig)}
+TRAIN_CONFIGS = {config.task: config for config in (ClsConfig, SegConfig)}
 
 
 def resolve(config_cls, typed, hyperparameters=None, *, command=None):
@@ -344,4 +344,4 @@ def resolve(config_cls, typed, hyperparameters=None, *, command=None):
 
 def config_of(task, values):
     """The saved config ``values`` (an args.json dict) of a ``task`` run, or None when there are none."""
-    return CONFIGS[task].from_dict(values) if values else None
+    return TRAIN_CONFIGS[task].from_dict(values) if values else None

@@ -67,9 +67,9 @@ class Task:
     @property
     def config(self):
         """Its :class:`hw1.config.TrainConfig` subclass (the one whose ``task`` is this task's name)."""
-        from hw1.config import CONFIGS
+        from hw1.config import TRAIN_CONFIGS
 
-        return CONFIGS[self.name]
+        return TRAIN_CONFIGS[self.name]
 
     def score(self, pred, gt):
         """The pooled confusion matrix of predictions ``pred`` against ground truth ``gt`` (files or folders)."""

@@ -11,7 +11,7 @@ from hw1 import runtime
 from helpers import cli_error
 from hw1.bench.cli import QUICK_BATCH, default_out, main, parse_args
 from hw1.bench.data import DATA_BATCH, p1_train_folder
-from hw1.bench.models import CONFIGS, config_names, default_config_name, model_setup
+from hw1.bench.models import RUNTIME_CONFIGS, config_names, default_config_name, model_setup
 from hw1.bench.reference import reference_densenet
 from hw1.bench.timing import count_flops, matmul_peak, time_fn
 from hw1.cli import run
@@ -152,7 +152,7 @@ def test_defaults_follow_the_training_script():
     assert args.e2e_workers == train.workers
     cpu = torch.device("cpu")
     for name in ("densenet", "convnext"):
-        assert CONFIGS[default_config_name(cpu, name)].channels_last == channels_last_default(
+        assert RUNTIME_CONFIGS[default_config_name(cpu, name)].channels_last == channels_last_default(
             train.channels_last, name, cpu)
 
 

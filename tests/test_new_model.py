@@ -67,7 +67,7 @@ def test_a_registered_model_trains_predicts_draws_and_benchmarks(resnet18, cls_t
     rows = predict_cls(cls_tiny_data / "val_50", tmp_path / "pred.csv", checkpoint=out / "last.pth", device="cpu")
     assert len(rows) == 12 and all(0 <= label < 50 for _, label in rows)
 
-    (figure,) = viz.main(["arch", "--model", resnet18, "--config", "head_dropout=0.3", "--out-dir",
+    (figure,) = viz.main(["arch", "--model", resnet18, "--model-config", "head_dropout=0.3", "--out-dir",
                           str(tmp_path / "fig"), "--dpi", "30"])
     table = capsys.readouterr().out
     assert figure.name == "arch_resnet18.png" and figure.is_file()

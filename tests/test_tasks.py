@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 import eval as eval_script
-from hw1.config import CONFIGS
+from hw1.config import TRAIN_CONFIGS
 from hw1.errors import UserError
 from hw1.models import get_spec, model_names
 from hw1.report.runs import Run
@@ -19,7 +19,7 @@ from hw1.tasks import TASKS, get_task
 
 def test_each_task_names_its_models_config_and_layout():
     for name, task in TASKS.items():
-        assert task.name == name and CONFIGS[name] is task.config and task.config.task == name
+        assert task.name == name and TRAIN_CONFIGS[name] is task.config and task.config.task == name
         assert [get_spec(task.course_model(slot)).task for slot in "AB"] == [name, name]
         assert all(get_spec(m).num_classes == task.num_classes for m in model_names(name))
         assert task.default_checkpoint.is_file()

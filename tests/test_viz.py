@@ -199,7 +199,7 @@ def test_confusion_figure_handles_absent_class(tmp_path):
 
 
 def test_arch_draws_what_training_builds(tmp_path, capsys):
-    """Without --config, the builder's defaults: the growth rate training uses (one home for it)."""
+    """Without --model-config, the builder's defaults: the growth rate training uses (one home for it)."""
     import train_cls
     from hw1.cli import start_run
     from hw1.config import ClsConfig
@@ -215,7 +215,7 @@ def test_arch_draws_what_training_builds(tmp_path, capsys):
     ("vgg16_fcn32s", ["fc_channels=16", "batch_norm=True"], 64),
 ])
 def test_arch_figure_and_table(model, config, size, tmp_path, capsys):
-    written = viz.main(["arch", "--model", model, "--config", *config, "--input-size", str(size),
+    written = viz.main(["arch", "--model", model, "--model-config", *config, "--input-size", str(size),
                         "--out-dir", str(tmp_path), "--dpi", str(DPI)])
     table = capsys.readouterr().out
     built = build_model(model, weights="none", **parse_key_values(config))
@@ -229,7 +229,7 @@ def test_arch_figure_and_table(model, config, size, tmp_path, capsys):
 
 
 def test_arch_bad_config_is_one_line_error(tmp_path):
-    with pytest.raises(UserError, match="--config"):
+    with pytest.raises(UserError, match="--model-config"):
         viz.main(["arch", "--model", "densenet", "--config", "depth=11", "--out-dir", str(tmp_path)])
 
 

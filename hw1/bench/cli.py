@@ -37,7 +37,7 @@ import torch
 import torchvision
 
 from hw1.bench.data import DATA_BATCH, bench_data, p1_train_folder
-from hw1.bench.models import (BASELINE, CONFIGS, DEFAULT, TRAIN_FLOPS_NOTE, bench_model, default_config_name,
+from hw1.bench.models import (BASELINE, RUNTIME_CONFIGS, DEFAULT, TRAIN_FLOPS_NOTE, bench_model, default_config_name,
                               model_config_of, trainer_defaults)
 from hw1.bench.recipes import PIPELINES, bench_predict, bench_recipe
 from hw1.bench.reference import bench_reference
@@ -198,7 +198,7 @@ def get_args_parser():
                         "whole-process time of hw1.predict cls and hw1_2.sh on the validation folders (both need "
                         "the course data) (default: %(default)s)")
     p.add_argument("--models", nargs="+", choices=model_names(), default=model_names(), help="(default: all)")
-    p.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+    p.add_argument("--configs", nargs="+", choices=list(RUNTIME_CONFIGS), default=list(RUNTIME_CONFIGS),
                    help="fp32 (NCHW, eager) is always run as the baseline; fp16 only on CUDA (default: all)")
     p.add_argument("--quick", action="store_true",
                    help="every part, small: fp32 against each model's training defaults, DenseNet-BC 40 (k 12), P2 "

@@ -1,7 +1,7 @@
 """Each model's speed: train-step and inference img/s of every configuration, on synthetic batches.
 
 A configuration is a memory format, an autocast dtype, ``torch.compile`` or not, and a micro-batch
-(:data:`CONFIGS`); ``fp32`` (NCHW, eager) is the baseline every ratio is taken against.
+(:data:`RUNTIME_CONFIGS`); ``fp32`` (NCHW, eager) is the baseline every ratio is taken against.
 """
 import copy
 import logging
@@ -13,7 +13,7 @@ from torch import nn
 
 from hw1 import engine
 from hw1.bench.timing import count_flops, spread, time_runs
-from hw1.config import CONFIGS as TRAIN_CONFIGS
+from hw1.config import TRAIN_CONFIGS
 from hw1.config import ClsConfig
 from hw1.models import build_model, get_spec
 from hw1.runtime import amp_dtype, autocast, channels_last_default, micro_batch_default
@@ -32,7 +32,7 @@ MICRO = 64  # the micro-batch the "+mb64" configurations train in
 BASELINE = "fp32"
 BEST = "compile+best"  # the fastest eager configuration of each model (by train img/s), compiled
 DEFAULT = "default"  # each model's training defaults on this device, whichever configuration that is
-CONFIGS = {
+RUNTIME_CONFIGS = {
     "fp32": Config(False, "none", False),
     "channels_last": Config(True, "none", False),
     "bf16": Config(False, "bf16", False),
@@ -147,7 +147,7 @@ def default_config_name(device, model_name="densenet"):
     d = trainer_defaults()
     wanted = (channels_last_default(d.channels_last, model_name, device), d.compile,
               micro_batch_default(d.micro_batch, model_name, device), amp_dtype(d.amp, device, model_name))
-    for name, c in CONFIGS.items():
+    for name, c in RUNTIME_CONFIGS.items():
         if c and (c.channels_last, c.compile, c.micro_batch, amp_dtype(c.amp, device)) == wanted:
             return name
     raise AssertionError(f"no benchmark configuration matches the training defaults of {model_name}: {wanted}")
@@ -157,18 +157,18 @@ def config_names(requested, device, model_name="densenet", batch=None):
     """``requested`` in table order, with the baseline first, ``default`` resolved to ``model_name``'s
     training configuration, fp16 only where it runs (CUDA) and micro-batches only where they split ``batch``."""
     requested = {default_config_name(device, model_name) if n == DEFAULT else n for n in requested}
-    names = [BASELINE, *(n for n in CONFIGS if n in requested and n != BASELINE)]
+    names = [BASELINE, *(n for n in RUNTIME_CONFIGS if n in requested and n != BASELINE)]
     return [n for n in names if (n != "fp16" or device.type == "cuda")
-            and not (CONFIGS[n] and CONFIGS[n].micro_batch and batch and batch <= CONFIGS[n].micro_batch)]
+            and not (RUNTIME_CONFIGS[n] and RUNTIME_CONFIGS[n].micro_batch and batch and batch <= RUNTIME_CONFIGS[n].micro_batch)]
 
 
 def best_eager(configs):
     """(name, Config) of the fastest measured eager configuration by train img/s."""
-    eager = {n: r for n, r in configs.items() if "train_img_s" in r and not CONFIGS[n].compile}
+    eager = {n: r for n, r in configs.items() if "train_img_s" in r and not RUNTIME_CONFIGS[n].compile}
     if not eager:
         return None, None
     name = max(eager, key=lambda n: eager[n]["train_img_s"])
-    return name, CONFIGS[name]._replace(compile=True)
+    return name, RUNTIME_CONFIGS[name]._replace(compile=True)
 
 
 def batch_size_of(name, args, device):
@@ -194,13 +194,13 @@ def bench_model(name, args, device, peak):
            "forward_flops_per_img": forward, "train_flops_per_img": 3 * forward,
            "default_config": default_config_name(device, name), "configs": {}}
     for cname in config_names(args.configs, device, name, batch):
-        cfg = CONFIGS[cname]
+        cfg = RUNTIME_CONFIGS[cname]
         if cname == BEST:
             best, cfg = best_eager(out["configs"])
             if cfg is None:
                 out["configs"][cname] = {"error": "no eager configuration ran"}
                 continue
-            if cfg == CONFIGS["compile"] and "compile" in out["configs"]:
+            if cfg == RUNTIME_CONFIGS["compile"] and "compile" in out["configs"]:
                 out["configs"][cname] = {"same_as": "compile"}
                 continue
         try:

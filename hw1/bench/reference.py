@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import v2
 
-from hw1.bench.models import (BASELINE, CONFIGS, batch_size_of, default_config_name, measure, model_setup, set_up,
+from hw1.bench.models import (BASELINE, RUNTIME_CONFIGS, batch_size_of, default_config_name, measure, model_setup, set_up,
                               synthetic_batch, train_epoch)
 from hw1.bench.timing import count_flops, sync
 from hw1.data.cls import NUM_CLASSES as CLS_CLASSES
@@ -83,7 +83,7 @@ def loop_steps_s(setup, dataset, indices, *, criterion, batch_size, workers, dev
 def bench_reference(ours_dataset, folder, args, device, models):
     """Our default training configuration against the reference: model steps and whole training loops."""
     ours_name = default_config_name(device)
-    ours_cfg, ref_cfg = CONFIGS[ours_name], CONFIGS[BASELINE]
+    ours_cfg, ref_cfg = RUNTIME_CONFIGS[ours_name], RUNTIME_CONFIGS[BASELINE]
     config, shape, num_classes, criterion = model_setup("densenet", args)
     ours = build_model("densenet", **config)
     ref = reference_densenet(depth=config["depth"], growth_rate=config["growth_rate"], stem_pool=config["stem_pool"])

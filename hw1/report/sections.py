@@ -33,7 +33,7 @@ def architecture(title, run, arch, notes):
     shown = config_text(config)
     fig = plots.arch_figure(arch.rows, arch.total, title=name + (f" ({shown})" if config else ""), input_size=size)
     table = shlex.join(["python", "viz.py", "arch", "--model", name]
-                       + (["--config", *(f"{k}={v}" for k, v in config.items())] if config else []))
+                       + (["--model-config", *(f"{k}={v}" for k, v in config.items())] if config else []))
     return Section(title, [Figure(f"{run.label}: {source}; output shapes for a {size}x{size} input. "
                                   f"The same as a table: {table}", fig), *notes])
 
