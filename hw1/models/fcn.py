@@ -392,8 +392,12 @@ def resnet101_fcn_stages(model):
 # inverse-sqrt weights at 0.055 for 0.5317: taken. Width by throughput: at 256x256 this model trains
 # at 29.4 img/s on 2 AMX cores (bf16 NHWC) in the bench and 24-26 img/s in the run's epochs, which
 # with two evaluations each (the EMA's and the weights') take about 88 s: 60 epochs in 90 minutes.
+# Lovász: 15-epoch pilots of this recipe (results/p2_cpu_pilots.json "pilots_15_epochs", 2026-12-07,
+# AVX512-BF16 EPYC, one seed each): cross-entropy + 1 x Lovász-softmax 0.6260 against 0.6032 (rangeland
+# 0.23 against 0.16) for 5 % more time an epoch; PSPNet's pyramid pooling (context="ppm") lost 1.8
+# points there (0.5850), so it is not in the recipe.
 CPU_RECIPE = {"weights": "none", "batch_norm": True, "fc_batch_norm": True, "width": 0.25, "fc_channels": 256,
-              "class_weights": "inv-sqrt", "size": 256, "crop_size": 256, "min_scale": 1.0,
+              "class_weights": "inv-sqrt", "lovasz": 1.0, "size": 256, "crop_size": 256, "min_scale": 1.0,
               "opt": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "warmup_epochs": 1, "batch_size": 16,
               "epochs": 60, "ema": 0.998}
 # The homework's model A, VGG16-FCN32s, trained with the same recipe (the skip heads are what it lacks).
