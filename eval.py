@@ -62,15 +62,16 @@ def check_args(args):
         ignored = given(PRED_ONLY)
     elif args.pred and args.gt:
         ignored = given(CHECKPOINT_ONLY)
-        pred, gt = Path(args.pred), Path(args.gt)
-        if pred.exists() and gt.exists() and os.path.samefile(pred, gt):  # a slip that would score a perfect 1.0
-            raise UserError(f"--pred {pred} and --gt {gt}: the same {'folder' if gt.is_dir() else 'file'}; "
-                            "--pred is the predictions to score against it")
     else:
         raise UserError("give either --pred and --gt, or --checkpoint and --data-dir")
     if ignored:
         mode = "--checkpoint" if args.checkpoint else "--pred"
         raise UserError(f"--{ignored[0].replace('_', '-')}: not used with {mode}; leave it out")
+    if args.pred:
+        pred, gt = Path(args.pred), Path(args.gt)
+        if pred.exists() and gt.exists() and os.path.samefile(pred, gt):  # a slip that would score a perfect 1.0
+            raise UserError(f"--pred {pred} and --gt {gt}: the same {'folder' if gt.is_dir() else 'file'}; "
+                            "--pred is the predictions to score against it")
     if args.json:
         check_output(args.json, "metrics-json", overwrite=args.overwrite, inputs=[
             (f"--{n.replace('_', '-')}", getattr(args, n)) for n in ("pred", "gt", "checkpoint", "data_dir", "labels")])

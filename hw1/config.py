@@ -318,7 +318,7 @@ def resolve(config_cls, typed, hyperparameters=None, *, command=None):
     typed = dict(typed)
     spec = get_spec(typed.get("model") or config_cls.model)
     name = "demo" if typed.get("demo") else typed.get("recipe")
-    if typed.get("resume") and typed.get("weights"):
+    if typed.get("resume") and typed.get("weights") not in (None, "none"):  # weights that would be ignored
         raise UserError(f"--weights {typed['weights']} and --resume: a resumed run continues from its checkpoint's "
                         "weights; drop --weights (or start a new run from them without --resume)")
     if typed.get("demo") and typed.get("recipe"):

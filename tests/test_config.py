@@ -202,10 +202,10 @@ def test_aux_weight_needs_a_model_with_an_auxiliary_head(tmp_path, capsys):
 @pytest.mark.reliability
 def test_weights_with_resume_is_refused_not_ignored(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        run(train_cls.main, ["--resume", str(tmp_path / "last.pth"), "--weights", "none",
+        run(train_cls.main, ["--resume", str(tmp_path / "last.pth"), "--weights", "w.pth",
                              "--data-dir", str(tmp_path / "none")])
     assert info.value.code == 2
-    assert capsys.readouterr().err == ("error: --weights none and --resume: a resumed run continues from its "
+    assert capsys.readouterr().err == ("error: --weights w.pth and --resume: a resumed run continues from its "
                                        "checkpoint's weights; drop --weights (or start a new run from them "
                                        "without --resume)\n")
 
