@@ -236,6 +236,16 @@ def test_commands_for_missing_pieces(cls_tiny_run):
         "python train_seg.py --model resnet101_fcn --data-dir data/p2_data --out-dir runs/resnet101_fcn"
 
 
+def test_the_seg_loss_row_says_each_term():
+    from hw1.config import SegConfig
+    from hw1.report.details import seg_loss
+
+    assert seg_loss(SegConfig(), None) == "pixel-wise cross-entropy, class 6 (unknown) ignored"
+    assert seg_loss(SegConfig(class_weights="inv-sqrt", lovasz=0.5), None) == (
+        "pixel-wise cross-entropy, class 6 (unknown) ignored, classes weighted by their share of the training "
+        "pixels (inv-sqrt), + 0.5 x the Lovász-softmax loss (a surrogate of each class's IoU)")
+
+
 def test_details_rows_come_from_the_config(cls_tiny_run, tmp_path, monkeypatch):
     """EMA from the config, flip TTA from the inference entry of a checkpoint exported from the run
     (found by its exported_from, relative to where the export ran), rows in the declared order."""

@@ -87,7 +87,9 @@ def seg_loss(c, x):
     weighted = c.class_weights != "none"
     return (f"pixel-wise cross-entropy, class {UNKNOWN} ({CLASS_NAMES[UNKNOWN]}) ignored"
             + (f", classes weighted by their share of the training pixels ({c.class_weights})" if weighted else "")
-            + (f", + {aux} x the auxiliary head's loss" if aux else ""))
+            + (f", + {aux} x the auxiliary head's loss" if aux else "")
+            + (f", + {c.lovasz:g} x the Lovász-softmax loss (a surrogate of each class's IoU)"
+               if c.lovasz else ""))
 
 
 def tta(c, x):
