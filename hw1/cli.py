@@ -46,6 +46,8 @@ def add_training_args(parser, config_cls):
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
     g.add_argument("--weight-decay", type=float, help="(default: %(default)s)")
     g.add_argument("--no-wd-norm", action="store_true", help="no weight decay on norm layers and biases")
+    g.add_argument("--bn-bias-lr", type=float, metavar="K",
+                   help="batch-norm biases train at K x the lr (the CIFAR-10 speed runs use 64) (default: %(default)s)")
     g.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default: %(default)s)")
     g.add_argument("--min-lr", type=float, help="lr at the end of the cosine (default: %(default)s)")
     g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")

@@ -38,6 +38,7 @@ SEED_LIMIT = 2 ** 62
 # Far above any recipe: up to it a diverging run stops at its first non-finite loss; far above it
 # (1e39) the optimizer's first step fails converting the rate to fp32.
 MAX_LR = 1e6
+MAX_BN_BIAS_LR = 1000  # the speed runs use 64
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float | None = None
     no_wd_norm: bool = False
+    bn_bias_lr: float = 1.0
     warmup_epochs: float = 0.0
     min_lr: float = 0.0
     grad_clip: float | None = None
@@ -144,6 +146,8 @@ class TrainConfig:
             p.append(("--momentum", self.momentum, "in [0, 1)"))
         if self.weight_decay is not None and self.weight_decay < 0:
             p.append(("--weight-decay", self.weight_decay, "0 or more"))
+        if not 0 < self.bn_bias_lr <= MAX_BN_BIAS_LR:
+            p.append(("--bn-bias-lr", self.bn_bias_lr, f"in (0, {MAX_BN_BIAS_LR}]"))
         if self.warmup_epochs < 0:
             p.append(("--warmup-epochs", self.warmup_epochs, "0 or more"))
         if self.min_lr < 0 or (self.lr and self.min_lr > self.lr):

@@ -16,7 +16,8 @@ def cosine_lr(step, *, base_lr, total_steps, warmup_steps=0, min_lr=0.0):
 
 
 class CosineSchedule:
-    """Sets every param group's lr from :func:`cosine_lr`; call :meth:`step` once per iteration."""
+    """Sets every param group's lr from :func:`cosine_lr` (times the group's ``lr_scale``, if it has
+    one); call :meth:`step` once per iteration."""
 
     def __init__(self, optimizer, *, base_lr, total_steps, warmup_steps=0, min_lr=0.0):
         self.optimizer = optimizer
@@ -27,7 +28,7 @@ class CosineSchedule:
     def _apply(self):
         lr = cosine_lr(self.last_step, **self.kwargs)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # a group's own multiple (--bn-bias-lr)
 
     def get_last_lr(self):
         return cosine_lr(self.last_step, **self.kwargs)

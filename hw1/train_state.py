@@ -20,19 +20,30 @@ log = logging.getLogger(__name__)
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "epoch", "best")
 
 
-def param_groups(model, weight_decay, no_wd_norm):
-    """One group, or two with no decay on 1-d tensors (norm weights, biases) as nanoGPT does."""
+def param_groups(model, weight_decay, no_wd_norm, bn_bias_lr=1.0):
+    """One group, or two with no decay on 1-d tensors (norm weights, biases) as nanoGPT does; with
+    ``bn_bias_lr`` other than 1, the batch norms' biases in a group of their own whose ``lr_scale``
+    the schedule multiplies the lr by (airbench's 64x for them: the shift of each feature moves
+    fast while the convolutions' weights, normalised anyway, move at the base lr)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    fast = set()
+    if bn_bias_lr != 1.0:
+        fast = {id(m.bias) for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None and m.bias.requires_grad}
+    rest = [p for p in trainable if id(p) not in fast]
     if not no_wd_norm:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = [{"params": rest, "weight_decay": weight_decay}]
+    else:
+        groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    if fast:
+        groups.append({"params": [p for p in trainable if id(p) in fast], "lr_scale": bn_bias_lr,
+                       "weight_decay": 0.0 if no_wd_norm else weight_decay})
+    return groups
 
 
 def build_optimizer(model, args):
-    groups = param_groups(model, args.weight_decay, args.no_wd_norm)
+    groups = param_groups(model, args.weight_decay, args.no_wd_norm, args.bn_bias_lr)
     if args.opt == "sgd":
         return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov)
     return torch.optim.AdamW(groups, lr=args.lr)

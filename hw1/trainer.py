@@ -88,7 +88,7 @@ def restore_rng(ckpt, seed):
 
 # what --resume needs beyond the weights: the training state's keys and the RNG streams
 RESUME_KEYS = (*TRAIN_KEYS, "rng")
-RESUME_FLAGS = ("opt", "no_wd_norm")  # what shapes the optimizer state
+RESUME_FLAGS = ("opt", "no_wd_norm", "bn_bias_lr")  # what shapes the optimizer state
 
 
 def load_resume(config, *, model_name, model_config):

@@ -225,6 +225,18 @@ def test_resume_applies_a_changed_lr_and_weight_decay(two_epoch_run, cls_tiny_da
     assert torch.load(same / "last.pth", weights_only=True)["optimizer"]["param_groups"][0]["weight_decay"] == 2e-5
 
 
+def test_bn_bias_lr_is_a_group_of_the_optimizer_that_a_resume_keeps(cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    out = tmp_path / "fast"
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, out, "--bn-bias-lr", "64", epochs=2))
+    ckpt = torch.load(out / "epoch_001.pth", weights_only=True)
+    *_, fast = ckpt["optimizer"]["param_groups"]
+    assert fast["lr_scale"] == 64.0 and ckpt["args"]["bn_bias_lr"] == 64.0
+    assert fast["lr"] == pytest.approx(64 * ckpt["optimizer"]["param_groups"][0]["lr"]) and fast["lr"] > 0
+    with pytest.raises(UserError, match="written with --bn-bias-lr 64.0, this run has 1.0"):
+        train_cls.main(cls_tiny_train_argv(cls_tiny_data, tmp_path / "other", "--resume", str(out / "epoch_001.pth"),
+                                           epochs=2))
+
+
 def test_resume_with_fewer_epochs_than_done_is_refused(two_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path,
                                                        capsys):
     ckpt = two_epoch_run / "last.pth"

@@ -84,3 +84,32 @@ def test_state_dict_resume_continues_identically():
         resumed.step()
         continued.append(opt2.param_groups[1]["lr"])
     assert continued == reference[12:]
+
+
+def test_a_groups_lr_scale_multiplies_the_schedule():
+    w, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([{"params": [w]}, {"params": [b], "lr_scale": 64.0}], lr=1.0)
+    sched = CosineSchedule(opt, base_lr=0.1, total_steps=10, warmup_steps=2)
+    for step in range(12):
+        want = expected_lr(step, 0.1, 10, 2, 0.0)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx([want, 64 * want]), step
+        sched.step()
+
+
+@pytest.mark.parametrize("no_wd_norm", [False, True])
+def test_bn_bias_lr_puts_the_batch_norm_biases_in_a_group_of_their_own(no_wd_norm):
+    from hw1.models import build_model
+    from hw1.train_state import param_groups
+
+    model = build_model("densenet", depth=10, growth_rate=4)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    plain = param_groups(model, 5e-4, no_wd_norm)
+    assert len(plain) == 1 + no_wd_norm and all("lr_scale" not in g for g in plain)
+    groups = param_groups(model, 5e-4, no_wd_norm, bn_bias_lr=64.0)
+    *rest, fast = groups
+    assert {id(p) for p in fast["params"]} == {id(m.bias) for m in norms} and fast["lr_scale"] == 64.0
+    assert fast["weight_decay"] == (0.0 if no_wd_norm else 5e-4)
+    # every trainable parameter in exactly one group, the rest as without the flag
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(ids) == len(set(ids))
+    assert [g["weight_decay"] for g in rest] == [g["weight_decay"] for g in plain]

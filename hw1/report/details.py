@@ -43,7 +43,8 @@ def optimizer(c, x):
         opt = f"SGD, momentum {c.momentum}" + (", Nesterov" if c.nesterov else "")
     else:
         opt = {"adamw": "AdamW"}.get(c.opt, c.opt or "-")
-    return opt + f", weight decay {c.weight_decay}" + (" (not on norms and biases)" if c.no_wd_norm else "")
+    return (opt + f", weight decay {c.weight_decay}" + (" (not on norms and biases)" if c.no_wd_norm else "")
+            + (f", batch-norm biases at {c.bn_bias_lr:g} x the lr" if c.bn_bias_lr != 1 else ""))
 
 
 def learning_rate(c, x):
