@@ -29,6 +29,9 @@ def get_args_parser():
     p.add_argument("--label-smoothing", type=float, help="(default: %(default)s)")
     p.add_argument("--aug", choices=AUGMENTATIONS,
                    help="seed: crop+flip, AutoAugment, RandomErasing; light: crop+flip (default: %(default)s)")
+    p.add_argument("--flip", choices=("random", "alternate"),
+                   help="the training crops' left-right flip: random, or alternate (each image mirrored on every "
+                        "other epoch, as the CIFAR-10 speed runs do; --loader batched) (default: %(default)s)")
     p.add_argument("--demo", action="store_true",
                    help="train a small DenseNet on generated digits (no course data), then predict and score: "
                         "densenet's recipe 'demo'")

@@ -223,6 +223,7 @@ class ClsConfig(TrainConfig):
     batch_size: int = 128
     label_smoothing: float = 0.1
     aug: str = "seed"
+    flip: str = "random"
     model: str = "densenet"
 
     task = "cls"
@@ -231,6 +232,8 @@ class ClsConfig(TrainConfig):
         p = super().problems()
         if not 0 <= self.label_smoothing < 1:
             p.append(("--label-smoothing", self.label_smoothing, "in [0, 1)"))
+        if self.flip == "alternate" and self.loader != "batched":
+            p.append(("--flip", self.flip, "random with --loader workers (alternate needs --loader batched)"))
         return p
 
     def input_size(self):
@@ -248,7 +251,7 @@ class ClsConfig(TrainConfig):
         """``--aug`` on whole batches, for ``--loader batched``."""
         from hw1.data.batches import ClsBatchTransform
 
-        return ClsBatchTransform(self.aug)
+        return ClsBatchTransform(self.aug, flip=self.flip, seed=self.seed)
 
 
 @dataclass

@@ -264,6 +264,8 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     for epoch in range(state.epoch + 1, config.epochs + 1):
         if distributed:
             train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+        if hasattr(train_loader, "set_epoch"):  # the batched stream: epoch-dependent augmentation
+            train_loader.set_epoch(epoch)
         lr = state.optimizer.param_groups[0]["lr"]  # the epoch's first step's
         train = engine.train_one_epoch(
             step_model, train_loader, state, criterion=criterion, device=device, amp_dtype=amp,

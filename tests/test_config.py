@@ -210,6 +210,13 @@ def test_weights_with_resume_is_refused_not_ignored(tmp_path, capsys):
                                        "without --resume)\n")
 
 
+def test_alternating_flip_needs_the_batched_loader(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        run(train_cls.main, ["--flip", "alternate", "--loader", "workers", "--data-dir", str(tmp_path / "none")])
+    assert info.value.code == 2 and "--flip alternate: must be random with --loader workers" in capsys.readouterr().err
+    assert _config(train_cls, ["--flip", "alternate"], ClsConfig).batch_transform().wants_indices
+
+
 @pytest.mark.reliability
 @pytest.mark.parametrize("script", [train_cls, train_seg])
 def test_recipe_demo_points_to_demo(script, tmp_path, capsys):

@@ -159,3 +159,37 @@ def test_stream_of_seg_pairs():
     (x, y), (x2, y2) = stream
     assert x.shape == (2, 3, 16, 16) and y.dtype == torch.int64 and len(y2) == 1
     assert torch.equal(y[0], mask.long())
+
+
+def test_alternating_flip_mirrors_each_image_on_every_other_epoch():
+    from hw1.data.batches import alternating_hflip
+
+    images = torch.arange(64 * 3 * 2 * 2, dtype=torch.uint8).reshape(64, 3, 2, 2)
+    indices = torch.arange(100, 164)
+    flipped = [(alternating_hflip(images, indices, e) != images).flatten(1).any(1) for e in range(4)]
+    assert torch.equal(flipped[0], ~flipped[1]) and torch.equal(flipped[0], flipped[2])  # once each way in 2 epochs
+    assert 16 < int(flipped[0].sum()) < 48  # about half of them in any one epoch
+    assert torch.equal(alternating_hflip(images, indices, 1), torch.where(
+        flipped[1].view(-1, 1, 1, 1), images.flip(-1), images))
+    # a function of the image's index and the epoch, not of the batch it comes in
+    assert torch.equal(alternating_hflip(images[5:9], indices[5:9], 3), alternating_hflip(images, indices, 3)[5:9])
+
+
+def test_the_stream_gives_a_transform_that_asks_the_indices_and_the_epoch():
+    from hw1.data.batches import BatchStream
+
+    seen = []
+
+    class Asks:
+        wants_indices = True
+
+        def __call__(self, images, targets, indices, epoch):
+            seen.append((indices.tolist(), epoch))
+            return images, targets
+
+    data = type("D", (), {"images": torch.zeros(4, 3, 2, 2), "targets": torch.arange(4)})()
+    sampler = torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(range(4)), 2, False)
+    stream = BatchStream(data, sampler, transform=Asks(), device=torch.device("cpu"))
+    stream.set_epoch(7)
+    list(stream)
+    assert seen == [([0, 1], 7), ([2, 3], 7)]

@@ -56,6 +56,17 @@ def random_hflip(*tensors):
     return tuple(torch.where(flip.view(-1, *[1] * (t.dim() - 1)), t.flip(-1), t) for t in tensors)
 
 
+def alternating_hflip(images, indices, epoch, seed=0):
+    """Each image mirrored on every other epoch: image ``i`` is flipped in epoch ``e`` when a fixed
+    pseudo-random bit of ``(seed, i)`` differs from ``e``'s parity, so over any two epochs it is seen
+    once each way (airbench's alternating flip; a random flip repeats or skips a view by chance).
+    ``indices``: the images' places in the data set; a function of them and ``epoch`` only, so a
+    resumed run flips as an uninterrupted one."""
+    bits = ((indices.long() * 2654435761 + seed * 40503) >> 16) & 1  # Knuth's multiplicative hash
+    flip = (bits ^ (epoch % 2)).bool().to(images.device)
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
 def random_vflip(*tensors):
     flip = _coin(len(tensors[0]), tensors[0].device)
     return tuple(torch.where(flip.view(-1, *[1] * (t.dim() - 1)), t.flip(-2), t) for t in tensors)
@@ -130,21 +141,29 @@ class ClsBatchTransform:
     RandomErasing; ``none``: normalisation only. ``(uint8 images, labels) -> (float images, labels)``.
     """
 
-    def __init__(self, aug="seed", padding=4):
+    FLIPS = ("random", "alternate")
+
+    def __init__(self, aug="seed", padding=4, flip="random", seed=0):
         from hw1.data.cls import AUGMENTATIONS
 
         if aug not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {aug!r}")
-        self.aug, self.padding = aug, padding
+        if flip not in self.FLIPS:
+            raise ValueError(f"flip must be one of {self.FLIPS}, got {flip!r}")
+        self.aug, self.padding, self.flip, self.seed = aug, padding, flip, seed
+        # the stream passes each batch's indices and the epoch to a transform that asks for them
+        self.wants_indices = flip == "alternate"
         self._autoaugment = None
         if aug == "seed":
             from torchvision.transforms import v2
 
             self._autoaugment = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
 
-    def __call__(self, images, labels):
+    def __call__(self, images, labels, indices=None, epoch=0):
         if self.aug != "none":
-            images, = random_hflip(random_crop(images, self.padding))
+            images = random_crop(images, self.padding)
+            images = (alternating_hflip(images, indices, epoch, self.seed) if self.flip == "alternate"
+                      else random_hflip(images)[0])
         if self._autoaugment is not None:
             images = torch.stack([self._autoaugment(image) for image in images])
         images = normalize(images)
@@ -186,13 +205,19 @@ class BatchStream:
         self.dataset, self.batch_sampler = dataset, batch_sampler
         self.sampler = batch_sampler.sampler
         self.transform, self.device = transform, device
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        """The epoch the next pass is (for a transform that varies with it, e.g. an alternating flip)."""
+        self.epoch = epoch
 
     def __len__(self):
         return len(self.batch_sampler)
 
     def __iter__(self):
         images, targets = self.dataset.images, self.dataset.targets
+        extra = getattr(self.transform, "wants_indices", False)
         for indices in self.batch_sampler:
             idx = torch.as_tensor(indices)
-            yield self.transform(images[idx].to(self.device, non_blocking=True),
-                                 targets[idx].to(self.device, non_blocking=True))
+            batch = (images[idx].to(self.device, non_blocking=True), targets[idx].to(self.device, non_blocking=True))
+            yield self.transform(*batch, idx, self.epoch) if extra else self.transform(*batch)

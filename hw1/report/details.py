@@ -71,7 +71,8 @@ def cls_augmentation(c, x):
     from hw1.data.cls import AUGMENTATIONS, cls_train_transform
 
     steps = transform_names(cls_train_transform(c.aug)) if c.aug in AUGMENTATIONS else []
-    return f"{c.aug}: {', '.join(steps)}" if steps else f"{c.aug or '-'}"
+    alternate = "; the flip alternates: each image mirrored on every other epoch" if c.flip == "alternate" else ""
+    return (f"{c.aug}: {', '.join(steps)}" if steps else f"{c.aug or '-'}") + (alternate if c.aug != "none" else "")
 
 
 def seg_augmentation(c, x):
