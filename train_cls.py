@@ -32,6 +32,9 @@ def get_args_parser():
     p.add_argument("--flip", choices=("random", "alternate"),
                    help="the training crops' left-right flip: random, or alternate (each image mirrored on every "
                         "other epoch, as the CIFAR-10 speed runs do; --loader batched) (default: %(default)s)")
+    p.add_argument("--cutout", type=int, metavar="N",
+                   help="zero one N x N square of each training image (Cutout; --loader batched; the CIFAR-10 "
+                        "speed runs use 12); 0: none (default: %(default)s)")
     p.add_argument("--demo", action="store_true",
                    help="train a small DenseNet on generated digits (no course data), then predict and score: "
                         "densenet's recipe 'demo'")

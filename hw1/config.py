@@ -224,6 +224,7 @@ class ClsConfig(TrainConfig):
     label_smoothing: float = 0.1
     aug: str = "seed"
     flip: str = "random"
+    cutout: int = 0
     model: str = "densenet"
 
     task = "cls"
@@ -232,6 +233,10 @@ class ClsConfig(TrainConfig):
         p = super().problems()
         if not 0 <= self.label_smoothing < 1:
             p.append(("--label-smoothing", self.label_smoothing, "in [0, 1)"))
+        if not 0 <= self.cutout <= self.input_size():
+            p.append(("--cutout", self.cutout, f"in [0, {self.input_size()}] (0: none)"))
+        elif self.cutout and self.loader != "batched":
+            p.append(("--cutout", self.cutout, "0 with --loader workers (cutout needs --loader batched)"))
         if self.flip == "alternate" and self.loader != "batched":
             p.append(("--flip", self.flip, "random with --loader workers (alternate needs --loader batched)"))
         return p
@@ -251,7 +256,7 @@ class ClsConfig(TrainConfig):
         """``--aug`` on whole batches, for ``--loader batched``."""
         from hw1.data.batches import ClsBatchTransform
 
-        return ClsBatchTransform(self.aug, flip=self.flip, seed=self.seed)
+        return ClsBatchTransform(self.aug, flip=self.flip, seed=self.seed, cutout=self.cutout)
 
 
 @dataclass

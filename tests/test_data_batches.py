@@ -193,3 +193,20 @@ def test_the_stream_gives_a_transform_that_asks_the_indices_and_the_epoch():
     stream.set_epoch(7)
     list(stream)
     assert seen == [([0, 1], 7), ([2, 3], 7)]
+
+
+def test_cutout_zeroes_one_square_wholly_inside_each_image():
+    from hw1.data.batches import random_cutout
+
+    torch.manual_seed(0)
+    images = torch.rand(50, 3, 10, 12) + 1  # no zero of their own
+    out = random_cutout(images, 4)
+    zero = out == 0
+    assert torch.equal(zero[:, 0], zero[:, 1]) and torch.equal(zero[:, 0], zero[:, 2])  # the same square per channel
+    for z in zero[:, 0]:
+        rows, cols = z.any(1).nonzero().flatten(), z.any(0).nonzero().flatten()
+        assert int(z.sum()) == 16 and len(rows) == 4 and len(cols) == 4
+        assert rows[-1] - rows[0] == 3 and cols[-1] - cols[0] == 3  # contiguous
+    assert torch.equal(out[~zero], images[~zero])
+    corners = {(int(z.any(1).nonzero()[0]), int(z.any(0).nonzero()[0])) for z in zero[:, 0]}
+    assert len(corners) > 20  # positions vary

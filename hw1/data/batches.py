@@ -84,6 +84,19 @@ def random_rot90(*tensors):
     return tuple(out)
 
 
+def random_cutout(images, size):
+    """Cutout (DeVries and Taylor, 2017) of float ``images`` (N, C, H, W): in each image one
+    ``size`` x ``size`` square at a uniform position wholly inside it set to 0 (the mean colour,
+    once normalised)."""
+    n, _, h, w = images.shape
+    top = torch.randint(h - size + 1, (n, 1))
+    left = torch.randint(w - size + 1, (n, 1))
+    rows = (torch.arange(h) >= top) & (torch.arange(h) < top + size)  # (n, h)
+    cols = (torch.arange(w) >= left) & (torch.arange(w) < left + size)  # (n, w)
+    keep = ~(rows[:, :, None] & cols[:, None, :])
+    return images * keep[:, None].to(images.device, images.dtype)
+
+
 def random_erasing(images, *, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), attempts=10):
     """torchvision's ``RandomErasing()`` (value 0) of float ``images`` (N, C, H, W), drawn for all at once.
 
@@ -143,14 +156,14 @@ class ClsBatchTransform:
 
     FLIPS = ("random", "alternate")
 
-    def __init__(self, aug="seed", padding=4, flip="random", seed=0):
+    def __init__(self, aug="seed", padding=4, flip="random", seed=0, cutout=0):
         from hw1.data.cls import AUGMENTATIONS
 
         if aug not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {aug!r}")
         if flip not in self.FLIPS:
             raise ValueError(f"flip must be one of {self.FLIPS}, got {flip!r}")
-        self.aug, self.padding, self.flip, self.seed = aug, padding, flip, seed
+        self.aug, self.padding, self.flip, self.seed, self.cutout = aug, padding, flip, seed, cutout
         # the stream passes each batch's indices and the epoch to a transform that asks for them
         self.wants_indices = flip == "alternate"
         self._autoaugment = None
@@ -169,6 +182,8 @@ class ClsBatchTransform:
         images = normalize(images)
         if self.aug == "seed":
             images = random_erasing(images)
+        if self.cutout:
+            images = random_cutout(images, self.cutout)
         return images, labels
 
 

@@ -71,8 +71,9 @@ def cls_augmentation(c, x):
     from hw1.data.cls import AUGMENTATIONS, cls_train_transform
 
     steps = transform_names(cls_train_transform(c.aug)) if c.aug in AUGMENTATIONS else []
-    alternate = "; the flip alternates: each image mirrored on every other epoch" if c.flip == "alternate" else ""
-    return (f"{c.aug}: {', '.join(steps)}" if steps else f"{c.aug or '-'}") + (alternate if c.aug != "none" else "")
+    extra = "; the flip alternates: each image mirrored on every other epoch" if c.flip == "alternate" else ""
+    extra = (extra if c.aug != "none" else "") + (f"; cutout {c.cutout}x{c.cutout}" if c.cutout else "")
+    return (f"{c.aug}: {', '.join(steps)}" if steps else f"{c.aug or '-'}") + extra
 
 
 def seg_augmentation(c, x):
