@@ -19,7 +19,12 @@ def require_same_keys(pred, gt, message):
     """Raise ``message: missing N (e.g. x); extra M (e.g. y)`` unless ``pred`` and ``gt`` have the same keys."""
     missing, extra = sorted(gt.keys() - pred.keys()), sorted(pred.keys() - gt.keys())
     if missing or extra:
-        detail = "; ".join(f"{what} {len(keys)} (e.g. {keys[0]})"
+        # a name with a control character (a NUL, a tab) or an edge space is quoted, escapes shown:
+        # "missing a.png, extra a.png" would not say what differs
+        def shown(key):
+            return repr(key) if not key.isprintable() or key != key.strip() else key
+
+        detail = "; ".join(f"{what} {len(keys)} (e.g. {shown(keys[0])})"
                            for what, keys in (("missing", missing), ("extra", extra)) if keys)
         raise UserError(f"{message}: {detail}")
 

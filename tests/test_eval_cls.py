@@ -95,6 +95,16 @@ def test_eval_pred_missing_a_file(tmp_path):
 
 
 @pytest.mark.reliability
+def test_names_that_differ_only_in_unseen_characters_are_shown_quoted(tmp_path):
+    # a NUL or a trailing space printed as is gave "missing 1 (e.g. b.png); extra 1 (e.g. b.png)"
+    for odd in ("b.png\x00", "b.png "):
+        gt, pred = label_csvs(tmp_path, "filename,label\na.png,1\nb.png,2\n", f"filename,label\na.png,1\n{odd},2\n")
+        with pytest.raises(UserError) as info:
+            eval_py.main(["--task", "cls", "--pred", str(pred), "--gt", str(gt)])
+        assert str(info.value).endswith(f"missing 1 (e.g. b.png); extra 1 (e.g. {odd!r})")
+
+
+@pytest.mark.reliability
 @pytest.mark.parametrize("gt_label, pred_label", [(0, 51), (49, 50), (3, -1)])
 def test_eval_pred_label_out_of_range(tmp_path, gt_label, pred_label):
     gt, pred = label_csvs(tmp_path, f"filename,label\na.png,{gt_label}\nb.png,3\n",
