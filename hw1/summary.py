@@ -29,6 +29,19 @@ def git_commit(repo=Path(__file__).resolve().parents[1]):
     return out.stdout.strip() or None
 
 
+def check_records(path, records, keys):
+    """Every record of ``path`` (metrics.jsonl) holds ``keys`` as numbers: a hand-edited or foreign
+    file is one line naming the line and the key, not a KeyError."""
+    if not records:
+        raise UserError(f"{path}: no epoch recorded yet")
+    for line, record in enumerate(records, 1):
+        for key in keys:
+            value = record.get(key) if isinstance(record, dict) else None
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f"{path}: line {line}: {key} is {'missing' if value is None else repr(value)}, "
+                                "not a number")
+
+
 def summarize_run(run_dir):
     folder = RunDir(run_dir)
     args = folder.read_args()
@@ -41,6 +54,7 @@ def summarize_run(run_dir):
         raise UserError(f"{folder.args}: model {args.get('model')!r} is none of {', '.join(REGISTRY)}") from None
     config = config_of(task.name, args)
     metric, per_class = f"val_{task.metric}", f"val_{task.per_class}"
+    check_records(folder.metrics, records, ("epoch", metric, "train_seconds", "train_img_s"))
     best = max(records, key=lambda r: r[metric])
     raw = f"val_raw_{task.metric}"  # with --ema: the trained weights' own score beside the average's
     # a run that gained --ema at a resume has the raw score from that epoch on only

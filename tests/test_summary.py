@@ -49,3 +49,20 @@ def test_summary_of_a_run_that_gained_ema_at_a_resume(cls_tiny_run, tmp_path):
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     summary = summarize_run(run_dir)
     assert summary["best_raw"] == pytest.approx(0.1 * (len(records) - 1)) == summary["last_raw"]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.pop("val_acc"), "line 2: val_acc is missing, not a number"),
+    (lambda r: r.update(train_seconds="12 s"), "line 2: train_seconds is '12 s', not a number"),
+])
+def test_summary_of_a_hand_edited_run_is_one_line(edit, message, cls_tiny_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "args.json").write_text((cls_tiny_run[0] / "args.json").read_text())
+    records = [json.loads(line) for line in (cls_tiny_run[0] / "metrics.jsonl").read_text().splitlines()]
+    edit(records[1])
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    from helpers import cli_error
+
+    assert cli_error(capsys, main, [str(run_dir)]) == f"error: {run_dir / 'metrics.jsonl'}: {message}\n"
