@@ -141,8 +141,13 @@ def _check_fields(ckpt, path, spec):
         if value is not None and not (_is_int(value) and ok(value)):
             raise UserError(f"{path}: args.{name} {value!r}: must be an integer {must}")
     inference = ckpt.get("inference", {})
-    if not isinstance(inference, dict) or not (isinstance(inference.get("tta", False), bool)
-                                               or inference.get("tta") in ("none", "flip", "d4")):
+    from hw1.engine import tta_mode
+
+    try:  # the one rule of what names a TTA mode (bools from before "d4" included)
+        ok = isinstance(inference, dict) and isinstance(tta_mode(inference.get("tta", False)), str)
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
         raise UserError(f"{path}: 'inference' must be a dict such as {{'tta': 'flip'}} (none, flip, d4 or a bool), "
                         f"not {inference!r}")
     if "epoch" in ckpt and not (_is_int(ckpt["epoch"]) and ckpt["epoch"] >= 0):
