@@ -99,17 +99,20 @@ def load_checkpoint(path, *, task=None):
 def _under_current_name(ckpt, path):
     """``ckpt`` with its model's name and config (and its run's, in ``args``) under today's registry
     names: a checkpoint saved before a model was renamed loads, resumes and predicts as it did."""
+    old_name, old_config = ckpt["model_name"], ckpt["model_config"]
     try:
-        name, config = current_name(ckpt["model_name"], ckpt["model_config"])
+        name, config = current_name(old_name, old_config)
     except ValueError as e:
         raise UserError(f"{path}: {e}") from None
-    if (name, config) == (ckpt["model_name"], ckpt["model_config"]):
+    if (name, config) == (old_name, old_config):
         return ckpt
     ckpt = {**ckpt, "model_name": name, "model_config": config}
     args = ckpt.get("args")
-    if isinstance(args, dict) and args.get("model") == "vgg16_fcn32s":
-        # older runs kept the hyperparameters as fields of their own: skips among them
-        ckpt["args"] = {**{k: v for k, v in args.items() if k != "skips"}, "model": name}
+    if isinstance(args, dict) and args.get("model") == old_name:
+        # the run's args go under the new name too; older runs kept the hyperparameters as fields
+        # of their own, so the ones the renaming dropped (skips) go from there as well
+        dropped = set(old_config) - set(config)
+        ckpt["args"] = {**{k: v for k, v in args.items() if k not in dropped}, "model": name}
         if "model_config" in args:
             ckpt["args"]["model_config"] = config
     return ckpt

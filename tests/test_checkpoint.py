@@ -182,6 +182,10 @@ def test_a_checkpoint_saved_before_fcn8s_had_its_name_loads_under_it(skips, name
     current = {k: v for k, v in config.items() if k != "skips"}
     assert (ckpt["model_name"], ckpt["model_config"]) == (name, current)
     assert ckpt["args"] == {"model": name, "model_config": current, "epochs": 3}
+    # older runs' args kept the hyperparameters as fields of their own: skips goes from there too
+    torch.save({"model": old.state_dict(), "model_name": "vgg16_fcn32s", "model_config": config, "task": "seg",
+                "args": {"model": "vgg16_fcn32s", "skips": skips, "fc_channels": 16, "epochs": 3}}, path)
+    assert load_checkpoint(path, task="seg")["args"] == {"model": name, "fc_channels": 16, "epochs": 3}
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model_from_checkpoint(ckpt).eval()(x)["out"], old(x)["out"])
