@@ -1,4 +1,4 @@
-"""The shipped P2 model A on the course's validation set, when the data is extracted at hw1_data/p2_data.
+"""The shipped P2 model on the course's validation set, when the data is extracted at hw1_data/p2_data.
 
 The course's own route: ``bash hw1_2.sh`` with no checkpoint named (the shipped one), then
 ``eval.py --pred --gt``; and eval.py's direct route on the same checkpoint. Both must give the
@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 VAL = REPO / "hw1_data" / "p2_data" / "validation"
 SHIPPED = REPO / "checkpoints" / "p2_vgg16_fcn8s.pth"
-RECORD = REPO / "results" / "p2_vgg16_fcn_cpu.json"
+RECORD = REPO / "results" / "p2_vgg16_fcn8s_cpu.json"
 
 pytestmark = pytest.mark.skipif(not VAL.is_dir(), reason=f"{VAL} not extracted")
 
