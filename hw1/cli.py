@@ -310,6 +310,15 @@ def _discard_stdout():
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _say(line):
+    """Print ``line`` on stderr; a stderr that cannot be written (``2>/dev/full``) loses the line but
+    not the exit status that the line explains."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def run(main, argv=None):
     """Call ``main(argv)``; a :class:`UserError` becomes ``error: ...`` on stderr and exit status 2.
 
@@ -335,7 +344,7 @@ def run(main, argv=None):
         if "--debug" in argv:
             raise
         logging.getLogger().handlers.clear()
-        print(f"{f'[rank {rank}] ' if rank else ''}error: {e}", file=sys.stderr)
+        _say(f"{f'[rank {rank}] ' if rank else ''}error: {e}")
         sys.exit(2)
     except BrokenPipeError:
         if not _stdout_reader_gone():
@@ -348,15 +357,15 @@ def run(main, argv=None):
         # stdout on a full disk (/dev/full) or a dead device: the command's files are written
         # (every command writes them before it prints), only its messages are lost
         _discard_stdout()
-        print(f"error: stdout: cannot write ({e})", file=sys.stderr)
+        _say(f"error: stdout: cannot write ({e})")
         sys.exit(2)
     except KeyboardInterrupt:
         _expect_worker_deaths()
-        print("interrupted", file=sys.stderr)
+        _say("interrupted")
         sys.exit(130)
     except Terminated:
         _expect_worker_deaths()
-        print("terminated", file=sys.stderr)
+        _say("terminated")
         sys.exit(128 + signal.SIGTERM)
     except RuntimeError as e:
         # Ctrl-C or SIGTERM to the process group reaches DataLoader workers too, and the loader may
@@ -365,7 +374,7 @@ def run(main, argv=None):
         if stopped is None:
             raise
         _expect_worker_deaths()
-        print(stopped[0], file=sys.stderr)
+        _say(stopped[0])
         sys.exit(stopped[1])
     finally:
         sys.stdout = stdout

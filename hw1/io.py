@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 
 
 def _cannot_write(path, error):
+    # an OSError's own text names the temporary file it failed on; the reason is what the user needs
+    if isinstance(error, OSError) and error.strerror:
+        error = error.strerror
     return UserError(f"{path}: cannot write ({error})".splitlines()[0])
 
 
@@ -74,18 +77,57 @@ def _alive(pid):
     return True
 
 
+# The suffix a staging folder inside an existing folder takes once all of its files are written, just
+# before they move in one rename each: a folder holding one holds a mix of two sets until it is gone.
+MOVING = ".moving"
+
+
+def _stage_pattern(name):
+    return re.compile(rf"\.{re.escape(name)}\.(\d+)\.\w+(\.tmp|{re.escape(MOVING)})")
+
+
+def _move_all(stage, folder):
+    """Move every file of ``stage`` into ``folder`` (one rename each), then remove ``stage``; return their count."""
+    names = sorted(p.name for p in stage.iterdir())
+    for name in names:
+        os.replace(stage / name, folder / name)
+    stage.rmdir()
+    return len(names)
+
+
+def _finish_moves(stage, folder):
+    """Move the files left in ``stage`` (a stopped run's complete set) into ``folder``."""
+    moved = _move_all(stage, folder)
+    log.warning("%s: a stopped run had moved part of its %d output file(s) in; moved the rest, so the "
+                "folder holds that run's whole set before this one writes", folder, moved)
+
+
 def _sweep_stages(parent, name):
-    """Remove the staging folders for ``name`` in ``parent`` that no running process owns.
+    """Clear the staging folders for ``name`` in ``parent`` that no running process owns.
 
     A killed run (SIGKILL, a power cut) cannot clean up its staging folder; its name holds the
-    process id, so a later run can tell a stale one from one that is still being written.
+    process id, so a later run can tell a stale one from one that is still being written. One
+    killed while it was writing (``.tmp``) is removed; one killed while its complete set was moving
+    into the folder (``.moving``) has its remaining files moved in, so that no mix of two sets is left.
     """
-    pattern = re.compile(rf"\.{re.escape(name)}\.(\d+)\.\w+\.tmp")
-    for p in parent.iterdir() if parent.is_dir() else ():
+    pattern = _stage_pattern(name)
+    for p in sorted(parent.iterdir()) if parent.is_dir() else ():
         match = pattern.fullmatch(p.name)
-        if match and p.is_dir() and not p.is_symlink() and not _alive(int(match[1])):
+        if not match or not p.is_dir() or p.is_symlink() or _alive(int(match[1])):
+            continue
+        if match[2] == MOVING:
+            _finish_moves(p, parent)
+        else:
             log.info("%s: removing the unfinished output of a stopped run", p)
             shutil.rmtree(p, ignore_errors=True)
+
+
+def unfinished_moves(folder):
+    """The staging folders in ``folder`` whose files are moving in, or were when their run stopped:
+    while one is there, ``folder`` holds part of one set of outputs and part of another."""
+    pattern = _stage_pattern("staged")
+    return sorted(p for p in Path(folder).iterdir() if pattern.fullmatch(p.name) and p.name.endswith(MOVING)) \
+        if Path(folder).is_dir() else []
 
 
 @contextlib.contextmanager
@@ -93,8 +135,11 @@ def staged_folder(folder):
     """Yield a hidden temporary folder; if the block succeeds, its files move into ``folder``.
 
     An error in the block leaves ``folder`` as it was: not created if it did not exist, and no
-    file in it added or replaced. A new ``folder`` appears in one rename; into an existing one
-    the files move one rename each. Staging folders left by killed runs are removed first.
+    file in it added or replaced. A new ``folder`` appears in one rename. Into an existing one the
+    files move one rename each, after the staging folder is renamed to end in :data:`MOVING`: a
+    run killed during those moves leaves that mark, and the next run into ``folder`` moves the rest
+    in before it starts (readers refuse the folder meanwhile, :func:`unfinished_moves`). Staging
+    folders of killed runs are cleared first.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -109,18 +154,31 @@ def staged_folder(folder):
     except OSError as e:
         raise _cannot_write(folder, e) from None
     try:
-        yield stage
+        try:
+            yield stage
+        except UserError as e:
+            # a failed write names the output folder the user gave, not the staging folder it was in
+            raise UserError(str(e).replace(str(stage), str(folder))) from None
         try:
             if folder.is_dir():
-                for p in sorted(stage.iterdir()):
-                    os.replace(p, folder / p.name)
+                moving = stage.with_name(stage.name[: -len(".tmp")] + MOVING)
+                os.rename(stage, moving)
+                stage = moving
+                _move_all(stage, folder)
             else:
                 os.chmod(stage, 0o777 & ~_umask())  # mkdtemp's folder is private (0700)
                 os.rename(stage, folder)
         except OSError as e:
             raise _cannot_write(folder, e) from None
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage.name.endswith(MOVING):
+            # stopped during the moves (Ctrl-C, SIGTERM): finish them, a few renames; one that fails
+            # leaves the mark for readers and for the next run
+            if stage.exists():
+                with contextlib.suppress(OSError):
+                    _move_all(stage, folder)
+        else:
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def atomic_copy(src, dst):

@@ -4,7 +4,8 @@ A command writes what it was asked to write and nothing else. Before any work, e
 paths is checked (:func:`check_output`, :func:`check_outputs`), and refused in one line (exit 2)
 unless the user passed ``--overwrite``, when it
 
-* is one of the command's inputs, or would replace a file inside an input folder;
+* is one of the command's inputs, or would replace a file inside an input folder (other than an
+  earlier output of the kind written, which the command does not read);
 * is a file of a training run (``args.json``, ``metrics.jsonl``, ``last.pth``, ... of a run folder);
 * is a file of a git repository (tracked: a committed record, the shipped models, the README);
 * holds a file of another kind than the one written: an image, a checkpoint or a JSON file where a
@@ -178,6 +179,11 @@ def tracked_names(folder):
     return {n for n in os.fsdecode(out.stdout).split("\0") if n and "/" not in n} if out.returncode == 0 else set()
 
 
+def _own_kind(path, kind):
+    """``path`` holds a file of ``kind`` that the command could have written itself (see the rule above)."""
+    return path.suffix.lower() in kind.suffixes and (kind.replaceable is None or kind.replaceable(path))
+
+
 def problem(path, kind, inputs=(), tracked=None):
     """Why writing a ``kind`` file at ``path`` would replace what it should not, or None.
 
@@ -188,7 +194,9 @@ def problem(path, kind, inputs=(), tracked=None):
             continue
         if _same(path, given):
             return f"is an input of this command ({name})"
-        if Path(given).is_dir() and _same(path.parent, given) and path.exists():
+        # an input folder's own files are refused; an earlier output of this kind that lies there
+        # (hw1_1.sh IMGS IMGS/pred.csv, predict seg SAT SAT run again) is no input and is replaced
+        if Path(given).is_dir() and _same(path.parent, given) and path.exists() and not _own_kind(path, kind):
             return f"would replace a file of the input folder {given} ({name})"
     if not path.exists():
         return None
@@ -214,9 +222,19 @@ def _check_parent(path):
         raise UserError(f"{path}: cannot write it, {parent} is not writable")
 
 
+def _check_link(path):
+    """Refuse now an output path that is a link to nothing: the write at the end of the work would
+    fail (a folder) or replace the link (a file)."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{path}: is a link to {os.readlink(path)}, which does not exist; "
+                        "write to the link's target or to another path")
+
+
 def check_output(path, kind, *, inputs=(), overwrite=False, tracked=None):
     """``path`` if a ``kind`` file (a key of :data:`KINDS`) may be written there, else a one-line
     :class:`UserError`. ``inputs`` are the command's ``(flag, path)`` pairs (files or folders)."""
+    _check_link(path)
     if Path(path).is_dir():  # --overwrite could not help: a folder is never replaced by a file
         raise UserError(f"{path}: is a folder; write the {KINDS[kind].name} to a file path")
     found = None if overwrite else problem(path, kind, inputs, tracked)
@@ -229,11 +247,13 @@ def check_output(path, kind, *, inputs=(), overwrite=False, tracked=None):
 def check_outputs(folder, names, kind, *, inputs=(), overwrite=False):
     """:func:`check_output` for each file ``names`` of ``folder`` (a folder of outputs); returns their paths."""
     folder = Path(folder)
+    _check_link(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder}: exists and is not a folder")
     if not overwrite:
         for name, given in inputs:
-            if given is not None and _same(folder, given) and any((folder / n).exists() for n in names):
+            if given is not None and _same(folder, given) and any(
+                    (folder / n).exists() and not _own_kind(folder / n, KINDS[kind]) for n in names):
                 raise UserError(f"{folder}: is the input {name}; the outputs would replace its files "
                                 "(pass --overwrite to replace them, or write to another folder)")
     tracked = tracked_names(folder) if folder.is_dir() and not overwrite else set()  # one git call for the folder

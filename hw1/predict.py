@@ -239,7 +239,10 @@ def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=None, o
     from hw1.data.masks import write_mask
 
     device = get_device(device)
-    files = [p for p in list_images(image_dir) if not p.stem.endswith("_mask")]
+    # masks (ground truth beside the images, or an earlier run's output) are PNGs named as the course
+    # names them; any other image is segmented, whatever its name (road_mask.jpg was skipped silently)
+    mask_suffix = get_task("seg").layout.mask_suffix
+    files = [p for p in list_images(image_dir) if not p.name.lower().endswith(mask_suffix)]
     if not files:
         raise UserError(f"{image_dir}: only *_mask.png files here, no images to segment")
     output_dir = Path(output_dir)
@@ -271,7 +274,7 @@ def get_args_parser():
     g.add_argument("image_dir")
     g.add_argument("output_dir")
     for s in (c, g):
-        add_tta_args(s, "as the checkpoint says; the shipped ones use flip")
+        add_tta_args(s, "as the checkpoint says; the shipped ones: flip for cls, d4 for seg")
         s.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
         s.add_argument("--device", default=None, help="auto, cpu, cuda (default: auto)")
         s.add_argument("--overwrite", action="store_true",

@@ -10,6 +10,7 @@ from hw1.data.cls import NUM_CLASSES as CLS_CLASSES
 from hw1.data.images import folder_files
 from hw1.data.masks import NUM_CLASSES, UNKNOWN, holds_class_indices, read_mask
 from hw1.errors import UserError
+from hw1.io import unfinished_moves
 from hw1.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ def list_masks(folder):
     files are skipped silently, any other file and links that lead nowhere with a warning.
     """
     folder = Path(folder)
+    moving = unfinished_moves(folder)
+    if moving:
+        raise UserError(f"{folder}: holds part of two sets of masks ({moving[0].name} is still moving in, or its run "
+                        "was stopped while it did); run the command that wrote them again")
     found, skipped = {}, []
     for p in folder_files(folder):
         if p.suffix.lower() == ".png":

@@ -218,6 +218,17 @@ def test_eval_writes_its_json_whatever_becomes_of_stdout(stdout, cls_tiny_data, 
 
 
 @pytest.mark.reliability
+def test_an_error_keeps_its_exit_status_when_stderr_cannot_be_written(tmp_path):
+    """``2> /dev/full``: the one-line error is lost, its status 2 is not (1 and a traceback of the
+    failed print before)."""
+    argv = [sys.executable, "eval.py", "--task", "cls", "--pred", str(tmp_path / "none.csv"),
+            "--gt", str(tmp_path / "gt.csv")]
+    result = subprocess.run(f"{shlex.join(argv)} 2> /dev/full", shell=True, cwd=REPO, env=script_env(),
+                            stdout=subprocess.PIPE, text=True, timeout=120)
+    assert (result.returncode, result.stdout) == (2, "")
+
+
+@pytest.mark.reliability
 @pytest.mark.usefixtures("cls_one_thread")
 def test_sigterm_during_predict_seg_leaves_no_staged_masks(seg_checkpoint, tmp_path):
     images = tmp_path / "images"

@@ -119,3 +119,81 @@ def test_staging_folders_of_stopped_runs_are_swept(seg_checkpoint, tmp_path):
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in running)  # another run may still be writing those
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["0000_mask.png"]
+
+
+def dead_pid():
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.reliability
+def test_a_run_killed_while_its_masks_moved_in_is_finished_by_the_next(seg_checkpoint, tmp_path, caplog):
+    """SIGKILL between the per-file moves into an existing folder: the folder holds part of the new
+    set; readers refuse it, and the next run into it moves the rest of that set in before it writes."""
+    from hw1.scoring import list_masks
+
+    folder = write_pairs(tmp_path / "in", [(8, 8), (8, 8)])
+    out = tmp_path / "masks"
+    old = {f"000{i}_mask.png": np.full((8, 8), 1) for i in range(2)}
+    new = {f"000{i}_mask.png": np.full((8, 8), 2) for i in range(2)}
+    for name, classes in old.items():
+        write_mask(classes, out / name)
+    # the stopped run had written its set and moved 0000_mask.png in when it was killed
+    stage = out / f".staged.{dead_pid()}.k2j4.moving"
+    for name, classes in new.items():
+        write_mask(classes, (stage if name != "0000_mask.png" else out) / name)
+    with pytest.raises(UserError, match=f"{out}: holds part of two sets of masks \\({stage.name} is still moving"):
+        list_masks(out)
+    # the next run finishes those moves (said so), then writes its own set over them
+    predict_seg(folder, out, checkpoint=seg_checkpoint, device="cpu", overwrite=True)
+    assert not stage.exists() and sorted(p.name for p in out.iterdir()) == ["0000_mask.png", "0001_mask.png"]
+    assert "a stopped run had moved part of its 1 output file(s) in; moved the rest" in caplog.text
+    assert set(list_masks(out)) == {"0000", "0001"}
+
+
+@pytest.mark.reliability
+def test_a_stop_during_the_moves_finishes_them(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM between the per-file moves (the signal's exception raised from a move):
+    the few renames left are done before the exception goes on, so no mix of two sets is left."""
+    import hw1.io as io
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt"):
+        (out / name).write_text("old")
+    real, calls = os.replace, []
+
+    def interrupted_after_one(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", interrupted_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        with io.staged_folder(out) as stage:
+            for name in ("a.txt", "b.txt", "c.txt"):
+                (stage / name).write_text("new")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {"a.txt": "new", "b.txt": "new", "c.txt": "new"}
+
+
+@pytest.mark.reliability
+def test_a_failed_write_in_a_staged_folder_names_the_output_not_the_staging_folder(tmp_path, monkeypatch):
+    """A full disk while masks are written: the one-line error names OUT/name and the reason, not the
+    hidden staging folder (which is removed) or the temporary file."""
+    from pathlib import Path
+
+    import errno
+    from hw1.io import atomic_write_text, staged_folder
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    out = tmp_path / "masks"
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(UserError) as error:
+        with staged_folder(out) as stage:
+            atomic_write_text("x", stage / "0000_mask.png")
+    assert str(error.value) == f"{out / '0000_mask.png'}: cannot write (No space left on device)"
+    assert list(tmp_path.iterdir()) == []

@@ -73,7 +73,11 @@ def test_files_of_another_kind_are_refused(kind, make, reason, tmp_path):
 def test_inputs_and_files_of_input_folders_are_refused(tmp_path):
     src = file(tmp_path / "a.csv", "filename,label\n")
     assert problem(src, "csv", [("--gt", src)]) == "is an input of this command (--gt)"
-    assert "would replace a file of the input folder" in problem(src, "csv", [("--data-dir", tmp_path)])
+    labels, image = file(tmp_path / "val_gt.csv", "filename,label\n"), file(tmp_path / "0_1.png")
+    for path in labels, image:
+        assert "would replace a file of the input folder" in problem(path, "csv", [("--data-dir", tmp_path)])
+    # an earlier output of the kind written is no input of the folder's: replaced as anywhere else
+    assert problem(src, "csv", [("--data-dir", tmp_path)]) is None
     assert problem(tmp_path / "b.csv", "csv", [("--data-dir", tmp_path)]) is None  # a new file beside inputs
     assert problem(src, "csv", [("--labels", None)]) is None  # an input not given
 
@@ -95,10 +99,26 @@ def test_a_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path):
         check_outputs(tmp_path / "file", ["a.png"], "mask")
 
 
+@pytest.mark.reliability
+def test_an_output_that_is_a_link_to_nothing_is_refused_before_any_work(tmp_path):
+    """OUT a link whose target does not exist: refused when checked, before the work (it failed at the
+    end, after every mask was made)."""
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone")
+    for check in (lambda: check_outputs(link, ["0000_mask.png"], "mask"), lambda: check_output(link, "csv")):
+        with pytest.raises(UserError, match=f"{link}: is a link to {tmp_path / 'gone'}, which does not exist"):
+            check()
+    assert link.is_symlink() and not (tmp_path / "gone").exists()
+
+
 def test_masks_into_an_input_folder_are_refused(tmp_path):
     write_mask(np.zeros((2, 2), np.int64), tmp_path / "0001_mask.png")
     with pytest.raises(UserError, match="is the input IMAGE_DIR; the outputs would replace its files"):
         check_outputs(tmp_path, ["0001_mask.png"], "mask", inputs=[("IMAGE_DIR", tmp_path)])
+    # earlier predictions in the input folder (predict seg SAT SAT run again) are no input: replaced
+    write_mask(np.zeros((2, 2), np.int64), tmp_path / "0002_mask.png", text=MASK_MARK)
+    assert check_outputs(tmp_path, ["0002_mask.png"], "mask", inputs=[("IMAGE_DIR", tmp_path)]) == [
+        tmp_path / "0002_mask.png"]
     # a folder of earlier predictions is no input: its masks are replaced
     ours = tmp_path / "pred"
     write_mask(np.zeros((2, 2), np.int64), ours / "0001_mask.png", text=MASK_MARK)

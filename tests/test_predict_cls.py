@@ -169,6 +169,21 @@ def test_predict_cls_never_writes_its_csv_over_an_image(cls_tiny_checkpoint, cls
     assert target.read_bytes() == before
 
 
+@pytest.mark.reliability
+def test_predict_cls_again_into_its_image_folder_replaces_its_own_csv(cls_tiny_checkpoint, cls_tiny_data, tmp_path):
+    """``hw1_1.sh IMGS IMGS/pred.csv`` twice: the CSV of the first run is no input; the second replaces it."""
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for p in sorted((cls_tiny_data / "val_50").iterdir())[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    out = folder / "pred.csv"
+    predict_cls(folder, out, checkpoint=cls_tiny_checkpoint, device="cpu")
+    first = out.read_text()
+    out.write_text(first.replace("filename", "stale", 1))
+    predict_cls(folder, out, checkpoint=cls_tiny_checkpoint, device="cpu")
+    assert out.read_text() == first and len(first.splitlines()) == 4  # the header and the 3 images
+
+
 # --- failed runs keep the previous output; odd file names -----------------------------------------
 
 

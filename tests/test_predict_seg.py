@@ -185,6 +185,35 @@ def test_predict_seg_refuses_to_write_over_its_input(predict_inputs, varied_chec
 
 
 @pytest.mark.reliability
+def test_an_image_named_like_a_mask_is_segmented(varied_checkpoint, tmp_path):
+    """Only the course's mask name (``*_mask.png``) marks a mask to skip; ``road_mask.jpg`` is an image
+    (it was skipped silently)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    noise(np.random.default_rng(4), 16, 16).save(folder / "road_mask.jpg")
+    save_classes(np.zeros((16, 16), np.int64), folder / "0001_mask.png")
+    written = predict_seg(folder, tmp_path / "out", checkpoint=varied_checkpoint, device="cpu")
+    assert written == [tmp_path / "out" / "road_mask.png"]
+
+
+@pytest.mark.reliability
+def test_predict_seg_into_its_own_image_folder_twice(varied_checkpoint, tmp_path):
+    """A folder of satellite images that is its own OUT: the second run replaces the masks of the
+    first (no input of the folder's), and neither reads them as images."""
+    folder = tmp_path / "sat"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        noise(rng, 32, 32).save(folder / f"{i:04d}_sat.jpg")
+    predict_seg(folder, folder, checkpoint=varied_checkpoint, device="cpu")
+    first = contents(folder)
+    (folder / "0000_mask.png").write_bytes((folder / "0001_mask.png").read_bytes())  # made stale
+    predict_seg(folder, folder, checkpoint=varied_checkpoint, device="cpu")
+    assert contents(folder) == first
+    assert sorted(first) == ["0000_mask.png", "0000_sat.jpg", "0001_mask.png", "0001_sat.jpg"]
+
+
+@pytest.mark.reliability
 def test_predict_seg_never_replaces_ground_truth_masks(seg_data, varied_checkpoint, tmp_path):
     """OUT a copy of validation/: its masks are ground truth, which predictions replace only when told."""
     val = seg_data / "validation"
