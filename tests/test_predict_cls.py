@@ -156,12 +156,17 @@ def test_extract_features_are_the_classifier_input_in_fp32(cls_tiny_checkpoint):
                                + net.classifier.bias.detach().numpy(), logits, rtol=1e-4, atol=1e-4)
 
 
+def three_images(data, folder):
+    """``folder`` holding copies of three validation images of ``data``."""
+    folder.mkdir()
+    for p in sorted((data / "val_50").iterdir())[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    return folder
+
+
 @pytest.mark.reliability
 def test_predict_cls_never_writes_its_csv_over_an_image(cls_tiny_checkpoint, cls_tiny_data, tmp_path):
-    folder = tmp_path / "val"
-    folder.mkdir()
-    for p in sorted((cls_tiny_data / "val_50").iterdir())[:3]:
-        (folder / p.name).write_bytes(p.read_bytes())
+    folder = three_images(cls_tiny_data, tmp_path / "val")
     target = sorted(folder.iterdir())[0]
     before = target.read_bytes()
     with pytest.raises(UserError, match=f"{target}: would replace a file of the input folder"):
@@ -172,10 +177,7 @@ def test_predict_cls_never_writes_its_csv_over_an_image(cls_tiny_checkpoint, cls
 @pytest.mark.reliability
 def test_predict_cls_again_into_its_image_folder_replaces_its_own_csv(cls_tiny_checkpoint, cls_tiny_data, tmp_path):
     """``hw1_1.sh IMGS IMGS/pred.csv`` twice: the CSV of the first run is no input; the second replaces it."""
-    folder = tmp_path / "val"
-    folder.mkdir()
-    for p in sorted((cls_tiny_data / "val_50").iterdir())[:3]:
-        (folder / p.name).write_bytes(p.read_bytes())
+    folder = three_images(cls_tiny_data, tmp_path / "val")
     out = folder / "pred.csv"
     predict_cls(folder, out, checkpoint=cls_tiny_checkpoint, device="cpu")
     first = out.read_text()
