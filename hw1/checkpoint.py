@@ -5,14 +5,13 @@ A checkpoint holds ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``epoch`
 epoch's record). Everything is tensors, numbers, strings, lists and dicts, so ``torch.load(...,
 weights_only=True)`` reads it and a file that would run code when unpickled is refused.
 """
-import pickle
 import random
 from pathlib import Path
 
 import torch
 
 from hw1.errors import UserError
-from hw1.io import atomic_torch_save
+from hw1.io import atomic_torch_save, load_torch_file
 from hw1.outputs import check_output
 from hw1.models import REGISTRY, build_model, current_name, get_spec
 
@@ -63,18 +62,7 @@ def load_checkpoint(path, *, task=None):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # weights_only refuses any class or function the file names (a "GLOBAL"): that is a file
-        # that would run code when unpickled. Every other unpickling failure is plain corruption.
-        unsafe = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
-        if unsafe:
-            raise UserError(f"{path}: refused to load: it holds Python objects beyond tensors and plain data, "
-                            f"which could run code ({unsafe[0]})") from None
-        raise UserError(f"{path}: corrupt or not a PyTorch checkpoint (unreadable pickle data)") from None
-    except Exception as e:  # zip, EOF, key and index errors from a damaged or foreign file
-        raise UserError(f"{path}: corrupt or not a PyTorch checkpoint ({type(e).__name__})") from None
+    ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED):
         raise UserError(f"{path}: not an hw1 checkpoint (needs keys {', '.join(REQUIRED)})")
     for key, kind in (("model", dict), ("model_name", str), ("model_config", dict)):

@@ -186,7 +186,7 @@ class TrainConfig:
         try:
             self.model_config = self.spec().model_config(self.model_config, self)
         except ArgError as e:
-            raise UserError(f"--{e.name.replace('_', '-')} {e.value}: {e.must}") from None
+            raise UserError(e.as_flag()) from None
         problems = self.problems()
         if problems:
             flag, value, must = problems[0]

@@ -2,10 +2,13 @@
 import contextlib
 import logging
 import math
+import pickle
 import os
 import re
 import shutil
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -223,3 +226,37 @@ def json_safe(value):
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _read_head(path, size):
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""
+
+
+def load_torch_file(path, *, mmap=False):
+    """``torch.load(path, weights_only=True)`` on the CPU; a file that is not one it reads is a one-line
+    :class:`UserError` saying which kind of file it is.
+
+    weights_only refuses any class or function a pickle names (a ``GLOBAL``): a file that would run
+    code when unpickled. A file that ``torch.save`` did not write (a raw pickle) fails on the pickle
+    opcodes the weights-only reader does not take, after a warning about its protocol that is kept
+    off the screen: the one line says what the file is instead.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        unsafe = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        if unsafe:
+            raise UserError(f"{path}: refused to load: it holds Python objects beyond tensors and plain data, "
+                            f"which could run code ({unsafe[0]})") from None
+        if _read_head(path, 1) == b"\x80" and not zipfile.is_zipfile(path):  # pickle's PROTO opcode
+            raise UserError(f"{path}: a raw pickle (pickle.dump), not a file that torch.save wrote; "
+                            "save checkpoints and state dicts with torch.save") from None
+        raise UserError(f"{path}: corrupt or not a PyTorch checkpoint (unreadable pickle data)") from None
+    except Exception as e:  # zip, EOF, key and index errors from a damaged or foreign file
+        raise UserError(f"{path}: corrupt or not a PyTorch checkpoint ({type(e).__name__})") from None

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from hw1.errors import UserError
-from hw1.io import append_text, atomic_copy, atomic_torch_save, atomic_write_text
+from hw1.io import append_text, atomic_copy, atomic_torch_save, atomic_write_text, load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -241,10 +241,8 @@ def _same_file(a, b):
 def checkpoint_epoch(path):
     """The epoch of the checkpoint at ``path``, or None when there is none (read through a memory
     map: only the small ``epoch`` entry is loaded, not the weights)."""
-    import torch
-
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = load_torch_file(path, mmap=True)
     except Exception:  # missing, not a checkpoint, cut short: no epoch to compare
         return None
     epoch = ckpt.get("epoch") if isinstance(ckpt, dict) else None

@@ -15,7 +15,7 @@ from hw1 import distributed as dist
 from hw1 import engine
 from hw1.checkpoint import check_rng_state, load_checkpoint, plain, rng_state, set_rng_state
 from hw1.errors import UserError
-from hw1.io import json_safe
+from hw1.io import atomic_copy, json_safe
 from hw1.models import get_spec
 from hw1.run_dir import RunDir, run_folder_of
 from hw1.runtime import (amp_dtype, channels_last_default, device_name, micro_batch_default, seed_everything,
@@ -124,6 +124,8 @@ def load_resume(config, *, model_name, model_config):
     if ckpt["epoch"] > config.epochs:
         raise UserError(f"{path}: checkpoint of epoch {ckpt['epoch']}, past --epochs {config.epochs}; "
                         f"resume with --epochs {ckpt['epoch']} or more")
+    # the history the run continues (read again by fit): a damaged line is an error now, not after decoding
+    RunDir(run_folder_of(path)).read_metrics(upto_epoch=ckpt["epoch"], required=False)
     return ckpt
 
 
@@ -249,6 +251,12 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
                 log.warning("%s: the checkpoint of epoch %d, the best up to epoch %d, was not kept; best.pth "
                             "will be the best epoch from here on", run_dir.path, best_epoch, resume["epoch"])
                 state.best = float("-inf")
+            kept = run_dir.epoch_file(resume["epoch"])
+            if resume["epoch"] in save_epochs and not kept.is_file():
+                # a run stopped between last.pth and its copy: the resumed checkpoint is that epoch's
+                log.info("%s: the copy of epoch %d's checkpoint was not made; making it from %s",
+                         kept, resume["epoch"], config.resume)
+                atomic_copy(config.resume, kept)
 
     ema = state.ema
     step_model, eval_model = wrapped(model, config, device, distributed)

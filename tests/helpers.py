@@ -3,6 +3,7 @@ files, a checkpoint that would run code, the environment of a script run as a re
 P2 class maps written and read with plain PIL, a tiny P1 checkpoint."""
 import csv
 import os
+import pickle
 import shlex
 from pathlib import Path
 
@@ -80,10 +81,16 @@ class _RunsAShellCommandWhenUnpickled:
         return os.system, (self.command,)
 
 
-def save_code_running_checkpoint(path, marker):
-    """An hw1-looking checkpoint whose unpickling would create ``marker``."""
-    payload = _RunsAShellCommandWhenUnpickled(f"touch {shlex.quote(str(marker))}")
-    torch.save({"model": payload, "model_name": "densenet", "model_config": {}}, path)
+def save_code_running_checkpoint(path, marker, *, raw=False):
+    """An hw1-looking checkpoint whose unpickling would create ``marker``; ``raw``: written by
+    ``pickle.dump`` (protocol 4), not ``torch.save``."""
+    payload = {"model": _RunsAShellCommandWhenUnpickled(f"touch {shlex.quote(str(marker))}"),
+               "model_name": "densenet", "model_config": {}}
+    if raw:
+        with open(path, "wb") as f:
+            pickle.dump(payload, f, protocol=4)
+    else:
+        torch.save(payload, path)
     return path
 
 

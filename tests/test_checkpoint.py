@@ -19,7 +19,7 @@ from PIL import Image
 
 import eval as eval_py
 from conftest import REPO
-from helpers import cli_error, write_pairs
+from helpers import cli_error, save_code_running_checkpoint, write_pairs
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.errors import UserError
 from hw1.models import build_model
@@ -165,6 +165,18 @@ def test_checkpoints_that_are_not_hw1_ones(tmp_path):
         load_checkpoint(tmp_path / "nope.pth")
 
 
+@pytest.mark.reliability
+def test_a_raw_pickle_is_named_as_such_without_torchs_warning(tmp_path, recwarn):
+    """A pickle that torch.save did not write (here one that would run code): one line saying what the
+    file is, after no warning about its pickle protocol ("corrupt", after torch's 2-line warning, before)."""
+    path = save_code_running_checkpoint(tmp_path / "raw.pth", tmp_path / "ran", raw=True)
+    with pytest.raises(UserError) as error:
+        load_checkpoint(path)
+    assert str(error.value) == (f"{path}: a raw pickle (pickle.dump), not a file that torch.save wrote; "
+                                "save checkpoints and state dicts with torch.save")
+    assert not recwarn.list and not (tmp_path / "ran").exists()
+
+
 @pytest.mark.parametrize("skips, name", [("none", "vgg16_fcn32s"), ("8s", "vgg16_fcn8s")])
 def test_a_checkpoint_saved_before_fcn8s_had_its_name_loads_under_it(skips, name, tmp_path):
     """Checkpoints of vgg16_fcn32s with a skips argument (the shipped P2 model was one) load,
@@ -269,7 +281,8 @@ def where(path, call):
 @pytest.mark.reliability
 def test_every_torch_load_is_weights_only():
     loads = [(p, c) for p, c in calls_named("load", "loads") if ast.unparse(c.func) == "torch.load"]
-    assert {p.name for p, _ in loads} >= {"checkpoint.py", "weights.py"}  # the scan does find them
+    # one place reads every torch file (hw1.io.load_torch_file); the scan does find it
+    assert [p.relative_to(REPO).as_posix() for p, _ in loads] == ["hw1/io.py"]
     assert [where(p, c) for p, c in loads if not passes_weights_only(c)] == []
     # Nothing unpickles any other way.
     unpickling = [where(p, c) for p, c in calls_named("load", "loads", "Unpickler")

@@ -13,6 +13,7 @@ import train_cls
 import train_seg
 from hw1.cli import run, start_run
 from hw1.config import ClsConfig, SegConfig, config_of
+from hw1.errors import UserError
 from hw1.runtime import amp_dtype, channels_last_default, micro_batch_default
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
@@ -174,7 +175,9 @@ def test_one_overlay_defaults_then_recipes_then_typed_flags():
                                               "img_size)"),
     (["--model-config", "depth=11"], "--depth 11: must be 6n+4"),
     (["--model-config", "depth=40.5"], "--depth 40.5: must be an integer"),
-    (["--model-config", "colour=red"], "--colour red: densenet takes no colour"),
+    # a name no model has a flag for is shown as it was given, not as a flag that does not exist
+    (["--model-config", "colour=red"], "--model-config colour=red: densenet takes no colour"),
+    (["--model-config", "Depth=10"], "--model-config Depth=10: densenet takes no Depth"),
     (["--recipe", "gpu"], "--recipe gpu: densenet has the recipes cpu, demo"),
     (["--demo", "--recipe", "cpu"], "--demo and --recipe cpu: choose one"),
     # a setting given twice with two values has no silent winner, in either order
@@ -188,6 +191,16 @@ def test_hyperparameters_the_model_does_not_take_are_refused(argv, message, tmp_
         run(train_cls.main, [*argv, "--data-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "run")])
     assert capsys.readouterr().err.startswith(f"error: {message}")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.reliability
+def test_densenet_with_imagenet_weights_is_refused_as_such():
+    """DenseNet has no published weights: ``--weights imagenet`` is refused as a keyword it does not
+    take ("imagenet: weights file not found" before)."""
+    from hw1.models import build_model
+
+    with pytest.raises(UserError, match="^--weights imagenet: expected one of none or a file path$"):
+        build_model("densenet", depth=10, growth_rate=4, weights="imagenet")
 
 
 @pytest.mark.reliability

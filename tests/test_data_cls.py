@@ -212,6 +212,31 @@ def test_a_very_large_image_warns_naming_the_file_and_a_larger_one_is_an_error(t
 
 
 @pytest.mark.reliability
+def test_very_large_images_decoded_on_threads_each_warn_with_their_own_name(tmp_path, caplog, monkeypatch):
+    """P2 decodes on threads: each very large image's warning names that image, never another one
+    decoded at the same time, and PIL's warning without a name never gets through."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hw1.data.images import read_rgb
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    paths = []
+    for i in range(24):
+        path = tmp_path / f"{'big' if i % 2 else 'small'}{i}.png"
+        _solid("RGB", (12, 12) if i % 2 else (8, 8), (i, 2, 3)).save(path)
+        paths.append(path)
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(5):
+                assert [a.shape for a in pool.map(read_rgb, paths)] == [(12, 12, 3) if i % 2 else (8, 8, 3)
+                                                                      for i in range(24)]
+    named = [r.getMessage().split(":")[0] for r in caplog.records if "a very large image" in r.getMessage()]
+    assert sorted(set(named)) == sorted(str(p) for p in paths if p.name.startswith("big"))
+    assert len(named) == 5 * 12
+
+
+@pytest.mark.reliability
 def test_exif_orientation_is_not_applied(tmp_path):
     """Pixels are read as stored: the course's masks are aligned to the stored pixels, not to a
     camera's orientation tag (the course's images have none)."""

@@ -316,6 +316,35 @@ def test_resume_from_a_corrupt_checkpoint_leaves_the_run_untouched(cls_one_epoch
 
 
 @pytest.mark.reliability
+def test_a_damaged_line_of_the_history_is_found_before_the_data_is_decoded(cls_tiny_run, cls_tiny_data,
+                                                                          cls_tiny_train_argv, tmp_path, capsys,
+                                                                          monkeypatch):
+    run_dir = copy_run(cls_tiny_run[0], tmp_path)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "metrics.jsonl").write_text("".join([lines[0], lines[1][:20] + "\n", *lines[2:]]))
+    before = snapshot(run_dir)
+    monkeypatch.setattr(train_cls, "load_splits", lambda config: pytest.fail("the data was decoded"))
+    err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume",
+                                                                str(run_dir / "last.pth"), epochs=5))
+    assert err == f"error: {run_dir / 'metrics.jsonl'}: line 2 is not JSON\n"
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.reliability
+def test_a_kept_epoch_copy_that_a_stop_prevented_is_made_on_resume(cls_tiny_data, cls_tiny_train_argv, tmp_path):
+    """Killed after last.pth of a kept epoch but before its epoch_NNN.pth copy: the resume makes it
+    from the resumed checkpoint (it was missing for good, with no word)."""
+    run_dir = tmp_path / "run"
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, "--save-epochs", "1", "2", epochs=2))
+    expected = (run_dir / "epoch_002.pth").read_bytes()
+    (run_dir / "epoch_002.pth").unlink()
+    train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, "--save-epochs", "1", "2", "--resume",
+                                       str(run_dir / "last.pth"), epochs=3))
+    assert (run_dir / "epoch_002.pth").read_bytes() == expected
+    assert load_checkpoint(run_dir / "last.pth")["epoch"] == 3
+
+
+@pytest.mark.reliability
 def test_resume_from_nothing(cls_one_epoch_run, cls_tiny_data, cls_tiny_train_argv, tmp_path, capsys):
     run_dir = copy_run(cls_one_epoch_run, tmp_path)
     before = snapshot(run_dir)

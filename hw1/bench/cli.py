@@ -267,7 +267,7 @@ def parse_args(argv):
         try:
             model_config_of(name, args)
         except ArgError as e:
-            raise UserError(f"--{e.name.replace('_', '-')} {e.value}: {e.must}") from None
+            raise UserError(e.as_flag()) from None
     if set(args.parts) & set(DATA_PARTS):  # real data only: the recipes' epochs are of the course's images
         args.data_dirs = {"cls": args.data_dir or ClsConfig.data_dir, "seg": args.p2_data_dir}
         for task, folder in args.data_dirs.items():

@@ -1,6 +1,7 @@
 """Reading images the same way everywhere: RGB uint8, any PIL mode and bit depth converted, errors naming the file."""
 import contextlib
 import logging
+import threading
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image
 from hw1.errors import UserError
 
 log = logging.getLogger(__name__)
+_OPEN_LOCK = threading.Lock()
 
 IMG_EXTS = (".png", ".jpg", ".jpeg")
 # ImageNet statistics: ConvNeXt's pretrained weights expect them, and they suit DenseNet too.
@@ -57,10 +59,12 @@ def open_image(path, what="image"):
     not applied: pixels are read as stored, as the course's masks are aligned to them.
     """
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        # PIL's size check runs in Image.open (the header only). catch_warnings swaps process-wide
+        # state, so with images decoded on threads one call could record (or lose) another's
+        # warning: the open is serialised, the decoding that follows is not.
+        with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                yield im
+            im = Image.open(path)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UserError(f"{path}: cannot read {what} ({e})".splitlines()[0]) from None
     for w in caught:
@@ -68,6 +72,11 @@ def open_image(path, what="image"):
             log.warning("%s: a very large %s (%s)", path, what, str(w.message).splitlines()[0])
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    try:
+        with im:
+            yield im
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read {what} ({e})".splitlines()[0]) from None
 
 
 def list_images(folder):

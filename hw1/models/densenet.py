@@ -127,9 +127,10 @@ def densenet(*, depth: int = 100, growth_rate: int = 24, compression: float = 0.
     model = DenseNet(depth=depth, growth_rate=growth_rate, compression=compression, bn_size=bn_size,
                      drop_rate=drop_rate, num_classes=num_classes, stem_pool=stem_pool)
     if weights not in (None, "none"):
-        from hw1.models.weights import load_matching, local_state_dict
+        from hw1.models.weights import load_matching, resolve_state_dict
 
-        load_matching(model, local_state_dict(weights), source=str(weights))
+        # no keywords: there are no published weights of this model (--weights imagenet is refused as such)
+        load_matching(model, resolve_state_dict(weights, {}), source=str(weights))
     return model
 
 

@@ -22,6 +22,15 @@ class ArgError(ValueError):
         super().__init__(f"{name}={value!r}: {must}")
         self.name, self.value, self.must = name, value, must
 
+    def as_flag(self):
+        """The error as the command line gave it: ``--depth 11: ...`` for a hyperparameter that some
+        model has a flag for, ``--model-config Depth=10: ...`` for a name that no flag has."""
+        from hw1.models import REGISTRY, get_spec
+
+        if any(self.name in get_spec(name).hyperparameters() for name in REGISTRY):
+            return f"--{self.name.replace('_', '-')} {self.value}: {self.must}"
+        return f"--model-config {self.name}={self.value}: {self.must}"
+
 
 @dataclass(frozen=True)
 class ModelSpec:

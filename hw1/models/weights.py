@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from hw1.errors import UserError
+from hw1.io import load_torch_file
 
 
 def weights_enum(weights):
@@ -55,10 +56,7 @@ def local_state_dict(path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path}: not a loadable state dict ({type(e).__name__}: {e})".splitlines()[0]) from None
+    obj = load_torch_file(path)
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -14,6 +14,7 @@ from hw1 import metrics, plots
 from hw1.checkpoint import load_checkpoint
 from hw1.engine import tta_mode
 from hw1.errors import UserError
+from hw1.io import load_torch_file
 from hw1.models import build_model, get_spec
 from hw1.models.introspect import model_summary
 from hw1.predict import InferenceModel, extract_features, segment
@@ -75,7 +76,7 @@ def exports(run_path, folder=CHECKPOINTS):
     for path in sorted(Path(folder).glob("*.pth")):
         try:
             # mmap: only the entries beside the weights are read, even of a checkpoint of hundreds of MB
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            ckpt = load_torch_file(path, mmap=True)
         except Exception:  # a partial download or a foreign file: not an export of this run either way
             continue
         source = ckpt.get("exported_from") if isinstance(ckpt, dict) else None
