@@ -2,8 +2,8 @@
 import contextlib
 import logging
 import math
-import pickle
 import os
+import pickle
 import re
 import shutil
 import tempfile
