@@ -11,6 +11,7 @@ from pathlib import Path
 from hw1 import distributed as dist
 from hw1.cli import add_training_args, run, start_run
 from hw1.config import ClsConfig
+from hw1.data.batches import ClsBatchTransform
 from hw1.data.cls import AUGMENTATIONS, cls_eval_transform, cls_train_transform, load_cls_split
 from hw1.data.demo import make_cls_demo
 from hw1.models import model_names
@@ -29,7 +30,7 @@ def get_args_parser():
     p.add_argument("--label-smoothing", type=float, help="(default: %(default)s)")
     p.add_argument("--aug", choices=AUGMENTATIONS,
                    help="seed: crop+flip, AutoAugment, RandomErasing; light: crop+flip (default: %(default)s)")
-    p.add_argument("--flip", choices=("random", "alternate"),
+    p.add_argument("--flip", choices=ClsBatchTransform.FLIPS,
                    help="the training crops' left-right flip: random, or alternate (each image mirrored on every "
                         "other epoch, as the CIFAR-10 speed runs do; --loader batched) (default: %(default)s)")
     p.add_argument("--cutout", type=int, metavar="N",

@@ -31,9 +31,8 @@ def git_commit(repo=Path(__file__).resolve().parents[1]):
 
 def check_records(path, records, keys):
     """Every record of ``path`` (metrics.jsonl) holds ``keys`` as numbers: a hand-edited or foreign
-    file is one line naming the line and the key, not a KeyError."""
-    if not records:
-        raise UserError(f"{path}: no epoch recorded yet")
+    file is one line naming the line and the key, not a KeyError (an empty file is
+    :meth:`RunDir.read_metrics`'s error already)."""
     for line, record in enumerate(records, 1):
         for key in keys:
             value = record.get(key) if isinstance(record, dict) else None
