@@ -139,7 +139,7 @@ def _check_fields(ckpt, path, spec):
     except (ValueError, TypeError):
         ok = False
     if not ok:
-        raise UserError(f"{path}: 'inference' must be a dict such as {{'tta': 'flip'}} (none, flip, d4 or a bool), "
+        raise UserError(f"{path}: 'inference' must be a dict such as {{'tta': 'flip'}} (none, flip, d4, crops or a bool), "
                         f"not {inference!r}")
     if "epoch" in ckpt and not (_is_int(ckpt["epoch"]) and ckpt["epoch"] >= 0):
         raise UserError(f"{path}: 'epoch' {ckpt['epoch']!r}: must be an integer, 0 or more")

@@ -118,10 +118,11 @@ def add_model_args(parser, specs):
 def add_tta_args(parser, default):
     """``--tta [MODE]`` (alone: flip) and ``--no-tta``, into ``tta``: a mode of
     :data:`hw1.engine.TTA_MODES` or None (``default`` says what None means)."""
-    modes = ("none", "flip", "d4")  # hw1.engine.TTA_MODES, without importing torch for --help
+    modes = ("none", "flip", "d4", "crops")  # hw1.engine.TTA_MODES, without importing torch for --help
     parser.add_argument("--tta", nargs="?", const="flip", choices=modes, default=None, metavar="MODE",
-                        help="test-time augmentation: flip (the mirror image, what --tta alone means) or d4 "
-                             f"(the 8 turns and mirrors of a square image), averaged (default: {default})")
+                        help="test-time augmentation: flip (the mirror image, what --tta alone means), d4 "
+                             "(the 8 turns and mirrors of a square image) or crops (the image and its mirror, "
+                             f"each also moved a pixel both ways), averaged (default: {default})")
     parser.add_argument("--no-tta", dest="tta", action="store_const", const="none", help="no test-time augmentation")
     return parser
 

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,20 @@ def upsampled(logits, size):
 
 # Test-time augmentation, as views of the input that a segmenter's maps are turned back from:
 # "flip" mirrors left-right; "d4" is the 8 symmetries of a square (4 turns, each also mirrored),
-# all valid for overhead imagery, which has no up or left.
-TTA_MODES = ("none", "flip", "d4")
+# all valid for overhead imagery, which has no up or left; "crops" is the CIFAR-10 speed runs'
+# multi-crop TTA (airbench): the image and its mirror, half the weight, and both moved one pixel
+# up-left and one down-right within a reflect padding (as the training crops pad), a quarter each.
+TTA_MODES = ("none", "flip", "d4", "crops")
+
+
+@dataclass(frozen=True)
+class View:
+    """One view of a TTA mode: the input moved ``shift`` pixels up and left (negative: down and
+    right), then mirrored left-right, then turned ``turns`` quarter turns; ``weight`` its share of the mean."""
+    turns: int = 0
+    mirrored: bool = False
+    shift: int = 0
+    weight: float = 1.0
 
 
 def tta_mode(tta):
@@ -69,48 +82,66 @@ def tta_mode(tta):
 
 
 def tta_views(tta):
-    """The views of mode ``tta`` as ``(quarter turns, mirrored)``, the plain image first."""
+    """The :class:`View` s of mode ``tta``, the plain image first; their weights sum to 1."""
     mode = tta_mode(tta)
     if mode == "none":
-        return [(0, False)]
+        return [View()]
     if mode == "flip":
-        return [(0, False), (0, True)]
-    return [(k, mirrored) for k in range(4) for mirrored in (False, True)]
+        return [View(mirrored=m, weight=0.5) for m in (False, True)]
+    if mode == "crops":
+        return [View(mirrored=m, shift=s, weight=0.25 if s == 0 else 0.125) for s in (0, -1, 1) for m in (False, True)]
+    return [View(turns=k, mirrored=m, weight=0.125) for k in range(4) for m in (False, True)]
 
 
-def _view(x, turns, mirrored):
-    x = x.flip(-1) if mirrored else x
-    return torch.rot90(x, turns, (-2, -1)) if turns else x
+def _shifted(x, shift, mode):
+    """``x`` moved ``shift`` pixels along both spatial axes, its border filled by ``mode`` padding."""
+    if not shift:
+        return x
+    h, w = x.shape[-2:]
+    n = abs(shift)
+    return F.pad(x, (n,) * 4, mode=mode)[..., n + shift:n + shift + h, n + shift:n + shift + w]
 
 
-def _unview(y, turns, mirrored):
-    y = torch.rot90(y, -turns, (-2, -1)) if turns else y
-    return y.flip(-1) if mirrored else y
+def _view(x, v):
+    x = _shifted(x, v.shift, "reflect")
+    x = x.flip(-1) if v.mirrored else x
+    return torch.rot90(x, v.turns, (-2, -1)) if v.turns else x
+
+
+def _unview(y, v):
+    y = torch.rot90(y, -v.turns, (-2, -1)) if v.turns else y
+    y = y.flip(-1) if v.mirrored else y
+    # a map's pixel (i, j) came from the input's pixel (i + shift, j + shift): moved back, its
+    # border (the padding's) repeats its neighbours
+    return _shifted(y, -v.shift, "replicate")
 
 
 def probabilities(model, x, *, tta=False, size=None, output=None):
     """Class probabilities of a batch, (N, C) or (N, C, H, W) in fp32; with ``tta`` (a mode of
-    :data:`TTA_MODES`, or True for "flip") the mean over its views, a segmenter's maps turned and
-    mirrored back. ``size``: a segmenter's logits are upsampled to it first (:func:`upsampled`).
-    ``output``: the model's output for ``x`` when the caller has it already, so that only the
-    other views run."""
+    :data:`TTA_MODES`, or True for "flip") the weighted mean over its views, a segmenter's maps
+    turned, mirrored and moved back. ``size``: a segmenter's logits are upsampled to it first
+    (:func:`upsampled`). ``output``: the model's output for ``x`` when the caller has it already,
+    so that only the other views run."""
     nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
     views = tta_views(tta)
     total = None
-    for turns, mirrored in views:
-        if (turns, mirrored) == (0, False) and output is not None:
+    for v in views:
+        if v == views[0] and output is not None:
             out = output
         else:
-            v = _view(x, turns, mirrored)
-            out = model(v.contiguous(memory_format=torch.channels_last) if nhwc and turns else v)
+            xv = _view(x, v)
+            out = model(xv.contiguous(memory_format=torch.channels_last) if nhwc and (v.turns or v.shift) else xv)
         logits = logits_of(out)
-        if logits.dim() == 4:  # a segmenter's map: upsampled in the view's orientation, then turned back
-            view_size = None if size is None else (tuple(size)[::-1] if turns % 2 else tuple(size))
-            prob = _unview(upsampled(logits, view_size).float().softmax(1), turns, mirrored)
+        if logits.dim() == 4 and v.shift:
+            # logits moved back by the input's pixel, at the input's scale, before any resizing to ``size``
+            prob = upsampled(_unview(upsampled(logits, tuple(x.shape[-2:])), v), size).float().softmax(1)
+        elif logits.dim() == 4:  # a segmenter's map: upsampled in the view's orientation, then turned back
+            view_size = None if size is None else (tuple(size)[::-1] if v.turns % 2 else tuple(size))
+            prob = _unview(upsampled(logits, view_size).float().softmax(1), v)
         else:
             prob = logits.float().softmax(1)
-        total = prob if total is None else total + prob
-    return total if len(views) == 1 else total / len(views)
+        total = prob * v.weight if total is None else total + prob * v.weight
+    return total
 
 
 def to_device(images, targets, device, channels_last):

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 class InferenceModel:
     """A model ready to infer, with its plan: ``module`` in eval mode on ``device``, run under
     autocast to ``amp`` (None: full fp32) on inputs in NHWC when ``channels_last``; ``tta`` the
-    test-time augmentation (:data:`hw1.engine.TTA_MODES`: none, flip, d4); ``size`` is the side a segmenter was trained at (None: images at their
+    test-time augmentation (:data:`hw1.engine.TTA_MODES`: none, flip, d4, crops); ``size`` is the side a segmenter was trained at (None: images at their
     own size); ``name`` the model's registry name (None for a model built otherwise)."""
     module: torch.nn.Module
     device: torch.device

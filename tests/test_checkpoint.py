@@ -48,7 +48,7 @@ def test_checkpoint_fields_of_the_wrong_type(tmp_path, change):
 
 @pytest.mark.reliability
 @pytest.mark.parametrize("change, message", [
-    ({"inference": "yes"}, "'inference' must be a dict such as {'tta': 'flip'} (none, flip, d4 or a bool), not 'yes'"),
+    ({"inference": "yes"}, "'inference' must be a dict such as {'tta': 'flip'} (none, flip, d4, crops or a bool), not 'yes'"),
     ({"inference": {"tta": "no"}}, "'inference' must be a dict"),
     ({"args": {"size": float("inf")}}, "args.size inf: must be an integer in [1, 4096]"),
     ({"args": {"size": 30000}}, "args.size 30000: must be an integer in [1, 4096]"),
@@ -390,6 +390,9 @@ def test_a_checkpoint_exported_with_tta_is_used_with_it_unless_told_not_to(cls_t
     assert predict(shipped, "--no-tta") == plain
     assert score(shipped) == score(cls_tiny_checkpoint, "--tta") and score(shipped)[1] == {"flip"}
     assert predict(cls_tiny_checkpoint, "--tta", "d4")[1] == {"d4"}
+    crops = tmp_path / "crops.pth"
+    export_checkpoint(cls_tiny_checkpoint, crops, tta="crops")
+    assert predict(crops)[1] == {"crops"} and score(crops)[1] == {"crops"}
     # without TTA the evaluation takes the logits' argmax and never asks for probabilities
     assert score(shipped, "--no-tta") == score(cls_tiny_checkpoint) and score(cls_tiny_checkpoint)[1] == set()
 

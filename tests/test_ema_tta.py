@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import train_cls
@@ -140,8 +141,42 @@ def test_d4_tta_averages_the_eight_turned_and_mirrored_views():
         got = engine.probabilities(seg, x, tta="d4")
     torch.testing.assert_close(got, torch.stack(expected).mean(0))
     assert not torch.allclose(got, engine.probabilities(seg, x, tta="flip"))
-    with pytest.raises(ValueError, match="none, flip, d4"):
+    with pytest.raises(ValueError, match="none, flip, d4, crops"):
         engine.probabilities(seg, x, tta="d8")
+
+
+def test_crops_tta_weighs_the_plain_and_mirrored_image_and_both_moved_a_pixel_each_way():
+    # airbench's multi-crop TTA: 0.5 x mean(image, mirror) + 0.25 x each of the same moved one
+    # pixel up-left and down-right within a reflect padding
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(5)).eval()
+    x = torch.randn(3, 3, 7, 7)
+    with torch.no_grad():
+        model(x)
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        moved = {0: x, -1: padded[..., :7, :7], 1: padded[..., 2:, 2:]}
+        pair = {s: (model(v).softmax(1) + model(v.flip(-1)).softmax(1)) / 2 for s, v in moved.items()}
+        expected = 0.5 * pair[0] + 0.25 * pair[-1] + 0.25 * pair[1]
+        got = engine.probabilities(model, x, tta="crops")
+        torch.testing.assert_close(got, expected)
+        assert not torch.allclose(got, engine.probabilities(model, x, tta="flip"))
+        # the caller's plain output stands in for the first view
+        torch.testing.assert_close(engine.probabilities(model, x, tta="crops", output=model(x)), got)
+    assert [v.weight for v in engine.tta_views("crops")] == [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+
+
+def test_crops_tta_moves_segmentation_maps_back_to_their_pixels():
+    # a per-pixel model commutes with a move everywhere but the moved-in border row and column
+    torch.manual_seed(0)
+    model, x = _PerPixel().eval(), torch.randn(2, 3, 6, 9)
+    with torch.no_grad():
+        plain, got = engine.probabilities(model, x), engine.probabilities(model, x, tta="crops")
+        torch.testing.assert_close(got[..., 1:-1, 1:-1], plain[..., 1:-1, 1:-1])
+        assert not torch.allclose(got, plain)  # at the border, moved-in pixels are neighbours'
+        # resized to the masks' size after the move: the same as the plain maps' resizing inside
+        big = engine.probabilities(model, x, tta="crops", size=(12, 18))
+        assert big.shape == (2, 7, 12, 18)
+        torch.testing.assert_close(big[..., 3:-3, 3:-3], engine.probabilities(model, x, size=(12, 18))[..., 3:-3, 3:-3])
 
 
 def test_stem_pool_runs_the_blocks_at_half_the_side():

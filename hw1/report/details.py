@@ -101,7 +101,9 @@ def tta(c, x):
                 f"(python -m hw1.checkpoint --tta exports one that predicts with flip TTA)")
     how = {"none": "without it",
            "flip": "with flip TTA: each image's class probabilities averaged with its mirror image's",
-           "d4": "with d4 TTA: each image's class probabilities averaged over its 4 turns, each also mirrored"}
+           "d4": "with d4 TTA: each image's class probabilities averaged over its 4 turns, each also mirrored",
+           "crops": "with crops TTA: each image's class probabilities averaged with its mirror image's (half the "
+                    "weight) and with both moved one pixel up-left and one down-right (a quarter each)"}
     shipped = "; ".join(f"{shown(e.path)} (exported from {e.source.name}) predicts {how[e.tta]}" for e in x.exports)
     return shipped + (". The validation scores of metrics.jsonl and of fresh evaluations of the run's checkpoints "
                       "are without it.")

@@ -65,7 +65,7 @@ def parameter_count(name, config):
 class Export:
     path: Path  # the exported checkpoint (python -m hw1.checkpoint SRC DST)
     source: Path  # the run's checkpoint it was exported from
-    tta: str  # the TTA hw1.predict and eval.py predict with by default (its "inference" entry): none, flip, d4
+    tta: str  # the TTA hw1.predict and eval.py predict with by default (its "inference" entry): none, flip, d4, crops
 
 
 def exports(run_path, folder=CHECKPOINTS):
