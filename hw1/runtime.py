@@ -64,10 +64,33 @@ BF16_NCHW, BF16_NHWC = Fastest("bf16", False), Fastest("bf16", True)
 FP32_NCHW, FP32_NHWC = Fastest("none", False), Fastest("none", True)
 CPU_KINDS = ("amx", "avx512_bf16", "fp32")
 
+# {model: {CPU kind: (training, inference)}}, each chosen from `python -m hw1.bench` runs on such a
+# CPU (2 cores); docs/performance.md has the table with the numbers. A kind or model without a
+# measurement of its own gets NHWC with whole batches (bf16 where the CPU has it).
+MEASURED = {
+    # DenseNet's per-layer concatenations are strided copies in NHWC, which bf16 training paid for on
+    # AVX512-BF16 and AMX with DenseNet-BC-100 k=12 (NCHW 24.0 vs NHWC 19.4 img/s, results/bench_cpu.json;
+    # 31.8 vs 10.0 on AMX), while in fp32 NHWC's faster convolutions win (6.60 vs 4.66,
+    # results/bench_cpu_avx2_densenet.json); micro-batches of 64 keep the concatenated maps in the
+    # caches. --recipe cpu's BC-52 k=24 pooled trains faster in NHWC and sets it itself. Inference
+    # has no backward pass: NHWC wins it on the bf16 CPUs.
+    "densenet": {"amx": (Fastest("bf16", False, 64), BF16_NHWC), "avx512_bf16": (Fastest("bf16", False, 64), BF16_NHWC),
+                 "fp32": (Fastest("none", True, 64), FP32_NHWC)},
+    # results/bench_cpu.json, results/bench_cpu_avx2_others.json
+    "convnext": {"amx": (BF16_NHWC, BF16_NHWC), "avx512_bf16": (BF16_NHWC, BF16_NHWC), "fp32": (FP32_NCHW, FP32_NHWC)},
+    # VGG16-FCN as --recipe cpu builds it: bf16 NHWC 29.4 img/s against 17.8 NCHW on AMX
+    # (results/bench_cpu_amx_p2.json), 29.4 against 23.2 on an AVX512-BF16 EPYC (results/bench_cpu_avx512_p2.json)
+    "vgg16_fcn32s": {"amx": (BF16_NHWC, BF16_NHWC), "avx512_bf16": (BF16_NHWC, BF16_NHWC),
+                     "fp32": (FP32_NCHW, FP32_NHWC)},
+    "resnet101_fcn": {"amx": (BF16_NHWC, BF16_NHWC), "avx512_bf16": (BF16_NHWC, BF16_NHWC),
+                      "fp32": (FP32_NHWC, FP32_NCHW)},
+}
+MEASURED["vgg16_fcn8s"] = MEASURED["vgg16_fcn32s"]  # the same trunk, two small heads more
+
 
 def fastest(model_name, device, use="train"):
     """The measured fastest :class:`Fastest` of ``model_name`` for ``use`` ("train" or "infer") on ``device``:
-    its spec's ``fastest[cpu kind]`` (:mod:`hw1.models`), measured with ``python -m hw1.bench``.
+    ``MEASURED[model_name][cpu kind]``, measured with ``python -m hw1.bench``.
 
     On CUDA: bf16 (fp16 where bf16 is missing, see :func:`amp_dtype`) in NHWC, whole batches.
     A model without a measurement for this kind of CPU gets NHWC with whole batches (bf16 where the
@@ -75,15 +98,7 @@ def fastest(model_name, device, use="train"):
     """
     kind = cpu_kind() if device.type == "cpu" else "cuda"
     fallback = BF16_NHWC if kind != "fp32" else FP32_NHWC
-    measured = {}
-    if model_name is not None:
-        from hw1.models import get_spec
-
-        try:
-            measured = get_spec(model_name).fastest
-        except ValueError:  # a model of another version: the defaults
-            pass
-    train, infer = measured.get(kind, (fallback, fallback))
+    train, infer = MEASURED.get(model_name, {}).get(kind, (fallback, fallback))
     return train if use == "train" else infer
 
 

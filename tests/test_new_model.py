@@ -26,7 +26,8 @@ MODEL_FILE = '''
 import torchvision
 from torch import nn
 
-from hw1.models.spec import SEED_RECIPE, ModelSpec
+from hw1.models.spec import ModelSpec
+from hw1.recipes import SEED
 
 
 def resnet18(*, head_dropout: float = 0.0, num_classes=50, weights="none"):
@@ -37,7 +38,7 @@ def resnet18(*, head_dropout: float = 0.0, num_classes=50, weights="none"):
 
 
 SPEC = ModelSpec(name="resnet18", task="cls", builder=resnet18, num_classes=50, input_size=32,
-                 recipes={"default": {**SEED_RECIPE, "epochs": 10, "weights": "none"}},
+                 recipes={"default": {**SEED, "epochs": 10, "weights": "none"}},
                  ranges={"head_dropout": (lambda v: 0 <= v < 1, "in [0, 1)")})
 '''
 

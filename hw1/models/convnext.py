@@ -11,9 +11,9 @@ from torch import nn
 from torchvision import models as tvm
 
 from hw1.data.cls import IMG_SIZE, NUM_CLASSES
-from hw1.models.spec import SEED_RECIPE, ModelSpec
+from hw1 import recipes
+from hw1.models.spec import ModelSpec
 from hw1.models.weights import load_matching, resolve_state_dict
-from hw1.runtime import BF16_NHWC, FP32_NCHW, FP32_NHWC
 
 VARIANTS = {
     "convnext_tiny": (tvm.convnext_tiny, tvm.ConvNeXt_Tiny_Weights.IMAGENET1K_V1),
@@ -82,14 +82,9 @@ def stages(model):
                    ("classifier", "LN, flatten, linear", list(net.classifier))]
 
 
-# (training, inference) per kind of CPU, each chosen from `python -m hw1.bench` runs on such a CPU
-# (2 cores); a kind without a measurement of its own for a model takes the nearest kind's choice.
-# (results/bench_cpu.json, results/bench_cpu_avx2_others.json)
-FASTEST = {"amx": (BF16_NHWC, BF16_NHWC), "avx512_bf16": (BF16_NHWC, BF16_NHWC), "fp32": (FP32_NCHW, FP32_NHWC)}
-
 SPEC = ModelSpec(
     name="convnext", task="cls", slot="B", builder=convnext, num_classes=NUM_CLASSES, input_size=IMG_SIZE,
-    recipes={"default": {**SEED_RECIPE, "epochs": 20, "weights": "imagenet"}},
+    recipes=recipes.CONVNEXT,
     ranges={"img_size": (lambda v: 1 <= v <= 1024, "in [1, 1024]")},
     help={"variant": "torchvision's ConvNeXt size", "img_size": "inputs are upsampled to this inside the model"},
-    fastest=FASTEST, bench_batch={"cuda": 128, "cpu": 8}, stages=stages)
+    bench_batch={"cuda": 128, "cpu": 8}, stages=stages)

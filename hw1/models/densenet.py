@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hw1 import recipes
 from hw1.data.cls import IMG_SIZE, NUM_CLASSES
-from hw1.models.spec import SEED_RECIPE, ModelSpec
-from hw1.runtime import BF16_NHWC, FP32_NHWC, Fastest
+from hw1.models.spec import ModelSpec
 
 
 class _DenseLayer(nn.Module):
@@ -150,50 +150,9 @@ def stages(model):
     return rows + [("classifier", "ReLU, global avgpool, linear", [model.classifier])]
 
 
-# ``--recipe cpu``: model A within about 2 hours on 2 CPU cores. Each value's measurement is in
-# docs/results.md "Model A on a CPU budget" (results/p1_densenet_cpu_pilots.json):
-CPU_RECIPE = {
-    # BC-52 k=24 with the pooled stem (1.05 M parameters): 12 epochs of it beat 7 of the wide BC-40 k=48
-    # in the same 20 minutes (0.672 against 0.597); BC-76 could not do 30 epochs in 2 hours
-    "depth": 52, "growth_rate": 24, "stem_pool": True,
-    # crop + flip: AutoAugment + RandomErasing cost 12.5 points in an 8-epoch pilot
-    "aug": "light",
-    # each image mirrored on alternate epochs (the CIFAR-10 speed runs' trick): +0.5 in an 8-epoch pilot
-    "flip": "alternate",
-    # batch 64 at the same lr: twice the steps, +3.9 points in an 8-epoch pilot (0.641 against 0.602)
-    "batch_size": 64,
-    # 50 epochs, not 30: the 30-epoch run was still gaining a point every 3 epochs at its end
-    "epochs": 50,
-    "lr": 0.2,  # above 0.1: +3.6 in the 8-epoch pilots of a small proxy
-    "weight_decay": 5e-4,  # above the seed's 2e-5: +2.3 there
-    "ema": 0.998,
-    # NHWC: BC-52 k=24 pooled trained 1.19x faster than NCHW in bf16 on an AMX Xeon (311 against 261 img/s)
-    "channels_last": True,
-    "workers": 1,
-}
-
-# --demo: a small DenseNet on generated digits, sized to finish within 90 s on 2 cores of any kind. 12
-# epochs, not 15: with oneDNN capped to AVX2 (fp32, the slowest kind) the whole command took 66 s
-# and predicted 0.944 of the validation digits, against 82 s and 0.975 (10 epochs: 62 s, 0.905);
-# docs/performance.md. A demo run replaces a previous demo run, never another run (without --overwrite).
-DEMO_RECIPE = {"data_dir": "hw1_data/demo_cls", "out_dir": "runs/demo_cls", "depth": 22, "growth_rate": 12,
-               "epochs": 12, "batch_size": 64, "aug": "none"}
-
-# (training, inference) per kind of CPU, each chosen from `python -m hw1.bench` runs on such a CPU
-# (2 cores); a kind without a measurement of its own for a model takes the nearest kind's choice.
-# DenseNet's choices differ the most between kinds: its per-layer channel concatenations are strided
-# copies in NHWC, which bf16 training on AVX512-BF16 and AMX pays for (bf16 NCHW 24.0 vs NHWC 19.4
-# img/s, results/bench_cpu.json), while in fp32 on AVX2 NHWC's faster convolutions win (6.60 vs 4.66
-# img/s, results/bench_cpu_avx2_densenet.json). Its micro-batches of 64 keep the concatenated feature
-# maps in the caches. Inference has no backward pass, and NHWC wins it on the bf16 CPUs. On AMX,
-# DenseNet-BC-100 (k 12, batch 128) trained at 31.8 img/s in bf16 NCHW against 10.0 in NHWC and
-# inferred at 184 img/s in bf16 NHWC against 15.9 in NCHW.
-FASTEST = {"amx": (Fastest("bf16", False, 64), BF16_NHWC), "avx512_bf16": (Fastest("bf16", False, 64), BF16_NHWC),
-           "fp32": (Fastest("none", True, 64), FP32_NHWC)}
-
 SPEC = ModelSpec(
     name="densenet", task="cls", slot="A", builder=densenet, num_classes=NUM_CLASSES, input_size=IMG_SIZE,
-    recipes={"default": {**SEED_RECIPE, "epochs": 50, "weights": "none"}, "cpu": CPU_RECIPE, "demo": DEMO_RECIPE},
+    recipes=recipes.DENSENET,
     ranges={
         # the upper bounds are far past any model that trains here; past them a model could not even
         # be built for the check that it runs (a DenseNet of depth 10**12 has 10**11 layers)
@@ -207,4 +166,4 @@ SPEC = ModelSpec(
           "compression": "channel factor of each transition", "bn_size": "bottleneck width, in growth rates",
           "drop_rate": "dropout after each dense layer",
           "stem_pool": "BN-ReLU-maxpool after the stem: dense blocks at 16x16 and below, a quarter of the FLOPs"},
-    fastest=FASTEST, bench_batch={"cuda": 128, "cpu": 128}, stages=stages)
+    bench_batch={"cuda": 128, "cpu": 128}, stages=stages)

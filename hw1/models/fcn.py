@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hw1 import recipes
 from hw1.data.masks import NUM_CLASSES
 from hw1.models.spec import ModelSpec
 from hw1.models.weights import hub_file, load_matching, resolve_state_dict
-from hw1.runtime import BF16_NHWC, FP32_NCHW, FP32_NHWC, autocast
+from hw1.runtime import autocast
 
 # torchvision's vgg16 "D" configuration; the resulting nn.Sequential has torchvision's indices,
 # so ``features.<i>.weight`` keys of a torchvision state dict load unchanged.
@@ -381,49 +382,6 @@ def resnet101_fcn_stages(model):
     return rows
 
 
-# ``--recipe cpu`` of vgg16_fcn8s: the shipped model, from scratch in under 2 hours on 2 CPU cores (no
-# pretrained weights here). Chosen by 6-epoch pilots of a proxy (this recipe at 128x128, 6 epochs) on the real data,
-# one setting changed at a time, scored at 512x512 on the validation set
-# (results/p2_cpu_pilots.json, docs/results.md "P2 model A on a CPU budget"): the FCN-8s skips are the
-# largest gain (0.4894 against 0.3136 for FCN-32s, and faster: the fixed x32 transposed conv costs
-# more than the interpolations), 256x256 gains 3.2 points over 128, width 0.5 lost 1.7 points at
-# twice the cost, random resized crops (--min-scale 0.5) lost 14. Unweighted cross-entropy scored
-# highest (0.5541) but left rangeland at IoU 0.006; ENet weights kept it at 0.067 for 0.4894,
-# inverse-sqrt weights at 0.055 for 0.5317: taken. Width by throughput: at 256x256 this model trains
-# at 29.4 img/s on 2 AMX cores (bf16 NHWC) in the bench and 24-26 img/s in the run's epochs, which
-# with two evaluations each (the EMA's and the weights') take about 88 s: 60 epochs in 90 minutes.
-# Lovász: 15-epoch pilots of this recipe (results/p2_cpu_pilots.json "pilots_15_epochs", 2026-12-07,
-# AVX512-BF16 EPYC, one seed each): cross-entropy + 1 x Lovász-softmax 0.6260 against 0.6032 (rangeland
-# 0.23 against 0.16) for 5 % more time an epoch; PSPNet's pyramid pooling (context="ppm") lost 1.8
-# points there (0.5850), so it is not in the recipe.
-CPU_RECIPE = {"weights": "none", "batch_norm": True, "fc_batch_norm": True, "width": 0.25, "fc_channels": 256,
-              "class_weights": "inv-sqrt", "lovasz": 1.0, "size": 256, "crop_size": 256, "min_scale": 1.0,
-              "opt": "adamw", "lr": 2e-3, "weight_decay": 1e-4, "warmup_epochs": 1, "batch_size": 16,
-              "epochs": 60, "ema": 0.998}
-# The homework's model A, VGG16-FCN32s, trained with the same recipe (the skip heads are what it lacks).
-FCN32S_CPU_RECIPE = CPU_RECIPE
-
-# --demo: VGG16-BN-FCN32s from scratch (batch norm is what lets it learn in so few steps) with narrow
-# fc6/fc7, on 64 generated 128x128 scenes. A demo run replaces a previous demo run, never another
-# run (without --overwrite).
-DEMO_RECIPE = {"data_dir": "hw1_data/demo_seg", "out_dir": "runs/demo_seg", "weights": "none", "batch_norm": True,
-               "fc_channels": 512, "epochs": 20, "batch_size": 8, "crop_size": 128, "lr": 1e-3}
-
-# (training, inference) per kind of CPU, each chosen from `python -m hw1.bench` runs on such a CPU
-# (2 cores); a kind without a measurement of its own for a model takes the nearest kind's choice.
-# (results/bench_cpu.json, results/bench_cpu_avx2_others.json). On AMX, VGG16-FCN as train_seg.py's
-# --recipe cpu builds it (vgg16_fcn8s: width 0.25, fc 256, batch norm, 256x256, batch 16) trained at
-# 29.4 img/s in bf16 NHWC against 17.8 in bf16 NCHW and 15.4 in fp32 NHWC, and inferred at 115.6
-# against 60.6 (results/bench_cpu_amx_p2.json). On an AVX512-BF16 EPYC the same: 29.4 img/s in bf16
-# NHWC against 23.2 in bf16 NCHW and 12.3 in fp32, inferred at 109.0 against 66.2
-# (results/bench_cpu_avx512_p2.json, 2026-12-07).
-VGG16_FASTEST = {"amx": (BF16_NHWC, BF16_NHWC), "avx512_bf16": (BF16_NHWC, BF16_NHWC),
-                 "fp32": (FP32_NCHW, FP32_NHWC)}
-RESNET101_FASTEST = {"amx": (BF16_NHWC, BF16_NHWC), "avx512_bf16": (BF16_NHWC, BF16_NHWC),
-                     "fp32": (FP32_NHWC, FP32_NCHW)}
-
-# P2 images are 512x512. VGG without batch norm wants Adam's per-weight steps; the ResNet follows
-# torchvision's segmentation reference (SGD, lr 0.02 at batch 16 -> 0.01 at 8).
 _VGG16_RANGES = {"fc_channels": (lambda v: 1 <= v <= 65536, "in [1, 65536]"),
                  "width": (lambda v: 0 < v <= 4, "in (0, 4]"),
                  "dropout": (lambda v: 0 <= v < 1, "in [0, 1)")}
@@ -433,20 +391,19 @@ _VGG16_HELP = {"fc_channels": "width of fc6/fc7; the ImageNet weights need 4096"
                "fc_batch_norm": "batch norm after fc6 and fc7",
                "context": "ppm: PSPNet's pyramid pooling between fc7 and the scorer",
                "dropout": "dropout after fc6 and fc7"}
-_VGG16_DEFAULT = {"opt": "adamw", "lr": 1e-4, "weight_decay": 1e-4, "epochs": 30, "weights": "imagenet"}
 VGG16_FCN32S = ModelSpec(
     name="vgg16_fcn32s", task="seg", slot="A", builder=vgg16_fcn32s, num_classes=NUM_CLASSES, input_size=512,
-    recipes={"default": _VGG16_DEFAULT, "cpu": FCN32S_CPU_RECIPE, "demo": DEMO_RECIPE},
+    recipes=recipes.VGG16_FCN32S,
     ranges=_VGG16_RANGES, help=_VGG16_HELP,
-    fastest=VGG16_FASTEST, bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages)
+    bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages)
 VGG16_FCN8S = ModelSpec(
     name="vgg16_fcn8s", task="seg", builder=vgg16_fcn8s, num_classes=NUM_CLASSES, input_size=512,
-    recipes={"default": _VGG16_DEFAULT, "cpu": CPU_RECIPE},
+    recipes=recipes.VGG16_FCN8S,
     ranges=_VGG16_RANGES, help=_VGG16_HELP,
-    fastest=VGG16_FASTEST, bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages)
+    bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages)
 RESNET101_FCN = ModelSpec(
     name="resnet101_fcn", task="seg", slot="B", builder=resnet101_fcn, num_classes=NUM_CLASSES, input_size=512,
-    recipes={"default": {"opt": "sgd", "lr": 0.01, "weight_decay": 1e-4, "epochs": 30, "weights": "coco"}},
+    recipes=recipes.RESNET101_FCN,
     # the auxiliary head is built when its loss has a weight (train_seg.py --aux-weight)
     hidden=("aux_loss",), derived=lambda config: {"aux_loss": config.aux_weight > 0},
-    fastest=RESNET101_FASTEST, bench_batch={"cuda": 8, "cpu": 2}, stages=resnet101_fcn_stages)
+    bench_batch={"cuda": 8, "cpu": 2}, stages=resnet101_fcn_stages)

@@ -47,14 +47,12 @@ class ModelSpec:
         input_size: side of a training input, the default of the architecture figure and the bench.
         recipes: named sets of training-config fields and hyperparameters: ``default`` fills what
             the dataclass leaves open (``lr``, ``epochs``, ``weights``), ``--recipe NAME`` lays
-            another over it (``cpu``: a recipe tuned for a CPU budget), ``--demo`` is ``demo``.
+            another over it (``cpu``: a recipe tuned for a CPU budget), ``--demo`` is ``demo``;
+            the shipped models' are in :mod:`hw1.recipes`, with their reasons.
         ranges: ``{hyperparameter: (test, what it must be)}``, checked by :meth:`model_config`.
         help: ``{hyperparameter: text}`` for its flag.
         hidden: builder arguments that are no flags, because the run derives them (:attr:`derived`).
         derived: ``derived(config)`` -> those builder arguments, from the training config.
-        fastest: ``{cpu kind: (training, inference)}`` :class:`hw1.runtime.Fastest` configurations
-            measured with the bench (:func:`hw1.runtime.fastest` reads them; a kind not listed gets
-            NHWC with whole batches).
         slot: the course's slot of the model in its problem (``A``: from scratch, ``B``: pretrained).
         bench_batch: the bench's default batch per device type (``cuda``, ``cpu``).
         stages: ``stages(model)`` -> ``[(name, description, [modules]), ...]`` in forward order for
@@ -70,7 +68,6 @@ class ModelSpec:
     help: dict = field(default_factory=dict)
     hidden: tuple = ()
     derived: Callable = lambda config: {}  # noqa: E731
-    fastest: dict = field(default_factory=dict)
     slot: str | None = None
     bench_batch: dict = field(default_factory=lambda: {"cuda": 8, "cpu": 2})
     stages: Callable | None = None
@@ -136,6 +133,3 @@ def generic_stages(model):
     """Each top-level child of ``model`` as a stage, named and described by its type (a fallback)."""
     return [(name, type(m).__name__, [m]) for name, m in model.named_children()]
 
-
-# The P1 seed recipe's optimiser, shared by the P1 models (each adds its epochs and weights).
-SEED_RECIPE = {"opt": "sgd", "lr": 0.1, "weight_decay": 2e-5}
