@@ -14,6 +14,8 @@ from pathlib import Path
 
 from hw1.errors import UserError
 
+log = logging.getLogger(__name__)
+
 
 def add_training_args(parser, config_cls):
     """Flags common to both training scripts, then one flag per hyperparameter of the task's models
@@ -70,14 +72,23 @@ def add_training_args(parser, config_cls):
                                     "command's flags; see docs/training.md, Resume, on what may change")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--debug", action="store_true", help="show full tracebacks")
+    g.add_argument("--print-config", action="store_true",
+                   help="print every value of the run with where it comes from (default, recipe, flag, the CPU's "
+                        "measured fastest) and exit without training; a run logs the same when it starts")
     from hw1.models import get_spec, model_names
 
-    add_model_args(parser, [get_spec(n) for n in model_names(config_cls.task)])
+    specs = [get_spec(n) for n in model_names(config_cls.task)]
+    add_model_args(parser, specs)
     fields = {f.name: f.default for f in dataclasses.fields(config_cls)}
+
+    def recipes_default(dest):  # a field whose default is each model's own: those defaults
+        found = [f"{s.name} {s.recipes['default'][dest]}" for s in specs if dest in s.recipes.get("default", {})]
+        return ", ".join(found) + (" (its recipe's)" if found else "the model's recipe")
+
     for action in parser._actions:
         if action.dest in fields and action.help:
             default = fields[action.dest]
-            shown = "the model's recipe" if default is None else default
+            shown = recipes_default(action.dest) if default is None else default
             action.help = action.help.replace("%(default)s", str(shown).replace("%", "%%"))
         if action.dest != "help":
             action.default = argparse.SUPPRESS
@@ -195,18 +206,28 @@ def start_run(script, parser, argv, make_demo, config_cls):
     """A training script's first steps; returns its validated config (a ``config_cls``).
 
     The typed flags, over the model's recipes, become the config (:func:`hw1.config.resolve`),
-    and every value is checked before anything is written or decoded. Under torchrun the process
+    and every value is checked before anything is written or decoded; the values and their origins
+    are logged (``--print-config``: printed, and the script ends there). Under torchrun the process
     group is joined before anything is written, so that with ``--demo`` rank 0 alone writes the
     demo data (``make_demo(data_dir)``) and the other ranks then find it.
     """
     from hw1 import distributed as dist  # torch.distributed, for the training scripts only
-    from hw1.config import resolve
+    from hw1.config import describe, resolve_with_origins
     from hw1.models import get_spec, model_names
 
-    typed, hyper = split_hyperparameters(vars(parser.parse_args(argv)),
-                                         [get_spec(n) for n in model_names(config_cls.task)])
-    config = resolve(config_cls, typed, hyper, command=command_line(script, argv)).validate()
-    dist.setup(config.device)
+    typed = vars(parser.parse_args(argv))
+    print_config = typed.pop("print_config", False)
+    typed, hyper = split_hyperparameters(typed, [get_spec(n) for n in model_names(config_cls.task)])
+    config, origins = resolve_with_origins(config_cls, typed, hyper, command=command_line(script, argv))
+    config = config.validate()
+    if print_config:
+        from hw1.runtime import get_device
+
+        print("\n".join(describe(config, origins, get_device(config.device))))
+        raise SystemExit(0)
+    device = dist.setup(config.device)
+    if dist.is_main():
+        log.info("config (value and where it comes from):\n  %s", "\n  ".join(describe(config, origins, device)))
     if config.demo:
         with dist.main_first():
             make_demo(config.data_dir)

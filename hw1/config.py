@@ -325,6 +325,17 @@ def resolve(config_cls, typed, hyperparameters=None, *, command=None):
     ``hyperparameters`` are the model's builder arguments the user typed; a recipe's go under
     them. The result is not validated yet (:meth:`TrainConfig.validate`).
     """
+    return resolve_with_origins(config_cls, typed, hyperparameters, command=command)[0]
+
+
+# set when the run starts (the run's records), not by the user: no origin to show
+RECORD_FIELDS = ("command", "device_name", "torch_version", "world_size", "model_config")
+
+
+def resolve_with_origins(config_cls, typed, hyperparameters=None, *, command=None):
+    """(:func:`resolve`'s config, ``{key: origin}``): where each value came from, "flag", "recipe NAME"
+    ("--demo" for the demo's), "MODEL's default recipe" or "default" (the dataclass's); the model's
+    hyperparameters as ``model_config.NAME``, "builder default" where nothing else set them."""
     from hw1.models import get_spec
 
     typed = dict(typed)
@@ -350,8 +361,52 @@ def resolve(config_cls, typed, hyperparameters=None, *, command=None):
     model_config = {**{k: v for k, v in recipe.items() if k in params}, **(hyperparameters or {})}
     out_dir = values.get("out_dir") or (str(run_folder_of(values["resume"])) if values.get("resume")
                                         else f"runs/{spec.name}")
-    return config_cls(**{**values, "model": spec.name, "out_dir": out_dir, "command": command,
-                         "model_config": model_config})
+    config = config_cls(**{**values, "model": spec.name, "out_dir": out_dir, "command": command,
+                           "model_config": model_config})
+
+    def origin(key, given):
+        if key in given:
+            return "flag"
+        if name and key in spec.recipes[name]:
+            return "--demo" if name == "demo" else f"recipe {name}"
+        return f"{spec.name}'s default recipe" if key in spec.recipes.get("default", {}) else None
+
+    origins = {f.name: origin(f.name, typed) or "default" for f in dataclasses.fields(config_cls)
+               if f.name not in RECORD_FIELDS}  # in the dataclass's order
+    if "out_dir" not in values:
+        origins["out_dir"] = "the resumed checkpoint's folder" if values.get("resume") else "default"
+    origins.update({f"model_config.{k}": origin(k, hyperparameters or {}) or "builder default" for k in params})
+    return config, origins
+
+
+def describe(config, origins, device=None):
+    """Lines ``key  value  (origin)`` of every value of ``config`` (``origins`` from
+    :func:`resolve_with_origins`); with ``device``, what the run chooses there in place of ``auto``
+    (``--amp``, ``--channels-last``, ``--micro-batch``: the CPU kind's measured fastest), and the
+    builder's defaults filled into the model's hyperparameters."""
+    from hw1.models import get_spec
+
+    spec = get_spec(config.model)
+    values, full = config.to_dict(), spec.model_config(given=config.model_config, config=config)
+    shown = {}
+    for key, where in origins.items():
+        model_key = key.removeprefix("model_config.")
+        shown[key] = (full[model_key] if model_key != key else values[key], where)
+    if device is not None:
+        import torch
+
+        from hw1.runtime import amp_dtype, channels_last_default, cpu_kind, micro_batch_default
+
+        table = f"measured fastest on {cpu_kind()} CPUs" if device.type == "cpu" else "CUDA default"
+        if config.amp == "auto":
+            amp = amp_dtype("auto", device, spec.name)
+            shown["amp"] = ({None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp], f"auto: {table}")
+        if config.channels_last is None:
+            shown["channels_last"] = (channels_last_default(None, spec.name, device), table)
+        if config.micro_batch is None:
+            shown["micro_batch"] = (micro_batch_default(None, spec.name, device) or 0, table)
+    width = max(len(k) for k in shown)
+    return [f"{key:<{width}}  {value!r}  ({where})" for key, (value, where) in shown.items()]
 
 
 def config_of(task, values):

@@ -170,6 +170,42 @@ def test_one_overlay_defaults_then_recipes_then_typed_flags():
     assert (repeated["depth"], repeated["growth_rate"]) == (10, 4)
 
 
+def test_every_value_shows_where_it_comes_from(tmp_path, capsys):
+    """--print-config: each value with its origin, in the dataclass's order, then the model's
+    hyperparameters; what --amp auto and the unset layout flags become on this CPU; nothing written."""
+    from hw1.runtime import cpu_kind
+
+    out = tmp_path / "never"
+    argv = ["--recipe", "cpu", "--lr", "0.3", "--depth", "40", "--out-dir", str(out), "--device", "cpu",
+            "--print-config"]
+    with pytest.raises(SystemExit) as stopped:
+        train_cls.main(argv)
+    assert stopped.value.code == 0 and not out.exists()
+    lines = capsys.readouterr().out.splitlines()
+    shown = {line.split()[0]: (line.split()[1], line.split("(", 1)[1].rstrip(")")) for line in lines}
+    assert shown["lr"] == ("0.3", "flag") and shown["model_config.depth"] == ("40", "flag")
+    assert shown["epochs"] == ("50", "recipe cpu") and shown["model_config.growth_rate"] == ("24", "recipe cpu")
+    assert shown["opt"] == ("'sgd'", "densenet's default recipe") and shown["momentum"] == ("0.9", "default")
+    assert shown["model_config.bn_size"] == ("4", "builder default")
+    assert shown["amp"][1] == f"auto: measured fastest on {cpu_kind()} CPUs"
+    assert shown["micro_batch"] == ("64", f"measured fastest on {cpu_kind()} CPUs")
+    assert shown["channels_last"] == ("True", "recipe cpu")  # the recipe sets it: no table
+    names = list(shown)
+    assert names.index("model") < names.index("epochs") < names.index("model_config.depth")
+    assert "command" not in shown and "device_name" not in shown
+    # the demo's own values say so; the seg script's the same way
+    with pytest.raises(SystemExit):
+        train_seg.main(["--demo", "--data-dir", str(tmp_path / "d"), "--print-config"])
+    seg = {line.split()[0]: line.split("(", 1)[1].rstrip(")") for line in capsys.readouterr().out.splitlines()}
+    assert seg["crop_size"] == "--demo" and seg["opt"] == "vgg16_fcn32s's default recipe"
+    assert not (tmp_path / "d").exists()  # --print-config writes no demo data either
+
+
+def test_help_gives_each_models_own_default():
+    help_text = " ".join(train_cls.get_args_parser().format_help().split())
+    assert "--epochs EPOCHS (default: densenet 50, convnext 20 (its recipe's))" in help_text
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "convnext", "--stem-pool"], "--stem-pool True: convnext takes no stem_pool (it takes variant, "
                                               "img_size)"),
