@@ -277,6 +277,39 @@ def test_details_rows_come_from_the_config(cls_tiny_run, tmp_path, monkeypatch):
     assert [k for k, _ in bare] == ["model", "model config", "settings"]
 
 
+def test_fresh_scores_add_each_shipped_export_with_its_tta(cls_tiny_run, cls_tiny_data, tmp_path, monkeypatch):
+    """--evaluate scores best.pth, then each checkpoint exported from the run as hw1.predict predicts
+    with it: a crops-TTA export gets its crops-TTA accuracy, in a row that names it."""
+    from hw1.checkpoint import export_checkpoint
+    from hw1.report import evidence, sections
+    from hw1.report.builder import ReportBuilder
+    from hw1.scoring import model_confusion
+    from hw1.metrics import accuracy
+
+    run = report.open_run(str(cls_tiny_run[0]), "cls", "A")
+    shipped = tmp_path / "checkpoints"
+    shipped.mkdir()
+    monkeypatch.chdir(run.path.parent)
+    export_checkpoint(Path(run.path.name) / "best.pth", shipped / "p1.pth", tta="crops")
+    real_exports = evidence.exports
+    monkeypatch.setattr(evidence, "exports", lambda path: real_exports(path, shipped))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "p1_data").symlink_to(cls_tiny_data, target_is_directory=True)
+    builder = ReportBuilder(cls_runs=[run], seg_runs=[], data_dir=tmp_path / "data", files_dir=tmp_path / "f",
+                            per_class=4, perplexity=5, mask_ids=[], evaluate=True, dpi=DPI, device=torch.device("cpu"))
+    data = (cls_tiny_data / "val_50", None)
+    best, export = builder.fresh_score(run, "cls", data)
+    assert (best.checkpoint.name, best.tta, best.exported_from) == ("best.pth", "none", None)
+    assert (export.checkpoint, export.tta, export.exported_from.name) == (shipped / "p1.pth", "crops", "best.pth")
+    model, _ = evidence.checkpoint_model(shipped / "p1.pth", "cls", torch.device("cpu"))
+    assert model.tta == "crops"
+    assert export.result["acc"] == accuracy(model_confusion(model, cls_tiny_data / "val_50", task="cls"))
+    rows = sections.score_rows("cls", run, [best, export])
+    assert rows[-1][1] == (f"fresh evaluation of {shipped / 'p1.pth'} (shipped, exported from best.pth) "
+                           f"({export.epoch}) on {cls_tiny_data / 'val_50'}, crops TTA")
+    assert rows[-2][1].startswith("fresh evaluation of best.pth (") and "TTA" not in rows[-2][1]
+
+
 def test_wrapping_keeps_lines_inside_the_width():
     text = "a fairly long sentence with /a/very/long/path/that/cannot/break/at/a/space/anywhere/at/all/here"
     lines = report.wrap(text, 1.5, report.BODY)

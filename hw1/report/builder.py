@@ -75,9 +75,13 @@ class ReportBuilder:
         return sections.scores(title, task, runs, fresh, evaluate=self.evaluate, notes=[n for n in found if n])
 
     def fresh_score(self, run, task, data):
+        """The run's best.pth scored afresh, then each shipped export of the run with its own TTA (what
+        hw1.predict and the course's scripts predict with), or [] when not asked or not possible."""
         if not run.records or not isinstance(data, tuple) or (ckpt := run.best_checkpoint()) is None:
-            return None
-        return evidence.fresh_score(ckpt, task, *data, self.device)
+            return []
+        shipped = [evidence.fresh_score(e.path, task, *data, self.device, exported_from=e.source)
+                   for e in evidence.exports(run.path)]
+        return [evidence.fresh_score(ckpt, task, *data, self.device), *shipped]
 
     def implementation(self, runs, title, *, only_differences=False):
         have = [r for r in runs if r.path is not None and (r.config or r.model_name)]

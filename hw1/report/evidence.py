@@ -96,13 +96,16 @@ class FreshScore:
     epoch: str  # "epoch N", or the file name of a checkpoint without one
     data: Path
     result: dict  # hw1.metrics.summarize: acc (P1), miou and iou (P2)
+    tta: str = "none"  # what it predicted with: its own "inference" entry, as hw1.predict
+    exported_from: Path | None = None  # a shipped export: the run's checkpoint it came from
 
 
-def fresh_score(checkpoint, task, folder, labels_csv, device):
-    """The checkpoint scored on the labelled ``folder`` (P2 at full size), as hw1.predict would predict."""
+def fresh_score(checkpoint, task, folder, labels_csv, device, *, exported_from=None):
+    """The checkpoint scored on the labelled ``folder`` (P2 at full size), as hw1.predict would predict
+    (with the TTA the checkpoint says)."""
     model, epoch = checkpoint_model(checkpoint, task, device)
     cm = model_confusion(model, folder, task=task, labels_csv=labels_csv)
-    return FreshScore(Path(checkpoint), epoch, Path(folder), metrics.summarize(cm, task))
+    return FreshScore(Path(checkpoint), epoch, Path(folder), metrics.summarize(cm, task), model.tta, exported_from)
 
 
 # --- P1: penultimate features -------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from hw1 import plots
 from hw1.data.masks import CLASS_NAMES
 from hw1.models import get_spec
 from hw1.report.blocks import Code, Figure, Paragraph, Section, Table, config_text, fmt
+from hw1.report.details import shown
 from hw1.report.figures import feature_figures, masks_figure
 from hw1.report.runs import course_model, train_command
 from hw1.tasks import get_task
@@ -40,7 +41,7 @@ def architecture(title, run, arch, notes):
 
 def score_rows(task, run, fresh):
     """The table rows of one run: its best and last epoch as metrics.jsonl has them, then ``fresh``
-    (a :class:`~hw1.report.evidence.FreshScore`, or None)."""
+    (:class:`~hw1.report.evidence.FreshScore` s: the run's checkpoint, then its shipped exports)."""
     seg = task == "seg"
     if not run.records:
         return [[run.label, "no result", "-"] + ["-"] * 6 * seg]
@@ -53,23 +54,27 @@ def score_rows(task, run, fresh):
         per_class = [fmt(v) for v in (r.get("val_iou") or [])[:6]] if seg else []
         rows.append([run.label, f"metrics.jsonl, epoch {r['epoch']} of {last['epoch']} ({which}{size})",
                      fmt(r.get(key)), *per_class])
-    if fresh is not None:
-        per_class = [fmt(v) for v in fresh.result["iou"][:6]] if seg else []
-        rows.append([run.label, f"fresh evaluation of {fresh.checkpoint.name} ({fresh.epoch}) on {fresh.data}"
-                     + (" at full size" if seg else ""), fmt(fresh.result[get_task(task).metric]), *per_class])
+    for f in fresh:
+        per_class = [fmt(v) for v in f.result["iou"][:6]] if seg else []
+        shipped = f" (shipped, exported from {f.exported_from.name})" if f.exported_from else ""
+        tta = f", {f.tta} TTA" if f.tta != "none" else ""
+        rows.append([run.label, f"fresh evaluation of {shown(f.checkpoint) if f.exported_from else f.checkpoint.name}"
+                     f"{shipped} ({f.epoch}) on {f.data}" + (" at full size" if seg else "") + tta,
+                     fmt(f.result[get_task(task).metric]), *per_class])
     return rows
 
 
 def scores(title, task, runs, fresh, *, evaluate, notes):
-    """Validation scores of ``runs``; ``fresh``: each run's fresh score or None, ``evaluate``: whether
-    they were asked for."""
+    """Validation scores of ``runs``; ``fresh``: each run's fresh scores (a list, maybe empty),
+    ``evaluate``: whether they were asked for."""
     seg = task == "seg"
     header = ["model", "source", "mIoU" if seg else "accuracy"] + (list(CLASS_NAMES[:6]) if seg else [])
     rows = [row for run, score in zip(runs, fresh) for row in score_rows(task, run, score)]
     what = "mIoU over classes 0-5 (the course's metric: one confusion matrix pooled over all pixels)" if seg \
         else "accuracy over all validation images"
-    how = "'fresh evaluation' rows score the checkpoint again on the data given to this report." if evaluate \
-        else "add --evaluate to score each run's best.pth afresh on --data-dir."
+    how = ("'fresh evaluation' rows score the checkpoint again on the data given to this report, and each "
+           "checkpoint in checkpoints/ exported from the run as the course's scripts predict with it (its TTA)."
+           if evaluate else "add --evaluate to score each run's best.pth afresh on --data-dir.")
     return Section(title, [Paragraph(f"Validation {what}. 'metrics.jsonl' rows are what the training run "
                                      f"measured after that epoch; {how}"), Table(header, rows), *notes])
 
