@@ -38,7 +38,7 @@ def test_val_split_from_csv():
 
 
 def test_the_shipped_model_scores_what_is_recorded(tmp_path):
-    """hw1_1.sh's default (the shipped model A, flip TTA on) on val_50, scored as the course does,
+    """hw1_1.sh's default (the shipped model A, with the TTA its export records) on val_50, scored as the course does,
     gives the accuracy results/p1_densenet_cpu.json records (up to another CPU's rounding)."""
     import json
 
