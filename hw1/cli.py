@@ -206,8 +206,9 @@ def start_run(script, parser, argv, make_demo, config_cls):
     """A training script's first steps; returns its validated config (a ``config_cls``).
 
     The typed flags, over the model's recipes, become the config (:func:`hw1.config.resolve`),
-    and every value is checked before anything is written or decoded; the values and their origins
-    are logged (``--print-config``: printed, and the script ends there). Under torchrun the process
+    and every value is checked before anything is written or decoded; the config carries each
+    value's origin, which the run logs once it starts (``--print-config``: printed here, and the
+    script ends there). Under torchrun the process
     group is joined before anything is written, so that with ``--demo`` rank 0 alone writes the
     demo data (``make_demo(data_dir)``) and the other ranks then find it.
     """
@@ -225,9 +226,7 @@ def start_run(script, parser, argv, make_demo, config_cls):
 
         print("\n".join(describe(config, origins, get_device(config.device))))
         raise SystemExit(0)
-    device = dist.setup(config.device)
-    if dist.is_main():
-        log.info("config (value and where it comes from):\n  %s", "\n  ".join(describe(config, origins, device)))
+    dist.setup(config.device)
     if config.demo:
         with dist.main_first():
             make_demo(config.data_dir)

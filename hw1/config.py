@@ -82,6 +82,8 @@ class TrainConfig:
     device_name: str | None = None
     torch_version: str | None = None
     world_size: int | None = None
+    # where each value came from (resolve_with_origins), for the run's first log lines; not saved
+    origins: dict | None = field(default=None, compare=False, repr=False)
 
     task = None  # "cls" or "seg", set by the subclasses
 
@@ -113,8 +115,10 @@ class TrainConfig:
         return cls(**fields)
 
     def to_dict(self):
-        """Plain data, as args.json and checkpoints hold it."""
-        return dataclasses.asdict(self)
+        """Plain data, as args.json and checkpoints hold it (without :attr:`origins`)."""
+        values = dataclasses.asdict(self)
+        del values["origins"]
+        return values
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -328,8 +332,6 @@ def resolve(config_cls, typed, hyperparameters=None, *, command=None):
     return resolve_with_origins(config_cls, typed, hyperparameters, command=command)[0]
 
 
-# set when the run starts (the run's records), not by the user: no origin to show
-RECORD_FIELDS = ("command", "device_name", "torch_version", "world_size", "model_config")
 
 
 def resolve_with_origins(config_cls, typed, hyperparameters=None, *, command=None):
@@ -372,11 +374,11 @@ def resolve_with_origins(config_cls, typed, hyperparameters=None, *, command=Non
         return f"{spec.name}'s default recipe" if key in spec.recipes.get("default", {}) else None
 
     origins = {f.name: origin(f.name, typed) or "default" for f in dataclasses.fields(config_cls)
-               if f.name not in RECORD_FIELDS}  # in the dataclass's order
+               if f.name not in (*RECORDS, "model_config", "origins")}  # the dataclass's order
     if "out_dir" not in values:
         origins["out_dir"] = "the resumed checkpoint's folder" if values.get("resume") else "default"
     origins.update({f"model_config.{k}": origin(k, hyperparameters or {}) or "builder default" for k in params})
-    return config, origins
+    return config.replace(origins=origins), origins
 
 
 def describe(config, origins, device=None):

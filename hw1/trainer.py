@@ -218,7 +218,7 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     device = dist.setup(config.device)
     distributed, main = dist.world_size() > 1, dist.is_main()
     amp = amp_dtype(config.amp, device, spec.name)
-    config = resolved(config, spec, device, amp)
+    asked, config = config, resolved(config, spec, device, amp)
     if distributed:
         # The model was built with the same seed on every rank (and DDP broadcasts rank 0's weights
         # anyway); from here each rank draws its own augmentations.
@@ -258,6 +258,10 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
                          kept, resume["epoch"], config.resume)
                 atomic_copy(config.resume, kept)
 
+    if main and asked.origins:  # the run is on: its values, and where each came from
+        from hw1.config import describe
+
+        log.info("config (value and where it comes from):\n  %s", "\n  ".join(describe(asked, asked.origins, device)))
     ema = state.ema
     step_model, eval_model = wrapped(model, config, device, distributed)
     log.info("training %s on %s x %d (amp=%s, channels_last=%s, micro_batch=%s): %d train / %d val samples, "

@@ -204,7 +204,9 @@ def test_recipes_and_predict_parts_time_the_shipped_pipelines(tmp_path, capsys):
     main(["--parts", "recipes", "predict", "--data-dir", str(p1), "--p2-data-dir", str(p2), "--recipe-steps", "1",
           "--predict-repeats", "1", "--matmul-size", "64", "--device", "cpu", "--out", str(out)])
     results = _strict_json(out)
-    for task, batch in (("cls", 128), ("seg", 16)):
+    from hw1.recipes import DENSENET, VGG16_FCN8S
+
+    for task, batch in (("cls", DENSENET["cpu"]["batch_size"]), ("seg", VGG16_FCN8S["cpu"]["batch_size"])):
         r = results["recipes"][task]
         assert r["batch_size"] == batch and r["images"] == batch
         assert list(r["pipelines"]) == ["batched", "workers", "reference"]

@@ -105,8 +105,8 @@ def tta(c, x):
            "crops": "with crops TTA: each image's class probabilities averaged with its mirror image's (half the "
                     "weight) and with both moved one pixel up-left and one down-right (a quarter each)"}
     shipped = "; ".join(f"{shown(e.path)} (exported from {e.source.name}) predicts {how[e.tta]}" for e in x.exports)
-    return shipped + (". The validation scores of metrics.jsonl and of fresh evaluations of the run's checkpoints "
-                      "are without it.")
+    return shipped + (". The validation scores of metrics.jsonl and the fresh evaluation of the run's best.pth are "
+                      "without it; the fresh evaluation of an export, with it.")
 
 
 def runtime(c, x):
