@@ -201,6 +201,21 @@ def test_every_value_shows_where_it_comes_from(tmp_path, capsys):
     assert not (tmp_path / "d").exists()  # --print-config writes no demo data either
 
 
+def test_a_run_logs_its_values_and_their_origins_once_it_starts(cls_tiny_data, cls_tiny_train_argv, tmp_path,
+                                                                caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        train_cls.main(cls_tiny_train_argv(cls_tiny_data, tmp_path / "r", "--recipe", "cpu", epochs=1))
+    block = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("config (value and where"))
+    lines = {line.split()[0]: line for line in block.splitlines()[1:]}
+    assert lines["epochs"].endswith("(flag)") and lines["flip"].endswith("(recipe cpu)")
+    assert lines["model_config.depth"].split()[1] == "10" and lines["momentum"].endswith("(default)")
+    # once, by the run: the config saved with it holds no origins
+    assert sum(r.getMessage().startswith("config (value") for r in caplog.records) == 1
+    assert "origins" not in json.loads((tmp_path / "r" / "args.json").read_text())
+
+
 def test_help_gives_each_models_own_default():
     help_text = " ".join(train_cls.get_args_parser().format_help().split())
     assert "--epochs EPOCHS (default: densenet 50, convnext 20 (its recipe's))" in help_text
