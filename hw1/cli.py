@@ -213,18 +213,20 @@ def start_run(script, parser, argv, make_demo, config_cls):
     demo data (``make_demo(data_dir)``) and the other ranks then find it.
     """
     from hw1 import distributed as dist  # torch.distributed, for the training scripts only
-    from hw1.config import describe, resolve_with_origins
+    from hw1.config import describe, resolve
     from hw1.models import get_spec, model_names
 
     typed = vars(parser.parse_args(argv))
     print_config = typed.pop("print_config", False)
     typed, hyper = split_hyperparameters(typed, [get_spec(n) for n in model_names(config_cls.task)])
-    config, origins = resolve_with_origins(config_cls, typed, hyper, command=command_line(script, argv))
-    config = config.validate()
+    config = resolve(config_cls, typed, hyper, command=command_line(script, argv)).validate()
     if print_config:
-        from hw1.runtime import get_device
+        from hw1.runtime import amp_dtype, get_device
+        from hw1.trainer import resolved
 
-        print("\n".join(describe(config, origins, get_device(config.device))))
+        device, spec = get_device(config.device), config.spec()
+        chosen = resolved(config, spec, device, amp_dtype(config.amp, device, spec.name))
+        print("\n".join(describe(config, chosen, device)))
         raise SystemExit(0)
     dist.setup(config.device)
     if config.demo:

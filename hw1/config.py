@@ -82,7 +82,7 @@ class TrainConfig:
     device_name: str | None = None
     torch_version: str | None = None
     world_size: int | None = None
-    # where each value came from (resolve_with_origins), for the run's first log lines; not saved
+    # where each value came from (resolve), for the run's first log lines; not saved
     origins: dict | None = field(default=None, compare=False, repr=False)
 
     task = None  # "cls" or "seg", set by the subclasses
@@ -327,17 +327,11 @@ def resolve(config_cls, typed, hyperparameters=None, *, command=None):
     (or ``--demo``: the recipe ``demo``) names, then the typed flags, in that order and once.
 
     ``hyperparameters`` are the model's builder arguments the user typed; a recipe's go under
-    them. The result is not validated yet (:meth:`TrainConfig.validate`).
+    them. The result is not validated yet (:meth:`TrainConfig.validate`). Its ``origins`` say where
+    each value came from: "flag", "recipe NAME" ("--demo" for the demo's), "MODEL's default recipe"
+    or "default" (the dataclass's); the model's hyperparameters as ``model_config.NAME``, "builder
+    default" where nothing else set them.
     """
-    return resolve_with_origins(config_cls, typed, hyperparameters, command=command)[0]
-
-
-
-
-def resolve_with_origins(config_cls, typed, hyperparameters=None, *, command=None):
-    """(:func:`resolve`'s config, ``{key: origin}``): where each value came from, "flag", "recipe NAME"
-    ("--demo" for the demo's), "MODEL's default recipe" or "default" (the dataclass's); the model's
-    hyperparameters as ``model_config.NAME``, "builder default" where nothing else set them."""
     from hw1.models import get_spec
 
     typed = dict(typed)
@@ -363,8 +357,6 @@ def resolve_with_origins(config_cls, typed, hyperparameters=None, *, command=Non
     model_config = {**{k: v for k, v in recipe.items() if k in params}, **(hyperparameters or {})}
     out_dir = values.get("out_dir") or (str(run_folder_of(values["resume"])) if values.get("resume")
                                         else f"runs/{spec.name}")
-    config = config_cls(**{**values, "model": spec.name, "out_dir": out_dir, "command": command,
-                           "model_config": model_config})
 
     def origin(key, given):
         if key in given:
@@ -378,35 +370,32 @@ def resolve_with_origins(config_cls, typed, hyperparameters=None, *, command=Non
     if "out_dir" not in values:
         origins["out_dir"] = "the resumed checkpoint's folder" if values.get("resume") else "default"
     origins.update({f"model_config.{k}": origin(k, hyperparameters or {}) or "builder default" for k in params})
-    return config.replace(origins=origins), origins
+    return config_cls(**{**values, "model": spec.name, "out_dir": out_dir, "command": command,
+                         "model_config": model_config, "origins": origins})
 
 
-def describe(config, origins, device=None):
-    """Lines ``key  value  (origin)`` of every value of ``config`` (``origins`` from
-    :func:`resolve_with_origins`); with ``device``, what the run chooses there in place of ``auto``
-    (``--amp``, ``--channels-last``, ``--micro-batch``: the CPU kind's measured fastest), and the
-    builder's defaults filled into the model's hyperparameters."""
-    from hw1.models import get_spec
-
-    spec = get_spec(config.model)
+def describe(config, chosen=None, device=None):
+    """Lines ``key  value  (origin)`` of every value of ``config`` (its ``origins``, from
+    :func:`resolve`), the builder's defaults filled into the model's hyperparameters. ``chosen``:
+    the config as the run on ``device`` resolved it (:func:`hw1.trainer.resolved`), whose values
+    stand where ``config`` left the choice to the CPU kind's measured fastest (``--amp auto``, no
+    ``--channels-last`` or ``--micro-batch``)."""
+    spec = config.spec()
     values, full = config.to_dict(), spec.model_config(given=config.model_config, config=config)
     shown = {}
-    for key, where in origins.items():
+    for key, where in config.origins.items():
         model_key = key.removeprefix("model_config.")
         shown[key] = (full[model_key] if model_key != key else values[key], where)
-    if device is not None:
-        import torch
-
-        from hw1.runtime import amp_dtype, channels_last_default, cpu_kind, micro_batch_default
+    if chosen is not None:
+        from hw1.runtime import cpu_kind
 
         table = f"measured fastest on {cpu_kind()} CPUs" if device.type == "cpu" else "CUDA default"
         if config.amp == "auto":
-            amp = amp_dtype("auto", device, spec.name)
-            shown["amp"] = ({None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp], f"auto: {table}")
+            shown["amp"] = (chosen.amp, f"auto: {table}")
         if config.channels_last is None:
-            shown["channels_last"] = (channels_last_default(None, spec.name, device), table)
+            shown["channels_last"] = (chosen.channels_last, table)
         if config.micro_batch is None:
-            shown["micro_batch"] = (micro_batch_default(None, spec.name, device) or 0, table)
+            shown["micro_batch"] = (chosen.micro_batch or 0, table)
     width = max(len(k) for k in shown)
     return [f"{key:<{width}}  {value!r}  ({where})" for key, (value, where) in shown.items()]
 

@@ -261,7 +261,7 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     if main and asked.origins:  # the run is on: its values, and where each came from
         from hw1.config import describe
 
-        log.info("config (value and where it comes from):\n  %s", "\n  ".join(describe(asked, asked.origins, device)))
+        log.info("config (value and where it comes from):\n  %s", "\n  ".join(describe(asked, config, device)))
     ema = state.ema
     step_model, eval_model = wrapped(model, config, device, distributed)
     log.info("training %s on %s x %d (amp=%s, channels_last=%s, micro_batch=%s): %d train / %d val samples, "
