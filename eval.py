@@ -10,8 +10,9 @@ import json
 import os
 from pathlib import Path
 
-from hw1.cli import AT_LEAST_1, add_tta_args, check_numbers, run
+from hw1.cli import run
 from hw1.errors import UserError
+from hw1.flags import AT_LEAST_1, add_tta_args, check_numbers
 from hw1.io import atomic_write_text, json_safe
 from hw1.outputs import check_output
 from hw1.predict import load_model
@@ -40,7 +41,7 @@ def get_args_parser():
 def checkpoint_confusion(args):
     # the same loading (and inference plan) as hw1.predict, so both routes score identically
     model = load_model(args.checkpoint, args.task, get_device(args.device))
-    return model_confusion(model, args.data_dir, task=args.task, labels_csv=args.labels, batch_size=args.batch_size,
+    return model_confusion(model, args.data_dir, task=get_task(args.task), labels_csv=args.labels, batch_size=args.batch_size,
                            tta=args.tta)
 
 

@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from hw1 import plots
-from hw1.cli import ABOVE_0, AT_LEAST_1, between, check_numbers, command_line, parse_key_values, run
+from hw1.cli import command_line, run
+from hw1.flags import ABOVE_0, AT_LEAST_1, between, check_numbers, parse_key_values
 from hw1.config import SIDE_RANGES
 from hw1.data.cls import NUM_CLASSES
 from hw1.errors import UserError
@@ -22,8 +23,9 @@ from hw1.report import MASK_IDS, TITLE, check_report_outputs, write_report
 from hw1.report.evidence import checkpoint_features, checkpoint_model, cls_images, predicted_masks
 from hw1.report.figures import feature_figures, masks_figure
 from hw1.runtime import get_device
-from hw1.scoring import model_confusion
 from hw1.run_dir import RunDir
+from hw1.scoring import model_confusion
+from hw1.tasks import get_task
 
 
 def cmd_features(args, device):
@@ -53,7 +55,7 @@ def cmd_curves(args, device):
 def cmd_confusion(args, device):
     model, epoch = checkpoint_model(args.checkpoint, None, device)
     task = get_spec(model.name).task
-    cm = model_confusion(model, args.data_dir, task=task, labels_csv=args.labels, size=args.size,
+    cm = model_confusion(model, args.data_dir, task=get_task(task), labels_csv=args.labels, size=args.size,
                          batch_size=args.batch_size)
     size = f", resized to {args.size}x{args.size}" if task == "seg" and args.size else ""
     title = f"{model.name} {epoch} ({Path(args.checkpoint).name}) on {Path(args.data_dir).name}{size}"

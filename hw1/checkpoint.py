@@ -12,7 +12,7 @@ import torch
 
 from hw1.errors import UserError
 from hw1.io import atomic_torch_save, load_torch_file
-from hw1.outputs import check_output
+from hw1.outputs import Kind, check_output
 from hw1.models import REGISTRY, build_model, current_name, get_spec
 
 REQUIRED = ("model", "model_name", "model_config")
@@ -175,6 +175,11 @@ def is_training_checkpoint(path):
         return False
 
 
+# What an export writes (hw1.outputs' rule): it may replace any .pth but a training checkpoint
+EXPORT = Kind("checkpoint", (".pth", ".pt"), lambda p: not is_training_checkpoint(p),
+              "a training checkpoint, which --resume needs")
+
+
 def export_checkpoint(src, dst, *, tta=None, half=False, overwrite=False):
     """Write the inference part of checkpoint ``src`` to ``dst`` (atomically); returns the exported dict.
 
@@ -190,7 +195,7 @@ def export_checkpoint(src, dst, *, tta=None, half=False, overwrite=False):
     (``model`` is what they load, the EMA where the run kept one); only ``--resume`` needs the original.
     """
     # an export in place of a training checkpoint would lose what --resume needs, silently
-    check_output(dst, "checkpoint", inputs=[("SRC", src)], overwrite=overwrite)
+    check_output(dst, EXPORT, inputs=[("SRC", src)], overwrite=overwrite)
     ckpt = load_checkpoint(src)
     exported = {k: ckpt[k] for k in EXPORT_KEYS if k in ckpt}
     exported["exported_from"] = str(src)
@@ -214,7 +219,7 @@ def export_checkpoint(src, dst, *, tta=None, half=False, overwrite=False):
 def main(argv=None):
     import argparse
 
-    from hw1.cli import add_tta_args
+    from hw1.flags import add_tta_args
 
     p = argparse.ArgumentParser(prog="python -m hw1.checkpoint",
                                 description="Export a checkpoint for inference: weights, model, config and "

@@ -12,10 +12,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hw1.cli import between
+from hw1.flags import between
 from hw1.errors import UserError
 from hw1.run_dir import run_folder_of
-from hw1.tasks import TASKS
 
 
 # The ranges of the data flags that set an input's side, which the training configs and the bench
@@ -85,7 +84,7 @@ class TrainConfig:
     # where each value came from (resolve), for the run's first log lines; not saved
     origins: dict | None = field(default=None, compare=False, repr=False)
 
-    task = None  # "cls" or "seg", set by the subclasses
+    task = None  # the name of its task (hw1.tasks), set by the subclasses
 
     @classmethod
     def from_dict(cls, values):
@@ -220,107 +219,6 @@ class TrainConfig:
         return tokens
 
 
-@dataclass
-class ClsConfig(TrainConfig):
-    """train_cls.py: P1 classification."""
-    data_dir: str = TASKS["cls"].layout.root
-    batch_size: int = 128
-    label_smoothing: float = 0.1
-    aug: str = "seed"
-    flip: str = "random"
-    cutout: int = 0
-    model: str = "densenet"
-
-    task = "cls"
-
-    def problems(self):
-        p = super().problems()
-        if not 0 <= self.label_smoothing < 1:
-            p.append(("--label-smoothing", self.label_smoothing, "in [0, 1)"))
-        if not 0 <= self.cutout <= self.input_size():
-            p.append(("--cutout", self.cutout, f"in [0, {self.input_size()}] (0: none)"))
-        elif self.cutout and self.loader != "batched":
-            p.append(("--cutout", self.cutout, "0 with --loader workers (cutout needs --loader batched)"))
-        if self.flip == "alternate" and self.loader != "batched":
-            p.append(("--flip", self.flip, "random with --loader workers (alternate needs --loader batched)"))
-        return p
-
-    def input_size(self):
-        """Side of a training input (the images' own: 32)."""
-        from hw1.data.cls import IMG_SIZE
-
-        return IMG_SIZE
-
-    def criterion(self, train_set=None):
-        from torch import nn
-
-        return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
-
-    def batch_transform(self):
-        """``--aug`` on whole batches, for ``--loader batched``."""
-        from hw1.data.batches import ClsBatchTransform
-
-        return ClsBatchTransform(self.aug, flip=self.flip, seed=self.seed, cutout=self.cutout)
-
-
-@dataclass
-class SegConfig(TrainConfig):
-    """train_seg.py: P2 segmentation."""
-    data_dir: str = TASKS["seg"].layout.root
-    batch_size: int = 8
-    crop_size: int = 512
-    min_scale: float = 0.25
-    aux_weight: float = 0.0
-    class_weights: str = "none"
-    lovasz: float = 0.0
-    size: int | None = None
-    model: str = "vgg16_fcn32s"
-
-    task = "seg"
-
-    def problems(self):
-        p = super().problems()
-        p += self.range_problems(("crop_size", "size"))
-        if not 0 < self.min_scale <= 1:
-            p.append(("--min-scale", self.min_scale, "in (0, 1]"))
-        if self.aux_weight < 0:
-            p.append(("--aux-weight", self.aux_weight, "0 or more"))
-        elif self.aux_weight > 0 and "aux_loss" not in self.spec().hidden:
-            p.append(("--aux-weight", self.aux_weight, f"0: {self.model} has no auxiliary head"))
-        if self.lovasz < 0:
-            p.append(("--lovasz", self.lovasz, "0 or more"))
-        from hw1.losses import CLASS_WEIGHTS
-
-        if self.class_weights not in CLASS_WEIGHTS:
-            p.append(("--class-weights", self.class_weights, ", ".join(CLASS_WEIGHTS)))
-        return p
-
-    def input_size(self):
-        """Side of a training input: the crop, of the images at ``--size`` (512 when not resized)."""
-        return min(self.crop_size, self.size or 512)
-
-    def criterion(self, train_set=None):
-        """The loss; with ``--class-weights`` its weights come from ``train_set``'s masks."""
-        from hw1.data.masks import NUM_CLASSES
-        from hw1.losses import SegLoss, class_weights
-
-        weight = None
-        if self.class_weights != "none":
-            if train_set is None:
-                raise ValueError("class weights need the training set")
-            weight = class_weights(train_set.masks, self.class_weights, num_classes=NUM_CLASSES)
-        return SegLoss(aux_weight=self.aux_weight, weight=weight, lovasz=self.lovasz)
-
-    def batch_transform(self):
-        """The training crops, flips and turns on whole batches, for ``--loader batched``."""
-        from hw1.data.batches import SegBatchTransform
-
-        return SegBatchTransform(self.crop_size, scale=(self.min_scale, 1.0))
-
-
-TRAIN_CONFIGS = {config.task: config for config in (ClsConfig, SegConfig)}
-
-
 def resolve(config_cls, typed, hyperparameters=None, *, command=None):
     """The run's config from the flags the user ``typed`` (``{field: value}``, only those given):
     the dataclass's defaults, then the model's ``default`` recipe, then the recipe that ``--recipe``
@@ -399,7 +297,3 @@ def describe(config, chosen=None, device=None):
     width = max(len(k) for k in shown)
     return [f"{key:<{width}}  {value!r}  ({where})" for key, (value, where) in shown.items()]
 
-
-def config_of(task, values):
-    """The saved config ``values`` (an args.json dict) of a ``task`` run, or None when there are none."""
-    return TRAIN_CONFIGS[task].from_dict(values) if values else None

@@ -243,9 +243,10 @@ def _totals(values, *, device, distributed):
 
 
 @torch.inference_mode()
-def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dtype=None, channels_last=False,
+def evaluate(model, loader, *, num_classes, summarize, criterion=None, device, amp_dtype=None, channels_last=False,
              progress=False, distributed=False, tta=False):
-    """Pooled confusion matrix over ``loader`` and its summary (:func:`hw1.metrics.summarize`).
+    """Pooled confusion matrix over ``loader`` and its ``summarize(cm)`` (a task's, e.g.
+    :func:`hw1.metrics.cls_summary`).
 
     With ``tta`` (a mode of :data:`TTA_MODES`) the predictions average the class probabilities of
     each image's views (:func:`probabilities`); the loss stays the plain forward's.
@@ -276,7 +277,7 @@ def evaluate(model, loader, *, num_classes, task, criterion=None, device, amp_dt
         dist.sum_(cm)
     loss_sum, seen = _totals([loss_sum, seen], device=device, distributed=distributed)
     cm = cm.cpu()
-    result = metrics.summarize(cm, task)
+    result = summarize(cm)
     if criterion is not None:
         result["loss"] = loss_sum / max(seen, 1)
     result["samples"] = int(seen)

@@ -69,13 +69,6 @@ def image_miou(target, pred, num_classes):
     return mean_iou(confusion_matrix(target, pred, num_classes))
 
 
-def summarize(cm, task):
-    """The metrics of ``task`` logged per epoch and written by eval.py, as plain floats and lists."""
-    from hw1.tasks import get_task
-
-    return get_task(task).summarize(cm)
-
-
 def cls_summary(cm):
     return {"acc": accuracy(cm), "per_class_acc": per_class_accuracy(cm)}
 

@@ -124,14 +124,14 @@ def holds_course_layout(folder):
     return any((Path(folder) / d).is_dir() for d in DATA_FOLDERS)
 
 
-def _is_training_checkpoint(path):
-    from hw1.checkpoint import is_training_checkpoint
-
-    return is_training_checkpoint(path)
 
 
 class Kind:
-    """What a command writes: its file suffixes and which existing files of them it may replace."""
+    """What a command writes: its file suffixes and which existing files of them it may replace.
+
+    The kinds below are named by a string; a module that owns a kind's test of its files declares
+    its own and passes the object (:data:`hw1.checkpoint.EXPORT`: whether a .pth holds a training state).
+    """
 
     def __init__(self, name, suffixes, replaceable=None, why=""):
         self.name, self.suffixes, self.replaceable, self.why = name, suffixes, replaceable, why
@@ -151,9 +151,12 @@ KINDS = {
     "markdown": Kind("Markdown", (".md",), is_report_markdown, "Markdown that is not a report viz.py wrote"),
     "figure": Kind("figure", (".png", ".pdf", ".svg"), is_figure, "a file that is not a figure matplotlib drew"),
     "mask": Kind("mask", (".png",), is_hw1_mask, "a mask that hw1.predict did not write (ground truth?)"),
-    "checkpoint": Kind("checkpoint", (".pth", ".pt"), lambda p: not _is_training_checkpoint(p),
-                       "a training checkpoint, which --resume needs"),
 }
+
+
+def kind_of(kind):
+    """The :class:`Kind` ``kind`` names (or ``kind`` itself)."""
+    return KINDS[kind] if isinstance(kind, str) else kind
 
 
 def _same(a, b):
@@ -188,7 +191,7 @@ def problem(path, kind, inputs=(), tracked=None):
     """Why writing a ``kind`` file at ``path`` would replace what it should not, or None.
 
     ``tracked``: the :func:`tracked_names` of its folder, when the caller has them already."""
-    path, kind = Path(path), KINDS[kind]
+    path, kind = Path(path), kind_of(kind)
     for name, given in inputs:
         if given is None:
             continue
@@ -236,7 +239,7 @@ def check_output(path, kind, *, inputs=(), overwrite=False, tracked=None):
     :class:`UserError`. ``inputs`` are the command's ``(flag, path)`` pairs (files or folders)."""
     _check_link(path)
     if Path(path).is_dir():  # --overwrite could not help: a folder is never replaced by a file
-        raise UserError(f"{path}: is a folder; write the {KINDS[kind].name} to a file path")
+        raise UserError(f"{path}: is a folder; write the {kind_of(kind).name} to a file path")
     found = None if overwrite else problem(path, kind, inputs, tracked)
     if found:
         raise UserError(f"{path}: {found}; pass --overwrite to replace it, or write to another path")
@@ -253,7 +256,7 @@ def check_outputs(folder, names, kind, *, inputs=(), overwrite=False):
     if not overwrite:
         for name, given in inputs:
             if given is not None and _same(folder, given) and any(
-                    (folder / n).exists() and not _own_kind(folder / n, KINDS[kind]) for n in names):
+                    (folder / n).exists() and not _own_kind(folder / n, kind_of(kind)) for n in names):
                 raise UserError(f"{folder}: is the input {name}; the outputs would replace its files "
                                 "(pass --overwrite to replace them, or write to another folder)")
     tracked = tracked_names(folder) if folder.is_dir() and not overwrite else set()  # one git call for the folder

@@ -21,15 +21,17 @@ from pathlib import Path
 import torch
 
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
-from hw1.cli import add_tta_args, run
+from hw1.cli import run
 from hw1.data.cls import IMG_SIZE, decode_images
 from hw1.data.images import list_images, normalize, read_rgb, resize_rgb
+from hw1.data.seg import MASK_SUFFIX, SAT_SUFFIX
 from hw1.engine import probabilities, top_class, tta_mode
 from hw1.errors import UserError
+from hw1.flags import add_tta_args
 from hw1.io import atomic_write_text, staged_folder
 from hw1.outputs import MASK_MARK, check_output, check_outputs
 from hw1.runtime import amp_dtype, autocast, channels_last_default, get_device
-from hw1.tasks import get_task
+from hw1.tasks import TASKS, get_task
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +186,8 @@ def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=None, o
 
 def mask_name(image_path):
     """The course's name of an image's mask (``0013_sat.jpg`` -> ``0013_mask.png``), else ``<stem>.png``."""
-    layout, stem = get_task("seg").layout, Path(image_path).stem
-    sat = Path(layout.image_suffix).stem
-    return f"{stem[:-len(sat)]}{layout.mask_suffix}" if stem.endswith(sat) else f"{stem}.png"
+    stem, sat = Path(image_path).stem, Path(SAT_SUFFIX).stem
+    return f"{stem[:-len(sat)]}{MASK_SUFFIX}" if stem.endswith(sat) else f"{stem}.png"
 
 
 @torch.inference_mode()
@@ -241,8 +242,7 @@ def predict_seg(image_dir, output_dir, checkpoint=None, device=None, tta=None, o
     device = get_device(device)
     # masks (ground truth beside the images, or an earlier run's output) are PNGs named as the course
     # names them; any other image is segmented, whatever its name (road_mask.jpg was skipped silently)
-    mask_suffix = get_task("seg").layout.mask_suffix
-    files = [p for p in list_images(image_dir) if not p.name.lower().endswith(mask_suffix)]
+    files = [p for p in list_images(image_dir) if not p.name.lower().endswith(MASK_SUFFIX)]
     if not files:
         raise UserError(f"{image_dir}: only *_mask.png files here, no images to segment")
     output_dir = Path(output_dir)
@@ -267,14 +267,11 @@ def get_args_parser():
     p = argparse.ArgumentParser(prog="python -m hw1.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="task", required=True)
-    c = sub.add_parser("cls", help="P1: folder of images -> filename,label CSV")
-    c.add_argument("image_dir")
-    c.add_argument("output_csv")
-    g = sub.add_parser("seg", help="P2: folder of satellite images -> folder of colour masks")
-    g.add_argument("image_dir")
-    g.add_argument("output_dir")
-    for s in (c, g):
-        add_tta_args(s, "as the checkpoint says; the shipped ones: flip for cls, d4 for seg")
+    for task in TASKS.values():
+        s = sub.add_parser(task.name, help=task.predict_help)
+        s.add_argument("image_dir")
+        s.add_argument(task.output_name)
+        add_tta_args(s, "as the checkpoint says (the shipped models record theirs)")
         s.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
         s.add_argument("--device", default=None, help="auto, cpu, cuda (default: auto)")
         s.add_argument("--overwrite", action="store_true",
@@ -285,15 +282,12 @@ def get_args_parser():
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    if args.task == "cls":
-        rows = predict_cls(args.image_dir, args.output_csv, checkpoint=args.checkpoint, device=args.device,
-                           tta=args.tta, overwrite=args.overwrite)
-        print(f"wrote {len(rows)} predictions to {args.output_csv}")
-        return rows
-    paths = predict_seg(args.image_dir, args.output_dir, checkpoint=args.checkpoint, device=args.device, tta=args.tta,
-                        overwrite=args.overwrite)
-    print(f"wrote {len(paths)} masks to {args.output_dir}")
-    return paths
+    task = get_task(args.task)
+    output = getattr(args, task.output_name)
+    written = task.write_predictions(args.image_dir, output, checkpoint=args.checkpoint, device=args.device,
+                                     tta=args.tta, overwrite=args.overwrite)
+    print(f"wrote {len(written)} {task.output_noun} to {output}")
+    return written
 
 
 if __name__ == "__main__":

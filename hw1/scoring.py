@@ -9,9 +9,9 @@ from hw1.data.cls import read_labels_csv
 from hw1.data.cls import NUM_CLASSES as CLS_CLASSES
 from hw1.data.images import folder_files
 from hw1.data.masks import NUM_CLASSES, UNKNOWN, holds_class_indices, read_mask
+from hw1.data.seg import MASK_SUFFIX, SAT_SUFFIX
 from hw1.errors import UserError
 from hw1.io import unfinished_moves
-from hw1.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ def cls_confusion_from_csv(pred_csv, gt_csv, num_classes=CLS_CLASSES):
 
 def mask_id(path):
     """Pairing key of a mask file: its stem without a ``_mask`` or ``_sat`` suffix (``0013_mask.png`` -> ``0013``)."""
-    stem, layout = path.stem, get_task("seg").layout
-    for suffix in (Path(layout.mask_suffix).stem, Path(layout.image_suffix).stem):
+    stem = path.stem
+    for suffix in (Path(MASK_SUFFIX).stem, Path(SAT_SUFFIX).stem):
         if stem.endswith(suffix):
             return stem[: -len(suffix)]
     return stem
@@ -111,7 +111,8 @@ def seg_confusion_from_dirs(pred_dir, gt_dir, num_classes=NUM_CLASSES):
 
 
 def model_confusion(model, data_dir, *, task, labels_csv=None, size=None, batch_size=None, tta=None):
-    """Pooled (C, C) confusion matrix of a :class:`hw1.predict.InferenceModel` on a labelled folder of ``task``.
+    """Pooled (C, C) confusion matrix of a :class:`hw1.predict.InferenceModel` on a labelled folder of
+    ``task`` (a :class:`hw1.tasks.base.Task`; its ``eval_dataset``).
 
     cls: images named ``{label}_{id}`` (or labelled by ``labels_csv``); seg: image + mask pairs,
     optionally resized to ``size``; a model trained at a smaller scale (``model.size``) gets the
@@ -122,18 +123,8 @@ def model_confusion(model, data_dir, *, task, labels_csv=None, size=None, batch_
     """
     from hw1.engine import evaluate
 
-    if task == "cls":
-        from hw1.data.cls import cls_eval_transform, load_cls_split
-
-        dataset = load_cls_split(data_dir, labels_csv=labels_csv, transform=cls_eval_transform())
-    else:
-        from hw1.data.seg import load_seg_split, seg_eval_transform
-
-        # a model trained at a smaller scale gets its images at that scale and the masks stay at
-        # their own size (or the asked one): its logits are upsampled to them
-        dataset = load_seg_split(data_dir, size=model.size or size, transform=seg_eval_transform(),
-                                 mask_size=size if model.size else "image")
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or get_task(task).eval_batch)
+    dataset = task.eval_dataset(data_dir, labels_csv=labels_csv, size=size, model_size=model.size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or task.eval_batch)
     model = model.with_tta(tta)
-    return evaluate(model.module, loader, num_classes=get_task(task).num_classes, task=task, device=model.device,
+    return evaluate(model.module, loader, num_classes=task.num_classes, summarize=task.summarize, device=model.device,
                     amp_dtype=model.amp, channels_last=model.channels_last, tta=model.tta)["cm"]

@@ -12,13 +12,12 @@ import subprocess
 from pathlib import Path
 
 from hw1.cli import run
-from hw1.config import config_of
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
 from hw1.models import REGISTRY, get_spec
 from hw1.outputs import check_output
 from hw1.run_dir import RunDir
-from hw1.tasks import get_task
+from hw1.tasks import config_of, get_task
 
 
 def git_commit(repo=Path(__file__).resolve().parents[1]):

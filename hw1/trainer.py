@@ -1,6 +1,7 @@
 """The run around the loop: optimizer, schedule, resume, checkpoints and ``metrics.jsonl``.
 
-Both training scripts build a model, datasets and a loss, then call :func:`fit`.
+Both training scripts make their config (:func:`start_run`), then :func:`train` builds the model,
+datasets and loss and calls :func:`fit`.
 """
 import contextlib
 import logging
@@ -14,12 +15,15 @@ from torch.nn.parallel import DistributedDataParallel
 from hw1 import distributed as dist
 from hw1 import engine
 from hw1.checkpoint import check_rng_state, load_checkpoint, plain, rng_state, set_rng_state
+from hw1.cli import command_line
+from hw1.config import describe, resolve
 from hw1.errors import UserError
 from hw1.io import atomic_copy, json_safe
-from hw1.models import get_spec
+from hw1.flags import split_hyperparameters
+from hw1.models import get_spec, model_names
 from hw1.run_dir import RunDir, run_folder_of
-from hw1.runtime import (amp_dtype, channels_last_default, device_name, micro_batch_default, seed_everything,
-                         setup_logging)
+from hw1.runtime import (amp_dtype, channels_last_default, device_name, get_device, micro_batch_default,
+                         seed_everything, setup_logging)
 from hw1.tasks import get_task
 from hw1.train_state import RESUME_KEYS as TRAIN_KEYS
 from hw1.train_state import TrainState
@@ -155,6 +159,33 @@ def check_buildable(spec, model_config, size):
                         f"({str(e).splitlines()[0][:160]})") from None
 
 
+def start_run(parser, argv, task):
+    """The first steps of ``task``'s training script (a :class:`hw1.tasks.base.Task`); returns its
+    validated config (a ``task.config``).
+
+    The typed flags, over the model's recipes, become the config (:func:`hw1.config.resolve`),
+    and every value is checked before anything is written or decoded; the config carries each
+    value's origin, which the run logs once it starts (``--print-config``: printed here, and the
+    script ends there). Under torchrun the process
+    group is joined before anything is written, so that with ``--demo`` rank 0 alone writes the
+    demo data (``task.make_demo(data_dir)``) and the other ranks then find it.
+    """
+    typed = vars(parser.parse_args(argv))
+    print_config = typed.pop("print_config", False)
+    typed, hyper = split_hyperparameters(typed, [get_spec(n) for n in model_names(task.name)])
+    config = resolve(task.config, typed, hyper, command=command_line(task.script, argv)).validate()
+    if print_config:
+        device, spec = get_device(config.device), config.spec()
+        chosen = resolved(config, spec, device, amp_dtype(config.amp, device, spec.name))
+        print("\n".join(describe(config, chosen, device)))
+        raise SystemExit(0)
+    dist.setup(config.device)
+    if config.demo:
+        with dist.main_first():
+            task.make_demo(config.data_dir)
+    return config
+
+
 def train(config, load_splits):
     """A training script's run once its config is checked: the resumed checkpoint, the run folder,
     the model, the data (``load_splits(config)`` -> train and validation sets), then :func:`fit`.
@@ -214,7 +245,8 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
     ``best.pth`` is the best validation accuracy (P1) or mIoU (P2). ``resume`` is the checkpoint
     :func:`load_resume` returned for ``config.resume``; ``replace`` clears the run the folder held.
     """
-    task, metric = spec.task, get_task(spec.task).metric  # what picks best.pth
+    task = get_task(spec.task)
+    metric = task.metric  # what picks best.pth
     device = dist.setup(config.device)
     distributed, main = dist.world_size() > 1, dist.is_main()
     amp = amp_dtype(config.amp, device, spec.name)
@@ -287,7 +319,7 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
         evaluated = {"": ema.module if ema else eval_model, **({"raw_": eval_model} if ema else {})}
         record = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()}}
         for prefix, m in evaluated.items():  # with --ema, val_* are the average's and val_raw_* the weights'
-            val = engine.evaluate(m, val_loader, num_classes=spec.num_classes, task=task,
+            val = engine.evaluate(m, val_loader, num_classes=spec.num_classes, summarize=task.summarize,
                                   criterion=criterion, device=device, amp_dtype=amp,
                                   channels_last=config.channels_last, distributed=distributed)
             val.pop("cm")
@@ -299,7 +331,7 @@ def fit(*, model, spec, model_config, train_set, val_set, config, run_dir, resum
         if main:
             run_dir.save_epoch(record, {
                 **state.state_dict(), "rng": rng_ranks[0], **({"rng_ranks": rng_ranks} if distributed else {}),
-                "model_name": spec.name, "model_config": model_config, "task": task, "args": args,
+                "model_name": spec.name, "model_config": model_config, "task": task.name, "args": args,
                 "metrics": record,
             }, is_best=is_best, keep=epoch in save_epochs)
         log.info("epoch %d/%d  loss %.4f  train_acc %.4f  val_%s %.4f%s  (%.0f img/s, %.1f s)", epoch,

@@ -162,8 +162,9 @@ def fp32_inference(monkeypatch):
 def seg_data(tmp_path_factory):
     """Tiny demo scenes: 4 train / 3 validation pairs at 64x64. Read-only."""
     from hw1.data.scenes import make_seg_demo
+    from hw1.tasks.seg import LAYOUT as SEG_LAYOUT
 
-    return make_seg_demo(tmp_path_factory.mktemp("seg_tiny_data"), n_train=4, n_val=3, size=64)
+    return make_seg_demo(tmp_path_factory.mktemp("seg_tiny_data"), SEG_LAYOUT, n_train=4, n_val=3, size=64)
 
 
 @pytest.fixture(scope="session")

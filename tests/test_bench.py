@@ -142,10 +142,10 @@ def test_a_hyperparameter_no_benched_model_takes_is_refused(capsys):
 
 
 def test_defaults_follow_the_training_script():
-    from hw1.cli import start_run
-    from hw1.config import ClsConfig
+    from hw1.trainer import start_run
+    from hw1.tasks.cls import TASK as CLS
 
-    train = start_run("train_cls.py", train_cls.get_args_parser(), [], None, ClsConfig)
+    train = start_run(train_cls.get_args_parser(), [], CLS)
     args = parse_args([])
     assert model_setup("densenet", args)[0] == {**train.model_config, "weights": "none"}
     assert DATA_BATCH == train.batch_size
@@ -197,9 +197,10 @@ def test_recipes_and_predict_parts_time_the_shipped_pipelines(tmp_path, capsys):
     # one step of each CPU recipe through each pipeline, and the course's two commands, on course-layout data
     from conftest import make_cls_tiny
     from hw1.data.scenes import make_seg_demo
+    from hw1.tasks.seg import LAYOUT as SEG_LAYOUT
 
     p1 = make_cls_tiny(tmp_path / "p1", train_per_class=128, val_per_class=2)  # 384: 2 warm-up batches + 1
-    p2 = make_seg_demo(tmp_path / "p2", n_train=48, n_val=2, size=64)
+    p2 = make_seg_demo(tmp_path / "p2", SEG_LAYOUT, n_train=48, n_val=2, size=64)
     out = tmp_path / "bench.json"
     main(["--parts", "recipes", "predict", "--data-dir", str(p1), "--p2-data-dir", str(p2), "--recipe-steps", "1",
           "--predict-repeats", "1", "--matmul-size", "64", "--device", "cpu", "--out", str(out)])

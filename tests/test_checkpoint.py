@@ -72,7 +72,7 @@ def test_checkpoint_values_out_of_their_flags_ranges_are_one_line(tmp_path, chan
 
 @pytest.mark.reliability
 def test_resume_from_a_checkpoint_with_a_damaged_rng_state_is_one_line(cls_tiny_run, tmp_path):
-    from hw1.config import ClsConfig
+    from hw1.tasks.cls import ClsConfig
     from hw1.trainer import load_resume
 
     ckpt = torch.load(cls_tiny_run[0] / "last.pth", weights_only=True)

@@ -15,18 +15,20 @@ import train_cls
 import train_seg
 from conftest import REPO
 from helpers import noise, script_env
-from hw1.cli import command_line, require_layout, run
+from hw1.cli import command_line, run
 from hw1.data.cls import read_labels_csv
 from hw1.errors import UserError
+from hw1.tasks.seg import LAYOUT as SEG_LAYOUT
 
 
 def test_require_layout_names_the_folder_and_the_archive(tmp_path):
     (tmp_path / "train").mkdir()
+    assert SEG_LAYOUT.require(tmp_path, ("train",)) == tmp_path  # the splits asked for
     with pytest.raises(UserError) as e:
-        require_layout(tmp_path, ("train", "validation"), "p2_data.tar.gz")
+        SEG_LAYOUT.require(tmp_path)
     assert str(tmp_path) in str(e.value) and "p2_data.tar.gz" in str(e.value)
     (tmp_path / "validation").mkdir()
-    assert require_layout(tmp_path, ("train", "validation"), "p2_data.tar.gz") == tmp_path
+    assert SEG_LAYOUT.require(tmp_path) == tmp_path
 
 
 def test_command_line_quotes_arguments():

@@ -4,6 +4,7 @@ Every invalid value is one line and exit status 2 before any data is read or wri
 folder of these runs does not exist (so a run that got that far would fail on it instead), and
 ``--demo`` would write its data first.
 """
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,10 +12,13 @@ import pytest
 
 import train_cls
 import train_seg
-from hw1.cli import run, start_run
-from hw1.config import ClsConfig, SegConfig, config_of
+from hw1.cli import run
 from hw1.errors import UserError
 from hw1.runtime import amp_dtype, channels_last_default, micro_batch_default
+from hw1.tasks import config_of
+from hw1.tasks.cls import ClsConfig
+from hw1.tasks.seg import SegConfig
+from hw1.trainer import start_run
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 
@@ -91,7 +95,9 @@ def _config(script, argv, config_cls):
     """The config ``script`` would run with; ``--demo`` data is not written (it would go into the
     working directory's hw1_data/), only asked for in the config's data folder."""
     demos = []
-    config = start_run(f"{script.__name__}.py", script.get_args_parser(), argv, demos.append, config_cls)
+    task = dataclasses.replace(script.TASK, make_demo=demos.append)
+    assert task.config is config_cls
+    config = start_run(script.get_args_parser(), argv, task)
     assert demos == ([config.data_dir] if config.demo else [])
     return config
 

@@ -17,6 +17,7 @@ from helpers import cli_error, noise, tree, write_pairs
 from hw1.data.cls import (IMG_SIZE, MEAN, STD, cls_eval_transform, cls_train_transform, label_from_name,
                           list_images, load_cls_split, read_labels_csv, read_rgb)
 from hw1.data.demo import make_cls_demo
+from hw1.tasks.cls import LAYOUT as CLS_LAYOUT
 from hw1.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
@@ -318,7 +319,7 @@ def test_eval_and_none_transforms_normalise():
 
 
 def test_make_cls_demo(tmp_path):
-    root = make_cls_demo(tmp_path / "demo")
+    root = make_cls_demo(tmp_path / "demo", CLS_LAYOUT)
     train = sorted((root / "train_50").iterdir())
     val = sorted((root / "val_50").iterdir())
     assert len(train) + len(val) == 1797  # scikit-learn's digits
@@ -334,7 +335,7 @@ def test_make_cls_demo(tmp_path):
     # Second call: nothing is rewritten.
     stamp = (root / "val_gt.csv").stat().st_mtime_ns
     (root / "train_50" / train[0].name).unlink()
-    assert make_cls_demo(root) == root
+    assert make_cls_demo(root, CLS_LAYOUT) == root
     assert (root / "val_gt.csv").stat().st_mtime_ns == stamp
     assert not (root / "train_50" / train[0].name).exists()
 
@@ -425,12 +426,12 @@ def test_demo_refuses_a_folder_of_other_data(task, cls_tiny_data, tmp_path, caps
 def test_demo_writes_into_an_empty_folder_and_redoes_only_its_own(tmp_path):
     root = tmp_path / "demo"
     root.mkdir()
-    make_cls_demo(root)
+    make_cls_demo(root, CLS_LAYOUT)
     assert json.loads((root / ".cls_demo.json").read_text()) == {"val_fraction": 0.2, "seed": 0, "complete": True}
     first = {p.name for p in (root / "val_50").iterdir()}
     # Its own folder, asked for other data (as an interrupted demo, whose marker is not complete,
     # is): the demo rewrites it, and no file of the first one is left over.
-    make_cls_demo(root, val_fraction=0.5, seed=1)
+    make_cls_demo(root, CLS_LAYOUT, val_fraction=0.5, seed=1)
     val_names = {line.split(",")[0] for line in (root / "val_gt.csv").read_text().splitlines()[1:]}
     assert {p.name for p in (root / "val_50").iterdir()} == val_names != first
     assert len(list((root / "train_50").iterdir())) + len(val_names) == 1797

@@ -13,6 +13,7 @@ from helpers import write_pairs
 from hw1.data.masks import (CLASS_NAMES, NUM_CLASSES, PALETTE, UNKNOWN, class_to_rgb, read_mask,
                             rgb_to_class, write_mask)
 from hw1.data.scenes import make_seg_demo
+from hw1.tasks.seg import LAYOUT as SEG_LAYOUT
 from hw1.data.seg import (MEAN, STD, RandomRot90, SegDataset, load_seg_split, scan_pairs,
                           seg_eval_transform, seg_train_transform)
 from hw1.errors import UserError
@@ -134,7 +135,7 @@ def test_scan_pairs_empty_and_missing(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    return make_seg_demo(tmp_path_factory.mktemp("p2"), n_train=6, n_val=3, size=32)
+    return make_seg_demo(tmp_path_factory.mktemp("p2"), SEG_LAYOUT, n_train=6, n_val=3, size=32)
 
 
 def test_load_seg_split_shapes(demo):
@@ -290,37 +291,37 @@ def test_random_rot90_same_turn_for_both():
 # --- demo scenes --------------------------------------------------------------------------------
 
 def test_make_seg_demo_layout_and_determinism(tmp_path):
-    root = make_seg_demo(tmp_path / "a", n_train=3, n_val=2, size=24, seed=1)
+    root = make_seg_demo(tmp_path / "a", SEG_LAYOUT, n_train=3, n_val=2, size=24, seed=1)
     assert [p[0] for p in scan_pairs(root / "train")] == ["0000", "0001", "0002"]
     assert [p[0] for p in scan_pairs(root / "validation")] == ["0000", "0001"]
     with Image.open(root / "train" / "0000_sat.jpg") as im:
         assert im.format == "JPEG" and im.size == (24, 24) and im.mode == "RGB"
-    other = make_seg_demo(tmp_path / "b", n_train=3, n_val=2, size=24, seed=1)
+    other = make_seg_demo(tmp_path / "b", SEG_LAYOUT, n_train=3, n_val=2, size=24, seed=1)
     for split in ("train", "validation"):
         for p in (root / split).iterdir():
             assert p.read_bytes() == (other / split / p.name).read_bytes()
     assert (root / "train" / "0000_sat.jpg").read_bytes() != \
-        (make_seg_demo(tmp_path / "c", n_train=1, n_val=0, size=24, seed=2) / "train" / "0000_sat.jpg").read_bytes()
+        (make_seg_demo(tmp_path / "c", SEG_LAYOUT, n_train=1, n_val=0, size=24, seed=2) / "train" / "0000_sat.jpg").read_bytes()
 
 
 def test_make_seg_demo_idempotent_and_safe(tmp_path):
-    root = make_seg_demo(tmp_path, n_train=4, n_val=1, size=16)
+    root = make_seg_demo(tmp_path, SEG_LAYOUT, n_train=4, n_val=1, size=16)
     stamp = (root / "train" / "0000_sat.jpg").stat().st_mtime_ns
-    make_seg_demo(tmp_path, n_train=4, n_val=1, size=16)
+    make_seg_demo(tmp_path, SEG_LAYOUT, n_train=4, n_val=1, size=16)
     assert (root / "train" / "0000_sat.jpg").stat().st_mtime_ns == stamp
     assert json.loads((root / ".seg_demo.json").read_text())["complete"] is True
     # Other counts regenerate and drop the pairs that no longer belong.
-    make_seg_demo(tmp_path, n_train=2, n_val=1, size=16)
+    make_seg_demo(tmp_path, SEG_LAYOUT, n_train=2, n_val=1, size=16)
     assert len(scan_pairs(root / "train")) == 2
     # A folder with someone else's pairs is never overwritten.
     foreign = tmp_path / "foreign"
     _touch(foreign / "train", "0100_sat.jpg", "0100_mask.png")
     with pytest.raises(UserError, match="0100_mask.png"):
-        make_seg_demo(foreign)
+        make_seg_demo(foreign, SEG_LAYOUT)
 
 
 def test_demo_scenes_use_every_class(tmp_path):
-    ds = load_seg_split(make_seg_demo(tmp_path, n_train=40, n_val=0, size=32) / "train")
+    ds = load_seg_split(make_seg_demo(tmp_path, SEG_LAYOUT, n_train=40, n_val=0, size=32) / "train")
     shares = torch.bincount(ds.masks.flatten(), minlength=7).double() / ds.masks.numel()
     assert (shares[:6] > 0.02).all() and 0 < shares[UNKNOWN] < 0.1
 

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from conftest import CLS_TINY_MODEL_ARGS, REPO, make_cls_tiny
-from hw1 import engine
+from hw1 import engine, metrics
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.data.cls import cls_eval_transform, load_cls_split
 from hw1.data.scenes import make_seg_demo
+from hw1.tasks.seg import LAYOUT as SEG_LAYOUT
 from hw1.data.seg import load_seg_split, seg_eval_transform
 from hw1.distributed import ShardSampler
 from hw1.errors import UserError
@@ -86,7 +87,7 @@ def test_two_process_validation_equals_one_process_evaluation_of_the_checkpoint(
     assert ckpt["args"]["world_size"] == 2 and ckpt["args"]["command"].startswith("torchrun ")
     model = model_from_checkpoint(ckpt, out / "last.pth")
     val = load_cls_split(odd_cls_data / "val_50", labels_csv=odd_cls_data / "val_gt.csv", transform=cls_eval_transform())
-    one = engine.evaluate(model, torch.utils.data.DataLoader(val, batch_size=4), num_classes=50, task="cls",
+    one = engine.evaluate(model, torch.utils.data.DataLoader(val, batch_size=4), num_classes=50, summarize=metrics.cls_summary,
                           criterion=nn.CrossEntropyLoss(label_smoothing=0.1), device=torch.device("cpu"))
     assert last["val_samples"] == one["samples"] == 9
     assert last["val_acc"] == one["acc"]
@@ -131,7 +132,7 @@ def test_batch_that_does_not_split_is_a_one_line_error(odd_cls_data, tmp_path):
 
 
 def test_two_process_segmentation_matches_one_process_evaluation(tmp_path):
-    data = make_seg_demo(tmp_path / "seg", n_train=4, n_val=3, size=64)
+    data = make_seg_demo(tmp_path / "seg", SEG_LAYOUT, n_train=4, n_val=3, size=64)
     out = tmp_path / "run"
     result = torchrun("train_seg.py", "--model", "vgg16_fcn32s", "--weights", "none", "--fc-channels", "16",
                       "--batch-norm", "--crop-size", "64", "--batch-size", "2", "--epochs", "1", "--lr", "1e-3",
@@ -146,7 +147,7 @@ def test_two_process_segmentation_matches_one_process_evaluation(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        one = engine.evaluate(model, torch.utils.data.DataLoader(val, batch_size=1), num_classes=7, task="seg",
+        one = engine.evaluate(model, torch.utils.data.DataLoader(val, batch_size=1), num_classes=7, summarize=metrics.seg_summary,
                               criterion=SegLoss(), device=torch.device("cpu"))
     finally:
         torch.set_num_threads(threads)

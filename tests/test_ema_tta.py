@@ -189,12 +189,12 @@ def test_stem_pool_runs_the_blocks_at_half_the_side():
 
 
 def test_recipe_fills_defaults_and_explicit_flags_win(monkeypatch):
-    from hw1.cli import start_run
-    from hw1.config import ClsConfig
+    from hw1.trainer import start_run
+    from hw1.tasks.cls import TASK as CLS
     from hw1.models import densenet
 
     def config(*argv):
-        return start_run("train_cls.py", train_cls.get_args_parser(), list(argv), None, ClsConfig)
+        return start_run(train_cls.get_args_parser(), list(argv), CLS)
 
     recipe = config("--recipe", "cpu")
     for key, value in densenet.SPEC.recipes["cpu"].items():

@@ -11,7 +11,7 @@ from torch import nn
 
 from conftest import CLS_TINY_MODEL_ARGS, REPO, make_cls_tiny
 from helpers import script_env
-from hw1 import engine
+from hw1 import engine, metrics
 from hw1.schedule import CosineSchedule
 from hw1.train_state import TrainState
 
@@ -108,11 +108,11 @@ def test_evaluate_with_tta_runs_two_forward_passes_a_batch():
     # the plain forward (which gives the loss) is one of the two that TTA averages
     batches = data()
     model = Counting()
-    plain = engine.evaluate(model, batches, num_classes=5, task="cls", criterion=nn.CrossEntropyLoss(),
+    plain = engine.evaluate(model, batches, num_classes=5, summarize=metrics.cls_summary, criterion=nn.CrossEntropyLoss(),
                             device=torch.device("cpu"))
     assert model.calls == len(batches)
     model.calls = 0
-    tta = engine.evaluate(model, batches, num_classes=5, task="cls", criterion=nn.CrossEntropyLoss(),
+    tta = engine.evaluate(model, batches, num_classes=5, summarize=metrics.cls_summary, criterion=nn.CrossEntropyLoss(),
                           device=torch.device("cpu"), tta=True)
     assert model.calls == 2 * len(batches)
     assert tta["loss"] == plain["loss"]

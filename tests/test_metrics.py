@@ -62,7 +62,7 @@ def test_accuracy_and_per_class():
     for c in range(n - 1):
         assert per_class[c] == pytest.approx(float(np.mean(pred[target == c] == c))), c
     assert math.isnan(per_class[n - 1])
-    summary = metrics.summarize(cm, "cls")
+    summary = metrics.cls_summary(cm)
     assert summary["acc"] == metrics.accuracy(cm)
     assert summary["per_class_acc"][:n - 1] == per_class[:n - 1] and math.isnan(summary["per_class_acc"][-1])
 

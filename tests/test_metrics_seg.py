@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from hw1.data.masks import NUM_CLASSES, UNKNOWN
 from hw1.losses import SegLoss, class_weights, lovasz_softmax
-from hw1.metrics import confusion_matrix, image_miou, iou_per_class, mean_iou, summarize
+from hw1.metrics import confusion_matrix, image_miou, iou_per_class, mean_iou, seg_summary
 
 SCORED = range(6)  # the course averages classes 0-5; 6 (unknown) is not scored
 
@@ -166,7 +166,7 @@ def test_summarize_seg():
     pairs = random_pairs(rng, 3, p_gt=SKEWED_GT, p_pred=SKEWED_PRED)
     cm = pooled_cm(pairs)
     gt, pred = concat(pairs)
-    s = summarize(cm, "seg")
+    s = seg_summary(cm)
     assert set(s) == {"miou", "iou", "pixel_acc"}
     assert isinstance(s["miou"], float) and isinstance(s["pixel_acc"], float)
     assert isinstance(s["iou"], list) and len(s["iou"]) == NUM_CLASSES

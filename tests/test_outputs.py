@@ -13,7 +13,7 @@ import viz
 from conftest import REPO
 from helpers import cli_error
 from hw1 import outputs, summary
-from hw1.checkpoint import export_checkpoint
+from hw1.checkpoint import EXPORT, export_checkpoint
 from hw1.data.masks import write_mask
 from hw1.errors import UserError
 from hw1.outputs import MASK_MARK, check_output, check_outputs, problem
@@ -85,7 +85,7 @@ def test_inputs_and_files_of_input_folders_are_refused(tmp_path):
 def test_files_of_a_run_are_refused(cls_tiny_run):
     run = cls_tiny_run[0]
     assert problem(run / "args.json", "json") == f"is a file of the training run in {run}"
-    assert problem(run / "last.pth", "checkpoint") == f"is a file of the training run in {run}"
+    assert problem(run / "last.pth", EXPORT) == f"is a file of the training run in {run}"
     assert problem(run / "summary.json", "json") is None
 
 
@@ -202,7 +202,7 @@ def test_tracked_files_of_a_git_repository_are_never_replaced(cls_tiny_checkpoin
     assert problem(repo / "results" / "untracked.json", "summary-json") is None
     if (REPO / ".git").exists():  # this checkout's own records and shipped models, read only
         assert problem(REPO / "results" / "p1_densenet_cpu.json", "bench-json").startswith("is a file of the git")
-        assert problem(REPO / "checkpoints" / "p2_vgg16_fcn8s.pth", "checkpoint").startswith("is a file of the git")
+        assert problem(REPO / "checkpoints" / "p2_vgg16_fcn8s.pth", EXPORT).startswith("is a file of the git")
         assert problem(REPO / "README.md", "markdown").startswith("is a file of the git")
 
 

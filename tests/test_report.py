@@ -25,8 +25,10 @@ import viz  # noqa: E402
 from hw1 import report  # noqa: E402
 from hw1.cli import run as run_cli  # noqa: E402
 from hw1.data.scenes import make_seg_demo  # noqa: E402
+from hw1.tasks.seg import LAYOUT as SEG_LAYOUT  # noqa: E402
 from hw1.errors import UserError  # noqa: E402
 from hw1.outputs import REPORT_MARK  # noqa: E402
+from hw1.tasks import get_task  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("cls_one_thread")
 DPI = 40
@@ -67,7 +69,7 @@ def seg_tiny_run(tmp_path_factory):
     """(data root, run folder) of a 3-epoch tiny VGG16-FCN32s run keeping epochs 1, 2 and 3. Read-only."""
     import train_seg
 
-    root = make_seg_demo(tmp_path_factory.mktemp("report_seg_data"), n_train=2, n_val=3, size=64)
+    root = make_seg_demo(tmp_path_factory.mktemp("report_seg_data"), SEG_LAYOUT, n_train=2, n_val=3, size=64)
     out = tmp_path_factory.mktemp("report_seg_run")
     train_seg.main(["--model", "vgg16_fcn32s", "--weights", "none", "--fc-channels", "16", "--device", "cpu",
                     "--amp", "none", "--workers", "0", "--no-progress", "--batch-size", "2", "--crop-size", "64",
@@ -237,7 +239,7 @@ def test_commands_for_missing_pieces(cls_tiny_run):
 
 
 def test_the_seg_loss_row_says_each_term():
-    from hw1.config import SegConfig
+    from hw1.tasks.seg import SegConfig
     from hw1.report.details import seg_loss
 
     assert seg_loss(SegConfig(), None) == "pixel-wise cross-entropy, class 6 (unknown) ignored"
@@ -303,7 +305,7 @@ def test_fresh_scores_add_each_shipped_export_with_its_tta(cls_tiny_run, cls_tin
     assert (export.checkpoint, export.tta, export.exported_from.name) == (shipped / "p1.pth", "crops", "best.pth")
     model, _ = evidence.checkpoint_model(shipped / "p1.pth", "cls", torch.device("cpu"))
     assert model.tta == "crops"
-    assert export.result["acc"] == accuracy(model_confusion(model, cls_tiny_data / "val_50", task="cls"))
+    assert export.result["acc"] == accuracy(model_confusion(model, cls_tiny_data / "val_50", task=get_task("cls")))
     rows = sections.score_rows("cls", run, [best, export])
     assert rows[-1][1] == (f"fresh evaluation of {shipped / 'p1.pth'} (shipped, exported from best.pth) "
                            f"({export.epoch}) on {cls_tiny_data / 'val_50'}, crops TTA")

@@ -2,6 +2,7 @@
 
 The 4-epoch run of the session fixture ``cls_tiny_run`` (tests/conftest.py) is the reference run.
 """
+import dataclasses
 import json
 import math
 import re
@@ -13,7 +14,7 @@ import torch
 
 import train_cls
 from helpers import cli_error, save_code_running_checkpoint, snapshot, truncate
-from hw1 import engine
+from hw1 import engine, metrics
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.cli import run
 from hw1.data.cls import cls_eval_transform, load_cls_split
@@ -115,7 +116,7 @@ def test_checkpoint_rebuilds_the_model_and_its_val_accuracy(cls_tiny_run, cls_ti
     val = load_cls_split(cls_tiny_data / "val_50", labels_csv=cls_tiny_data / "val_gt.csv",
                          transform=cls_eval_transform())
     loader = torch.utils.data.DataLoader(val, batch_size=5)
-    result = engine.evaluate(model, loader, num_classes=50, task="cls", device=torch.device("cpu"),
+    result = engine.evaluate(model, loader, num_classes=50, summarize=metrics.cls_summary, device=torch.device("cpu"),
                              criterion=torch.nn.CrossEntropyLoss(label_smoothing=0.1))
     assert result["acc"] == pytest.approx(last["val_acc"])
     assert result["loss"] == pytest.approx(last["val_loss"], rel=1e-4)
@@ -196,7 +197,8 @@ def test_resume_with_nothing_left_to_train_writes_nothing(cls_tiny_run, cls_tiny
                                                           tmp_path, monkeypatch):
     run_dir = shutil.copytree(cls_tiny_run[0], tmp_path / "run")
     before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
-    monkeypatch.setattr(train_cls, "load_splits", lambda config: pytest.fail("decoded the data"))
+    task = dataclasses.replace(train_cls.TASK, load_splits=lambda config: pytest.fail("decoded the data"))
+    monkeypatch.setattr(train_cls, "TASK", task)
     record = train_cls.main(cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume", str(run_dir / "last.pth")))
     assert record == _records(run_dir)[-1]
     assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
@@ -323,7 +325,8 @@ def test_a_damaged_line_of_the_history_is_found_before_the_data_is_decoded(cls_t
     lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
     (run_dir / "metrics.jsonl").write_text("".join([lines[0], lines[1][:20] + "\n", *lines[2:]]))
     before = snapshot(run_dir)
-    monkeypatch.setattr(train_cls, "load_splits", lambda config: pytest.fail("the data was decoded"))
+    task = dataclasses.replace(train_cls.TASK, load_splits=lambda config: pytest.fail("the data was decoded"))
+    monkeypatch.setattr(train_cls, "TASK", task)
     err = cli_error(capsys, train_cls.main, cls_tiny_train_argv(cls_tiny_data, run_dir, "--resume",
                                                                 str(run_dir / "last.pth"), epochs=5))
     assert err == f"error: {run_dir / 'metrics.jsonl'}: line 2 is not JSON\n"

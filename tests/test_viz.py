@@ -22,9 +22,10 @@ import viz  # noqa: E402
 from helpers import assert_one_line_error  # noqa: E402
 from hw1 import plots  # noqa: E402
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from hw1.cli import parse_key_values  # noqa: E402
+from hw1.flags import parse_key_values  # noqa: E402
 from hw1.data.masks import PALETTE  # noqa: E402
 from hw1.data.scenes import make_seg_demo  # noqa: E402
+from hw1.tasks.seg import LAYOUT as SEG_LAYOUT  # noqa: E402
 from hw1.errors import UserError  # noqa: E402
 from hw1.models import build_model, get_spec  # noqa: E402
 from hw1.models.introspect import model_summary  # noqa: E402
@@ -49,7 +50,7 @@ def png_size(path):
 @pytest.fixture(scope="module")
 def seg_tiny(tmp_path_factory):
     """(validation folder, [3 checkpoint paths]) of an untrained tiny VGG16-FCN32s, saved at epochs 1, 2, 3."""
-    root = make_seg_demo(tmp_path_factory.mktemp("seg_tiny"), n_train=2, n_val=3, size=64)
+    root = make_seg_demo(tmp_path_factory.mktemp("seg_tiny"), SEG_LAYOUT, n_train=2, n_val=3, size=64)
     ckpts = []
     for epoch in (1, 2, 3):
         torch.manual_seed(epoch)
@@ -201,11 +202,11 @@ def test_confusion_figure_handles_absent_class(tmp_path):
 def test_arch_draws_what_training_builds(tmp_path, capsys):
     """Without --model-config, the builder's defaults: the growth rate training uses (one home for it)."""
     import train_cls
-    from hw1.cli import start_run
-    from hw1.config import ClsConfig
+    from hw1.trainer import start_run
+    from hw1.tasks.cls import TASK as CLS
 
     viz.main(["arch", "--model", "densenet", "--out-dir", str(tmp_path), "--dpi", str(DPI)])
-    trained = start_run("train_cls.py", train_cls.get_args_parser(), [], None, ClsConfig)
+    trained = start_run(train_cls.get_args_parser(), [], CLS)
     built = build_model("densenet", weights="none", **trained.model_config)
     assert f"{sum(p.numel() for p in built.parameters()):,}" in capsys.readouterr().out
 

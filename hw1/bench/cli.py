@@ -42,8 +42,8 @@ from hw1.bench.models import (BASELINE, RUNTIME_CONFIGS, DEFAULT, TRAIN_FLOPS_NO
 from hw1.bench.recipes import PIPELINES, bench_predict, bench_recipe
 from hw1.bench.reference import bench_reference
 from hw1.bench.timing import matmul_peak
-from hw1.cli import AT_LEAST_1, add_model_args, between, check_numbers, require_layout, split_hyperparameters
-from hw1.config import MAX_WORKERS, SIDE_RANGES, ClsConfig, SegConfig
+from hw1.flags import AT_LEAST_1, add_model_args, between, check_numbers, split_hyperparameters
+from hw1.config import MAX_WORKERS, SIDE_RANGES
 from hw1.data.cls import cls_train_transform, load_cls_split
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
@@ -54,6 +54,8 @@ from hw1.runtime import (cpu_cores, cpu_flags, cpu_has_fast_bf16, cpu_kind, cpu_
                          setup_logging)
 from hw1.summary import git_commit
 from hw1.tasks import get_task
+from hw1.tasks.cls import TASK as CLS
+from hw1.tasks.seg import TASK as SEG
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +217,10 @@ def get_args_parser():
                                               "never a file already there unless named here)")
     p.add_argument("--overwrite", action="store_true", help="let --out replace a file that is not a JSON output")
     p.add_argument("--matmul-size", type=int, default=None, help="n of the peak matmul (default: 2048 CPU, 8192 CUDA)")
-    p.add_argument("--crop-size", type=int, default=SegConfig.crop_size, help="P2 training crop (default: %(default)s)")
+    p.add_argument("--crop-size", type=int, default=SEG.config.crop_size, help="P2 training crop (default: %(default)s)")
     add_model_args(p, [get_spec(n) for n in model_names()])  # each model takes the hyperparameters it has
     g = p.add_argument_group("P1 data pipeline and the reference")
-    g.add_argument("--data-dir", help=f"P1 data, a folder with train_50/ in it (default: {ClsConfig.data_dir}, or "
+    g.add_argument("--data-dir", help=f"P1 data, a folder with train_50/ in it (default: {CLS.config.data_dir}, or "
                                       "generated digits where that has no train_50/)")
     g.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers to time (default: 0 2)")
     g.add_argument("--data-batches", type=int, default=20, help="batches of 128 timed per worker count "
@@ -228,7 +230,7 @@ def get_args_parser():
     g.add_argument("--e2e-workers", type=int, default=trainer_defaults().workers,
                    help="DataLoader workers of both loops (default: %(default)s, as the training scripts)")
     g = p.add_argument_group("the CPU recipes' epochs and the course's commands (--parts recipes predict)")
-    g.add_argument("--p2-data-dir", default=SegConfig.data_dir, help="P2 data (default: %(default)s)")
+    g.add_argument("--p2-data-dir", default=SEG.config.data_dir, help="P2 data (default: %(default)s)")
     g.add_argument("--recipe-tasks", nargs="+", choices=["cls", "seg"], default=["cls", "seg"],
                    help="(default: both)")
     g.add_argument("--recipe-steps", type=int, default=40, help="training steps timed per pipeline (default: "
@@ -269,15 +271,14 @@ def parse_args(argv):
         except ArgError as e:
             raise UserError(e.as_flag()) from None
     if set(args.parts) & set(DATA_PARTS):  # real data only: the recipes' epochs are of the course's images
-        args.data_dirs = {"cls": args.data_dir or ClsConfig.data_dir, "seg": args.p2_data_dir}
+        args.data_dirs = {"cls": args.data_dir or CLS.config.data_dir, "seg": args.p2_data_dir}
         for task, folder in args.data_dirs.items():
-            layout = get_task(task).layout
-            require_layout(folder, (layout.train, layout.val), layout.archive)
+            get_task(task).layout.require(folder)
     if args.data_dir is None:  # train_cls.py's default; p1_train_folder generates digits where it has no data
-        args.data_dir = ClsConfig.data_dir
+        args.data_dir = CLS.config.data_dir
     else:  # a folder named on the command line must hold the data: no silent stand-in for a mistyped path
         layout = get_task("cls").layout
-        require_layout(args.data_dir, (layout.train,), layout.archive)
+        layout.require(args.data_dir, (layout.train,))
     given = {k: v for item in args.batch_size for k, v in item.items()}
     everyone = given.pop("", None)
     # per model: MODEL=N, else N, else the --quick preset; models left out get their spec's bench_batch

@@ -2,21 +2,20 @@
 import time
 from pathlib import Path
 
-from hw1.config import ClsConfig
 from hw1.data.demo import make_cls_demo
 from hw1.tasks import get_task
 from hw1.trainer import make_loader
 
-DATA_BATCH = ClsConfig.batch_size  # train_cls.py's default batch
+DATA_BATCH = get_task("cls").config.batch_size  # train_cls.py's default batch
 
 
 def p1_train_folder(data_dir, workdir):
     """(folder, source): the real P1 training images, else generated digits written under ``workdir``."""
-    train = get_task("cls").layout.train
-    folder = Path(data_dir) / train
+    layout = get_task("cls").layout
+    folder = Path(data_dir) / layout.train
     if folder.is_dir():
         return folder, "real"
-    return make_cls_demo(workdir) / train, "generated"
+    return make_cls_demo(workdir, layout) / layout.train, "generated"
 
 
 def _forever(loader):

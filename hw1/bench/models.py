@@ -13,10 +13,9 @@ from torch import nn
 
 from hw1 import engine
 from hw1.bench.timing import count_flops, spread, time_runs
-from hw1.config import TRAIN_CONFIGS
-from hw1.config import ClsConfig
 from hw1.models import build_model, get_spec
 from hw1.runtime import amp_dtype, autocast, channels_last_default, micro_batch_default
+from hw1.tasks import get_task
 from hw1.train_state import TrainState
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,7 @@ def model_setup(name, args):
     model to ``--img-size``), P2 models the training crop ``--crop-size``.
     """
     spec = get_spec(name)
-    train = TRAIN_CONFIGS[spec.task](model=name)
+    train = get_task(spec.task).config(model=name)
     config = {**model_config_of(name, args), "weights": "none"}
     side = spec.input_size if spec.task == "cls" else args.crop_size
     # train_seg.py's default: no auxiliary head, so SegLoss is plain cross-entropy over labelled pixels
@@ -100,7 +99,7 @@ def set_up(model, config, device, *, lr=1e-4):
         model.to(memory_format=torch.channels_last)
     amp = amp_dtype(config.amp, device)
     # plain SGD with momentum, no weight decay, an lr schedule too long to move
-    training = TRAIN_CONFIGS["cls"](opt="sgd", lr=lr, weight_decay=0.0, epochs=1)
+    training = get_task("cls").config(opt="sgd", lr=lr, weight_decay=0.0, epochs=1)
     state = TrainState.create(model, training, steps_per_epoch=1 << 62, amp=amp, device=device)
     return Setup(model=torch.compile(model) if config.compile else model, amp=amp,
                  channels_last=config.channels_last, state=state, micro_batch=config.micro_batch)
@@ -139,7 +138,7 @@ def measure(model, config, *, criterion, images, targets, device, steps, warmup,
 
 def trainer_defaults():
     """The training scripts' runtime defaults (--amp, --channels-last, --compile, --workers)."""
-    return ClsConfig()
+    return get_task("cls").config()
 
 
 def default_config_name(device, model_name="densenet"):

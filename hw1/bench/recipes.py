@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from hw1 import engine
-from hw1.config import TRAIN_CONFIGS, resolve
+from hw1.config import resolve
 from hw1.data.cls import cls_train_transform, load_cls_split
 from hw1.data.images import read_rgb
 from hw1.data.masks import read_mask
@@ -41,7 +41,7 @@ PIPELINES = ("batched", "workers", "reference")
 
 def recipe_config(task, data_dir, **changes):
     """The validated config of ``--recipe cpu`` of ``task``'s shipped model, with ``changes`` laid over it."""
-    config = resolve(TRAIN_CONFIGS[task], {"model": get_task(task).shipped_model, "recipe": "cpu", "data_dir": str(data_dir)},
+    config = resolve(get_task(task).config, {"model": get_task(task).shipped_model, "recipe": "cpu", "data_dir": str(data_dir)},
                      command="hw1.bench").validate()
     return config.replace(**changes)
 

@@ -18,11 +18,8 @@ from PIL import Image
 
 from hw1.errors import UserError
 from hw1.io import atomic_write_text
-from hw1.tasks import get_task
 
 CLS_MARKER = ".cls_demo.json"
-LAYOUT = get_task("cls").layout
-CLS_SPLITS = (LAYOUT.train, LAYOUT.val)
 
 
 def _read_marker(path):
@@ -71,7 +68,7 @@ def finish_demo_folder(root, marker, params):
     atomic_write_text(json.dumps({**params, "complete": True}), Path(root) / marker)
 
 
-def _digit_images(val_fraction, seed):
+def _digit_images(splits, val_fraction, seed):
     """``[(split, name, (32, 32, 3) uint8 image, label), ...]`` for the 1,797 digits, deterministic for a seed."""
     from sklearn.datasets import load_digits
 
@@ -86,13 +83,14 @@ def _digit_images(val_fraction, seed):
         # Dark ink on a light background, each of a random hue: colour says nothing about the label.
         fg, bg = rng.uniform(0, 110, size=(1, 1, 3)), rng.uniform(150, 255, size=(1, 1, 3))
         pixels = ink * fg + (1 - ink) * bg + rng.normal(0, 12, size=(32, 32, 3))
-        split = LAYOUT.val if rng.random() < val_fraction else LAYOUT.train
+        split = splits[1] if rng.random() < val_fraction else splits[0]
         out.append((split, f"{label}_{idx}.png", np.clip(pixels, 0, 255).astype(np.uint8), int(label)))
     return out
 
 
-def make_cls_demo(root, *, val_fraction=0.2, seed=0):
-    """Write ``root/train_50``, ``root/val_50`` and ``root/val_gt.csv``; return ``root``.
+def make_cls_demo(root, layout, *, val_fraction=0.2, seed=0):
+    """Write the split folders and the labels CSV of P1's ``layout`` (:class:`hw1.tasks.base.Layout`:
+    ``root/train_50``, ``root/val_50`` and ``root/val_gt.csv``); return ``root``.
 
     A folder already complete for the same arguments is left as is; one holding anything but the
     demo's own data is refused (:func:`claim_demo_folder`, marker ``.cls_demo.json``).
@@ -101,9 +99,9 @@ def make_cls_demo(root, *, val_fraction=0.2, seed=0):
     params = {"val_fraction": val_fraction, "seed": seed}
     if claim_demo_folder(root, CLS_MARKER, params):
         return root
-    images = _digit_images(val_fraction, seed)
+    images = _digit_images((layout.train, layout.val), val_fraction, seed)
     expected = {(split, name) for split, name, _, _ in images}
-    for split in CLS_SPLITS:
+    for split in (layout.train, layout.val):
         folder = root / split
         folder.mkdir(exist_ok=True)
         for p in folder.glob("*.png"):  # the demo's own files of other arguments
@@ -113,7 +111,7 @@ def make_cls_demo(root, *, val_fraction=0.2, seed=0):
         Image.fromarray(pixels).save(root / split / name)
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(
-        [("filename", "label"), *((name, label) for split, name, _, label in images if split == LAYOUT.val)])
-    atomic_write_text(buf.getvalue(), root / LAYOUT.labels)
+        [("filename", "label"), *((name, label) for split, name, _, label in images if split == layout.val)])
+    atomic_write_text(buf.getvalue(), root / layout.labels)
     finish_demo_folder(root, CLS_MARKER, params)
     return root

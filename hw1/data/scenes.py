@@ -14,10 +14,8 @@ from PIL import Image
 from hw1.data.demo import claim_demo_folder, finish_demo_folder
 from hw1.data.masks import write_mask
 from hw1.data.seg import MASK_SUFFIX, SAT_SUFFIX
-from hw1.tasks import get_task
 
 MARKER = ".seg_demo.json"
-SPLITS = (get_task("seg").layout.train, get_task("seg").layout.val)
 
 # Share of regions per class (urban, agriculture, rangeland, forest, water, barren, unknown):
 # agriculture leads as in the course data, but less lopsided so every class is learnable in a
@@ -85,8 +83,9 @@ def _expected_names(n):
     return {f"{i:04d}{suffix}" for i in range(n) for suffix in (SAT_SUFFIX, MASK_SUFFIX)}
 
 
-def make_seg_demo(root, *, n_train=64, n_val=16, size=128, seed=0):
-    """Write ``root/train`` and ``root/validation`` of ``{id:04d}_sat.jpg`` + ``_mask.png``; return ``root``.
+def make_seg_demo(root, layout, *, n_train=64, n_val=16, size=128, seed=0):
+    """Write the split folders of P2's ``layout`` (:class:`hw1.tasks.base.Layout`: ``root/train`` and
+    ``root/validation``) of ``{id:04d}_sat.jpg`` + ``_mask.png``; return ``root``.
 
     Deterministic for a seed (scene ``i`` of a split does not depend on the counts). A folder
     already complete for the same arguments is left as is; the marker file ``.seg_demo.json``
@@ -95,7 +94,7 @@ def make_seg_demo(root, *, n_train=64, n_val=16, size=128, seed=0):
     """
     root = Path(root)
     params = {"n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
-    counts = dict(zip(SPLITS, (n_train, n_val)))
+    counts = dict(zip((layout.train, layout.val), (n_train, n_val)))
     if claim_demo_folder(root, MARKER, params) and all(
             (root / split / name).is_file() for split, n in counts.items() for name in _expected_names(n)):
         return root

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from hw1 import metrics, plots
+from hw1 import plots
 from hw1.checkpoint import load_checkpoint
 from hw1.engine import tta_mode
 from hw1.errors import UserError
@@ -95,7 +95,7 @@ class FreshScore:
     checkpoint: Path
     epoch: str  # "epoch N", or the file name of a checkpoint without one
     data: Path
-    result: dict  # hw1.metrics.summarize: acc (P1), miou and iou (P2)
+    result: dict  # the task's summarize: acc (P1), miou and iou (P2)
     tta: str = "none"  # what it predicted with: its own "inference" entry, as hw1.predict
     exported_from: Path | None = None  # a shipped export: the run's checkpoint it came from
 
@@ -104,8 +104,8 @@ def fresh_score(checkpoint, task, folder, labels_csv, device, *, exported_from=N
     """The checkpoint scored on the labelled ``folder`` (P2 at full size), as hw1.predict would predict
     (with the TTA the checkpoint says)."""
     model, epoch = checkpoint_model(checkpoint, task, device)
-    cm = model_confusion(model, folder, task=task, labels_csv=labels_csv)
-    return FreshScore(Path(checkpoint), epoch, Path(folder), metrics.summarize(cm, task), model.tta, exported_from)
+    cm = model_confusion(model, folder, task=get_task(task), labels_csv=labels_csv)
+    return FreshScore(Path(checkpoint), epoch, Path(folder), get_task(task).summarize(cm), model.tta, exported_from)
 
 
 # --- P1: penultimate features -------------------------------------------------------------------------

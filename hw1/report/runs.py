@@ -4,12 +4,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hw1.checkpoint import load_checkpoint
-from hw1.config import config_of
 from hw1.errors import UserError
 from hw1.models import REGISTRY, get_spec
 from hw1.report.blocks import Missing
 from hw1.run_dir import BEST, LAST, RunDir
-from hw1.tasks import get_task
+from hw1.tasks import config_of, get_task
 
 
 

@@ -1,0 +1,69 @@
+"""What a problem of the homework is to the rest of hw1: a :class:`Layout` of its course data and
+a :class:`Task` of direct references to its pieces (each problem's module, ``hw1/tasks/<name>.py``,
+makes one)."""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from hw1.errors import UserError
+
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The course's files of one problem, as extracted into ``hw1_data/``."""
+    folder: str  # under hw1_data/: p1_data
+    archive: str  # the course's archive of it: p1_data.tar.gz
+    train: str  # the split folders in it
+    val: str
+    labels: str | None = None  # a filename,label CSV of the validation split beside them (P1)
+    image_suffix: str | None = None  # P2's pairs: xxxx_sat.jpg + xxxx_mask.png
+    mask_suffix: str | None = None
+
+    @property
+    def root(self):
+        return f"hw1_data/{self.folder}"
+
+    def require(self, data_dir, splits=None):
+        """``data_dir`` holding the split folders (both, or those named), or a one-line error saying
+        how to make it."""
+        root, splits = Path(data_dir), splits or (self.train, self.val)
+        if not all((root / d).is_dir() for d in splits):
+            raise UserError(f"{root}: expected {' and '.join(d + '/' for d in splits)} here; extract the course "
+                            f"data with 'mkdir -p hw1_data && tar xzf {self.archive} -C hw1_data' or pass --data-dir")
+        return root
+
+
+@dataclass(frozen=True)
+class Task:
+    """One problem: its names and numbers, then the functions and classes that make it, by reference."""
+    name: str  # "cls" / "seg": checkpoints' "task", ModelSpec.task
+    problem: str  # "P1" / "P2"
+    script: str  # the training script
+    metric: str  # val_<metric> in metrics.jsonl, what picks best.pth (higher is better)
+    metric_label: str  # its name in messages and the report
+    per_class: str  # the per-class list of metrics.jsonl: val_<per_class>
+    layout: Layout
+    num_classes: int
+    default_checkpoint: Path  # the shipped model, the default of hw1.predict
+    shipped_model: str  # its model, trained by the script's --recipe cpu
+    eval_batch: int  # images per batch when scoring a checkpoint
+    config: type  # its hw1.config.TrainConfig subclass
+    add_flags: Callable  # (parser) -> the training script's flags of this task
+    load_splits: Callable  # (config) -> (train set, validation set) of the course data
+    eval_dataset: Callable  # (folder, *, labels_csv, size, model_size) -> a labelled dataset to score a model on
+    make_demo: Callable  # (root) -> writes the demo's generated data there
+    score: Callable  # (pred, gt) -> pooled confusion matrix of a prediction file or folder (eval.py --pred)
+    summarize: Callable  # (cm) -> {metric: value, ...} as plain floats and lists, what metrics.jsonl logs
+    describe: Callable  # (cm) -> lines that say the score, the headline first (eval.py's print)
+    write_predictions: Callable  # (image_dir, output, checkpoint=, device=, tta=, overwrite=) -> what it wrote
+    predict_help: str  # python -m hw1.predict NAME: what it does
+    output_name: str  # its output argument (output_csv)
+    output_noun: str  # what it writes, counted (predictions)
+
+    def course_model(self, slot):
+        """The model of the course's ``slot`` (A or B) of this problem, as the models' specs say."""
+        from hw1.models import get_spec, model_names
+
+        return next(n for n in model_names(self.name) if get_spec(n).slot == slot)

@@ -1,0 +1,110 @@
+"""P1, classification: 50 classes of 32x32 photos. Everything of the problem that is not a model:
+its course data, training config and flags, splits, scorer and summary, prediction writer."""
+from dataclasses import dataclass
+
+from hw1 import metrics
+from hw1.config import TrainConfig
+from hw1.data.batches import ClsBatchTransform
+from hw1.data.cls import (AUGMENTATIONS, IMG_SIZE, NUM_CLASSES, cls_eval_transform, cls_train_transform,
+                          load_cls_split)
+from hw1.data.demo import make_cls_demo
+from hw1.models import model_names
+from hw1.scoring import cls_confusion_from_csv
+from hw1.tasks.base import CHECKPOINTS, Layout, Task
+
+LAYOUT = Layout(folder="p1_data", archive="p1_data.tar.gz", train="train_50", val="val_50", labels="val_gt.csv")
+
+
+@dataclass
+class ClsConfig(TrainConfig):
+    """train_cls.py: P1 classification."""
+    data_dir: str = LAYOUT.root
+    batch_size: int = 128
+    label_smoothing: float = 0.1
+    aug: str = "seed"
+    flip: str = "random"
+    cutout: int = 0
+    model: str = "densenet"
+
+    task = "cls"
+
+    def problems(self):
+        p = super().problems()
+        if not 0 <= self.label_smoothing < 1:
+            p.append(("--label-smoothing", self.label_smoothing, "in [0, 1)"))
+        if not 0 <= self.cutout <= self.input_size():
+            p.append(("--cutout", self.cutout, f"in [0, {self.input_size()}] (0: none)"))
+        elif self.cutout and self.loader != "batched":
+            p.append(("--cutout", self.cutout, "0 with --loader workers (cutout needs --loader batched)"))
+        if self.flip == "alternate" and self.loader != "batched":
+            p.append(("--flip", self.flip, "random with --loader workers (alternate needs --loader batched)"))
+        return p
+
+    def input_size(self):
+        """Side of a training input (the images' own: 32)."""
+        return IMG_SIZE
+
+    def criterion(self, train_set=None):
+        from torch import nn
+
+        return nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+
+    def batch_transform(self):
+        """``--aug`` on whole batches, for ``--loader batched``."""
+        return ClsBatchTransform(self.aug, flip=self.flip, seed=self.seed, cutout=self.cutout)
+
+
+def add_flags(p):
+    """train_cls.py's own flags (before the common ones of :func:`hw1.flags.add_training_args`)."""
+    p.add_argument("--model", choices=model_names("cls"), help="(default: %(default)s)")
+    p.add_argument("--weights", help="imagenet, none or a state-dict path (default: the model's recipe: imagenet for "
+                                     "convnext, none for densenet)")
+    p.add_argument("--label-smoothing", type=float, help="(default: %(default)s)")
+    p.add_argument("--aug", choices=AUGMENTATIONS,
+                   help="seed: crop+flip, AutoAugment, RandomErasing; light: crop+flip (default: %(default)s)")
+    p.add_argument("--flip", choices=ClsBatchTransform.FLIPS,
+                   help="the training crops' left-right flip: random, or alternate (each image mirrored on every "
+                        "other epoch, as the CIFAR-10 speed runs do; --loader batched) (default: %(default)s)")
+    p.add_argument("--cutout", type=int, metavar="N",
+                   help="zero one N x N square of each training image (Cutout; --loader batched; the CIFAR-10 "
+                        "speed runs use 12); 0: none (default: %(default)s)")
+    p.add_argument("--demo", action="store_true",
+                   help="train a small DenseNet on generated digits (no course data), then predict and score: "
+                        "densenet's recipe 'demo'")
+    return p
+
+
+def load_splits(config):
+    root = LAYOUT.require(config.data_dir)
+    csv = root / LAYOUT.labels
+    train_set = load_cls_split(root / LAYOUT.train, transform=cls_train_transform(config.aug))
+    val_set = load_cls_split(root / LAYOUT.val, labels_csv=csv if csv.is_file() else None,
+                             transform=cls_eval_transform())
+    return train_set, val_set
+
+
+def eval_dataset(folder, *, labels_csv=None, size=None, model_size=None):
+    """The images of ``folder`` named ``{label}_{id}`` (or labelled by ``labels_csv``), to score a model on."""
+    return load_cls_split(folder, labels_csv=labels_csv, transform=cls_eval_transform())
+
+
+def make_demo(root):
+    return make_cls_demo(root, LAYOUT)
+
+
+def write_predictions(image_dir, output_csv, **kwargs):
+    """:func:`hw1.predict.predict_cls`, imported on use: hw1.predict loads the model stack and asks
+    this registry for the shipped checkpoints."""
+    from hw1.predict import predict_cls
+
+    return predict_cls(image_dir, output_csv, **kwargs)
+
+
+TASK = Task(
+    name="cls", problem="P1", script="train_cls.py", metric="acc", metric_label="accuracy", per_class="per_class_acc",
+    layout=LAYOUT, num_classes=NUM_CLASSES, default_checkpoint=CHECKPOINTS / "p1_densenet.pth",
+    shipped_model="densenet",
+    eval_batch=500, config=ClsConfig, add_flags=add_flags, load_splits=load_splits, eval_dataset=eval_dataset,
+    make_demo=make_demo, score=cls_confusion_from_csv, summarize=metrics.cls_summary, describe=metrics.cls_lines,
+    write_predictions=write_predictions, predict_help="P1: folder of images -> filename,label CSV",
+    output_name="output_csv", output_noun="predictions")

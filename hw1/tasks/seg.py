@@ -1,0 +1,132 @@
+"""P2, segmentation: 7-class satellite land cover at 512x512. Everything of the problem that is not
+a model: its course data, training config and flags, splits, scorer and summary, prediction writer."""
+from dataclasses import dataclass
+
+from hw1 import metrics
+from hw1.config import TrainConfig
+from hw1.data.batches import SegBatchTransform
+from hw1.data.masks import NUM_CLASSES
+from hw1.data.scenes import make_seg_demo
+from hw1.data.seg import MASK_SUFFIX, SAT_SUFFIX, load_seg_split, seg_eval_transform, seg_train_transform
+from hw1.losses import CLASS_WEIGHTS, SegLoss, class_weights
+from hw1.models import model_names
+from hw1.scoring import seg_confusion_from_dirs
+from hw1.tasks.base import CHECKPOINTS, Layout, Task
+
+LAYOUT = Layout(folder="p2_data", archive="p2_data.tar.gz", train="train", val="validation",
+                image_suffix=SAT_SUFFIX, mask_suffix=MASK_SUFFIX)
+
+
+@dataclass
+class SegConfig(TrainConfig):
+    """train_seg.py: P2 segmentation."""
+    data_dir: str = LAYOUT.root
+    batch_size: int = 8
+    crop_size: int = 512
+    min_scale: float = 0.25
+    aux_weight: float = 0.0
+    class_weights: str = "none"
+    lovasz: float = 0.0
+    size: int | None = None
+    model: str = "vgg16_fcn32s"
+
+    task = "seg"
+
+    def problems(self):
+        p = super().problems()
+        p += self.range_problems(("crop_size", "size"))
+        if not 0 < self.min_scale <= 1:
+            p.append(("--min-scale", self.min_scale, "in (0, 1]"))
+        if self.aux_weight < 0:
+            p.append(("--aux-weight", self.aux_weight, "0 or more"))
+        elif self.aux_weight > 0 and "aux_loss" not in self.spec().hidden:
+            p.append(("--aux-weight", self.aux_weight, f"0: {self.model} has no auxiliary head"))
+        if self.lovasz < 0:
+            p.append(("--lovasz", self.lovasz, "0 or more"))
+        if self.class_weights not in CLASS_WEIGHTS:
+            p.append(("--class-weights", self.class_weights, ", ".join(CLASS_WEIGHTS)))
+        return p
+
+    def input_size(self):
+        """Side of a training input: the crop, of the images at ``--size`` (512 when not resized)."""
+        return min(self.crop_size, self.size or 512)
+
+    def criterion(self, train_set=None):
+        """The loss; with ``--class-weights`` its weights come from ``train_set``'s masks."""
+        weight = None
+        if self.class_weights != "none":
+            if train_set is None:
+                raise ValueError("class weights need the training set")
+            weight = class_weights(train_set.masks, self.class_weights, num_classes=NUM_CLASSES)
+        return SegLoss(aux_weight=self.aux_weight, weight=weight, lovasz=self.lovasz)
+
+    def batch_transform(self):
+        """The training crops, flips and turns on whole batches, for ``--loader batched``."""
+        return SegBatchTransform(self.crop_size, scale=(self.min_scale, 1.0))
+
+
+def add_flags(p):
+    """train_seg.py's own flags (before the common ones of :func:`hw1.flags.add_training_args`)."""
+    p.add_argument("--model", choices=model_names("seg"), help="(default: %(default)s)")
+    p.add_argument("--weights",
+                   help="vgg16_fcn32s, vgg16_fcn8s: imagenet|none|PATH (default imagenet); "
+                        "resnet101_fcn: coco|imagenet-backbone|none|PATH (default coco)")
+    p.add_argument("--crop-size", type=int, help="training crop (default: %(default)s)")
+    p.add_argument("--min-scale", type=float,
+                   help="smallest crop area fraction before resizing to --crop-size (default: %(default)s)")
+    p.add_argument("--aux-weight", type=float,
+                   help="resnet101_fcn: weight of the auxiliary head's loss; 0 builds no aux head (default: 0)")
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS,
+                   help="weight the loss per class by its share of the training pixels: enet = 1/ln(1.02 + share), "
+                        "inv-sqrt = 1/sqrt(share), milder (default: %(default)s)")
+    p.add_argument("--lovasz", type=float, metavar="W",
+                   help="add W x the Lovász-softmax loss, a surrogate of each class's IoU, to the "
+                        "cross-entropy (default: %(default)s)")
+    p.add_argument("--size", type=int,
+                   help="resize every image and mask to this on load; the checkpoint records it and "
+                        "prediction resizes to it, then upsamples the logits to each image's own size")
+    p.add_argument("--demo", action="store_true",
+                   help="train a small run on generated scenes (no course data): vgg16_fcn32s's recipe 'demo'")
+    return p
+
+
+def load_splits(config):
+    root = LAYOUT.require(config.data_dir)
+    train_set = load_seg_split(root / LAYOUT.train, size=config.size,
+                               transform=seg_train_transform(config.crop_size, scale=(config.min_scale, 1.0)))
+    val_set = load_seg_split(root / LAYOUT.val, size=config.size, transform=seg_eval_transform())
+    return train_set, val_set
+
+
+def eval_dataset(folder, *, labels_csv=None, size=None, model_size=None):
+    """The image + mask pairs of ``folder``, optionally resized to ``size``, to score a model on.
+
+    A model trained at a smaller scale (``model_size``) gets its images at that scale and the masks
+    stay at their own size (or the asked one): its logits are upsampled to them, as hw1.predict does.
+    """
+    return load_seg_split(folder, size=model_size or size, transform=seg_eval_transform(),
+                          mask_size=size if model_size else "image")
+
+
+def make_demo(root):
+    return make_seg_demo(root, LAYOUT)
+
+
+def write_predictions(image_dir, output_dir, **kwargs):
+    """:func:`hw1.predict.predict_seg`, imported on use: hw1.predict loads the model stack and asks
+    this registry for the shipped checkpoints."""
+    from hw1.predict import predict_seg
+
+    return predict_seg(image_dir, output_dir, **kwargs)
+
+
+TASK = Task(
+    name="seg", problem="P2", script="train_seg.py", metric="miou", metric_label="mIoU", per_class="iou",
+    layout=LAYOUT, num_classes=NUM_CLASSES,
+    # P2's shipped model: VGG16-FCN8s at a quarter of VGG16's width, trained on a CPU budget (the
+    # full-width models are hundreds of MB and come through hw1_download.sh)
+    default_checkpoint=CHECKPOINTS / "p2_vgg16_fcn8s.pth", shipped_model="vgg16_fcn8s",
+    eval_batch=4, config=SegConfig, add_flags=add_flags, load_splits=load_splits, eval_dataset=eval_dataset,
+    make_demo=make_demo, score=seg_confusion_from_dirs, summarize=metrics.seg_summary, describe=metrics.seg_lines,
+    write_predictions=write_predictions, predict_help="P2: folder of satellite images -> folder of colour masks",
+    output_name="output_dir", output_noun="masks")
