@@ -10,7 +10,6 @@ is saved as it is (``args.json``, a checkpoint's ``args``) and read back (:meth:
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hw1.flags import between
 from hw1.errors import UserError

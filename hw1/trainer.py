@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 import warnings
-from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
