@@ -25,7 +25,7 @@ from hw1.report.figures import feature_figures, masks_figure
 from hw1.runtime import get_device
 from hw1.run_dir import RunDir
 from hw1.scoring import model_confusion
-from hw1.tasks import get_task
+from hw1.tasks import TASKS, get_task
 
 
 def cmd_features(args, device):
@@ -54,10 +54,10 @@ def cmd_curves(args, device):
 
 def cmd_confusion(args, device):
     model, epoch = checkpoint_model(args.checkpoint, None, device)
-    task = get_spec(model.name).task
-    cm = model_confusion(model, args.data_dir, task=get_task(task), labels_csv=args.labels, size=args.size,
+    task = get_task(get_spec(model.name).task)
+    cm = model_confusion(model, args.data_dir, task=task, labels_csv=args.labels, size=args.size,
                          batch_size=args.batch_size)
-    size = f", resized to {args.size}x{args.size}" if task == "seg" and args.size else ""
+    size = f", resized to {args.size}x{args.size}" if task.dense and args.size else ""
     title = f"{model.name} {epoch} ({Path(args.checkpoint).name}) on {Path(args.data_dir).name}{size}"
     return plots.save_figure(plots.confusion_figure(cm, task=task, title=title), args.paths[0], dpi=args.dpi,
                              pdf=args.pdf)
@@ -189,11 +189,16 @@ def check_paths(args):
             check_output(p, "figure", inputs=given, overwrite=args.overwrite)
 
 
+def task_of_problem(problem):
+    """The task of the course's problem ``problem`` ("p1": "cls")."""
+    return next(name for name, task in TASKS.items() if task.problem.lower() == problem)
+
+
 def cmd_report(args, device):
     result = write_report(cls_runs=args.cls_runs, seg_runs=args.seg_runs, data_dir=args.data_dir, out=args.out,
                           per_class=args.per_class, perplexity=args.perplexity, mask_ids=args.mask_ids,
                           evaluate=args.evaluate, title=args.title, notes=args.notes, dpi=args.dpi, device=device,
-                          command=args.invocation, problems=[{"p1": "cls", "p2": "seg"}[p] for p in args.problems])
+                          command=args.invocation, problems=[task_of_problem(p) for p in args.problems])
     print(f"{result['pages']} pages, {len(result['figures'])} figures")
     return [result["pdf"], result["markdown"], *result["figures"]]
 

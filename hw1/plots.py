@@ -255,7 +255,8 @@ def curves_figure(runs):
 # --- confusion matrix ------------------------------------------------------------------------------
 
 def confusion_figure(cm, *, task, title):
-    """Row-normalised confusion matrix (rows: truth) and per-class accuracy (cls) or IoU (seg) bars.
+    """Row-normalised confusion matrix (rows: truth) and the bars of the :class:`~hw1.tasks.base.Task`
+    ``task``'s per-class metric (P1 accuracy, P2 IoU), its headline score as a line.
 
     ``cm`` is a (C, C) count matrix; the figure is 16 x 7 inches for 50 classes, 13 x 5.2 for 7.
     """
@@ -267,7 +268,7 @@ def confusion_figure(cm, *, task, title):
     fig = Figure(figsize=(16, 7) if big else (13, 5.2), layout="constrained")
     ax_cm, ax_bar = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.15] if big else [1, 1.1]})
     im = ax_cm.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    names = [str(i) for i in range(c)] if big else [f"{i} {n}" for i, n in enumerate(CLASS_NAMES[:c])]
+    names = [f"{i} {n}" for i, n in enumerate(task.class_names[:c])] if task.class_names else [str(i) for i in range(c)]
     ticks = range(0, c, 5) if big else range(c)
     ax_cm.set_xticks(list(ticks), [names[i] for i in ticks], rotation=0 if big else 45, ha="center" if big else "right")
     ax_cm.set_yticks(list(ticks), [names[i] for i in ticks])
@@ -281,18 +282,13 @@ def confusion_figure(cm, *, task, title):
                            color="white" if norm[i, j] > 0.6 else "black")
     fig.colorbar(im, ax=ax_cm, fraction=0.046, pad=0.02, label="fraction of the true class")
 
-    if task == "cls":
-        values = np.array(metrics.per_class_accuracy(cm), dtype=float)
-        overall, label = metrics.accuracy(cm), "accuracy"
-        colours = class_colors(c)
-    else:
-        values = np.array(metrics.iou_per_class(cm), dtype=float)[:c]
-        overall, label = metrics.mean_iou(cm), "IoU"
-        colours = MASK_COLORS[:c]
+    summary = task.summarize(cm)
+    values = np.array(summary[task.per_class], dtype=float)[:c]
+    overall, label = summary[task.metric], task.per_class_label
+    colours = np.array(task.palette[:c]) / 255.0 if task.palette else class_colors(c)
     x = np.arange(len(values))
     ax_bar.bar(x, np.nan_to_num(values), color=colours, edgecolor="0.3", linewidth=0.5)
-    summary = f"overall accuracy {overall:.4f}" if task == "cls" else f"mIoU (classes 0-5) {overall:.4f}"
-    ax_bar.axhline(overall, color="crimson", linestyle="--", linewidth=1, label=summary)
+    ax_bar.axhline(overall, color="crimson", linestyle="--", linewidth=1, label=task.describe(cm)[0])
     if big:
         ax_bar.set_xticks(list(range(0, c, 5)))
         ax_bar.set_xlim(-1, c)
@@ -301,8 +297,8 @@ def confusion_figure(cm, *, task, title):
         for xi, v in zip(x, values):
             ax_bar.text(xi, (0 if math.isnan(v) else v) + 0.01, "n/a" if math.isnan(v) else f"{v:.2f}",
                         ha="center", va="bottom", fontsize=8)
-        if c == 7:  # the course averages classes 0-5; unknown's IoU is shown but not averaged
-            ax_bar.get_xticklabels()[6].set_color("0.5")
+        for i in range(task.averaged or c, c):  # shown, not averaged (P2's unknown)
+            ax_bar.get_xticklabels()[i].set_color("0.5")
     ax_bar.set_ylim(0, 1.05)
     ax_bar.set_xlabel("class")
     ax_bar.set_ylabel(f"per-class {label}")

@@ -306,7 +306,7 @@ def test_fresh_scores_add_each_shipped_export_with_its_tta(cls_tiny_run, cls_tin
     model, _ = evidence.checkpoint_model(shipped / "p1.pth", "cls", torch.device("cpu"))
     assert model.tta == "crops"
     assert export.result["acc"] == accuracy(model_confusion(model, cls_tiny_data / "val_50", task=get_task("cls")))
-    rows = sections.score_rows("cls", run, [best, export])
+    rows = sections.score_rows(get_task("cls"), run, [best, export])
     assert rows[-1][1] == (f"fresh evaluation of {shipped / 'p1.pth'} (shipped, exported from best.pth) "
                            f"({export.epoch}) on {cls_tiny_data / 'val_50'}, crops TTA")
     assert rows[-2][1].startswith("fresh evaluation of best.pth (") and "TTA" not in rows[-2][1]

@@ -51,3 +51,31 @@ def test_a_new_task_is_one_entry(monkeypatch, cls_tiny_data, cls_tiny_checkpoint
     assert eval_script.main(["--task", "p3", "--pred", str(out), "--gt", str(gt)])["acc"] == \
         accuracy(TASKS["cls"].score(out, gt))
     assert Run(task="p3", slot="A").name == "P3 model A"  # the report's name of it
+
+
+def test_figures_and_tables_take_the_task_s_classes(tmp_path):
+    """The confusion figure and the report's score table name, colour and average the classes as the
+    task says, whatever its name: here a 4-class task whose metric averages the first 3."""
+    import torch
+    from matplotlib.colors import to_hex
+
+    from hw1 import plots
+    from hw1.report import sections
+    from hw1.report.blocks import Table
+
+    p3 = dataclasses.replace(TASKS["cls"], name="p3", num_classes=4, class_names=("sea", "sand", "rock", "fog"),
+                             averaged=3, palette=((255, 0, 0), (0, 255, 0), (0, 0, 255), (9, 9, 9)),
+                             per_class_label="recall", metric_label="top-1", metric_help="top-1 of 4 classes")
+    cm = torch.tensor([[3, 1, 0, 0], [0, 2, 0, 0], [0, 0, 4, 0], [0, 0, 1, 1]])
+    fig = plots.confusion_figure(cm, task=p3, title="t")
+    bars = fig.axes[1]
+    assert [t.get_text() for t in bars.get_xticklabels()] == ["0 sea", "1 sand", "2 rock", "3 fog"]
+    assert [to_hex(t.get_color()) for t in bars.get_xticklabels()][2:] == ["#000000", "#808080"]  # fog: not averaged
+    assert [to_hex(p.get_facecolor()) for p in bars.patches] == ["#ff0000", "#00ff00", "#0000ff", "#090909"]
+    assert bars.get_ylabel() == "per-class recall"
+    assert bars.get_legend_handles_labels()[1] == [p3.describe(cm)[0]]
+    section = sections.scores("s", p3, [Run(task="cls", slot="A", model_name="net")], [[]], evaluate=False, notes=[])
+    table = next(b for b in section.blocks if isinstance(b, Table))
+    assert table.header == ["model", "source", "top-1", "sea", "sand", "rock"]
+    assert table.rows == [["A: net", "no result", "-", "-", "-", "-"]]
+    assert "top-1 of 4 classes" in section.blocks[0].text

@@ -25,6 +25,7 @@ from hw1.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
 from hw1.flags import parse_key_values  # noqa: E402
 from hw1.data.masks import PALETTE  # noqa: E402
 from hw1.data.scenes import make_seg_demo  # noqa: E402
+from hw1.tasks import get_task  # noqa: E402
 from hw1.tasks.seg import LAYOUT as SEG_LAYOUT  # noqa: E402
 from hw1.errors import UserError  # noqa: E402
 from hw1.models import build_model, get_spec  # noqa: E402
@@ -193,7 +194,7 @@ def test_confusion_figure_handles_absent_class(tmp_path):
     """Classes with no pixels at all have no IoU: drawn as n/a, not as 0 or a crash."""
     cm = torch.zeros(7, 7, dtype=torch.int64)
     cm[0, 0], cm[1, 0], cm[6, 6] = 5, 2, 1
-    fig = plots.confusion_figure(cm, task="seg", title="t")
+    fig = plots.confusion_figure(cm, task=get_task("seg"), title="t")
     assert "n/a" in [t.get_text() for t in fig.axes[1].texts]
     (path,) = plots.save_figure(fig, tmp_path / "c.png", dpi=DPI)
     assert png_size(path) == px(13, 5.2)

@@ -231,7 +231,7 @@ def get_args_parser():
                    help="DataLoader workers of both loops (default: %(default)s, as the training scripts)")
     g = p.add_argument_group("the CPU recipes' epochs and the course's commands (--parts recipes predict)")
     g.add_argument("--p2-data-dir", default=SEG.config.data_dir, help="P2 data (default: %(default)s)")
-    g.add_argument("--recipe-tasks", nargs="+", choices=["cls", "seg"], default=["cls", "seg"],
+    g.add_argument("--recipe-tasks", nargs="+", choices=[CLS.name, SEG.name], default=[CLS.name, SEG.name],
                    help="(default: both)")
     g.add_argument("--recipe-steps", type=int, default=40, help="training steps timed per pipeline (default: "
                                                                 "%(default)s)")
@@ -271,13 +271,13 @@ def parse_args(argv):
         except ArgError as e:
             raise UserError(e.as_flag()) from None
     if set(args.parts) & set(DATA_PARTS):  # real data only: the recipes' epochs are of the course's images
-        args.data_dirs = {"cls": args.data_dir or CLS.config.data_dir, "seg": args.p2_data_dir}
+        args.data_dirs = {CLS.name: args.data_dir or CLS.config.data_dir, SEG.name: args.p2_data_dir}
         for task, folder in args.data_dirs.items():
             get_task(task).layout.require(folder)
     if args.data_dir is None:  # train_cls.py's default; p1_train_folder generates digits where it has no data
         args.data_dir = CLS.config.data_dir
     else:  # a folder named on the command line must hold the data: no silent stand-in for a mistyped path
-        layout = get_task("cls").layout
+        layout = CLS.layout
         layout.require(args.data_dir, (layout.train,))
     given = {k: v for item in args.batch_size for k, v in item.items()}
     everyone = given.pop("", None)

@@ -59,7 +59,7 @@ def model_setup(name, args):
     spec = get_spec(name)
     train = get_task(spec.task).config(model=name)
     config = {**model_config_of(name, args), "weights": "none"}
-    side = spec.input_size if spec.task == "cls" else args.crop_size
+    side = args.crop_size if get_task(spec.task).dense else spec.input_size
     # train_seg.py's default: no auxiliary head, so SegLoss is plain cross-entropy over labelled pixels
     return config, (3, side, side), spec.num_classes, train.criterion()
 
@@ -72,10 +72,11 @@ def model_config_of(name, args):
 
 
 def synthetic_batch(shape, num_classes, batch_size, *, task, device, seed=0):
-    """Random normalised images (N, C, H, W) and labels: (N,) for cls, (N, H, W) for seg."""
+    """Random normalised images (N, C, H, W) and labels of ``task`` (a name): (N,), or (N, H, W) for
+    a task that labels every pixel."""
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch_size, *shape, generator=g)
-    target_shape = (batch_size,) if task == "cls" else (batch_size, *shape[1:])
+    target_shape = (batch_size, *shape[1:]) if get_task(task).dense else (batch_size,)
     targets = torch.randint(num_classes, target_shape, generator=g)
     return images.to(device), targets.to(device)
 

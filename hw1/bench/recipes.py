@@ -64,30 +64,41 @@ class PairFolder(torch.utils.data.Dataset):
         mask = read_mask(mask_path)
         if self.size:
             mask = Image.fromarray(mask).resize((self.size, self.size), Image.NEAREST)
-        image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(torch.as_tensor(np.asarray(mask))))
+        image, mask = self.transform(tv_tensors.Image(image), tv_tensors.Mask(torch.as_tensor(np.array(mask))))
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 
 
-def training_sets(task, config, images):
-    """(in-memory dataset, per-access dataset) of the first ``images`` training images of ``task``."""
-    layout = get_task(task).layout
-    folder = Path(config.data_dir) / layout.train
-    if task == "cls":
-        data = load_cls_split(folder, transform=cls_train_transform(config.aug))
-        keep = torch.arange(min(images, len(data)))
-        data.images, data.labels, data.files = data.images[keep], data.labels[keep], data.files[:len(keep)]
-        from hw1.bench.reference import PNGFolder
+def _cls_sets(config, images):
+    """P1: the first ``images`` training images in memory, and as PNGs decoded at every access."""
+    from torchvision.transforms import v2
 
-        from torchvision.transforms import v2
+    from hw1.bench.reference import PNGFolder
 
-        png = PNGFolder(folder, v2.Compose([v2.PILToTensor(), cls_train_transform(config.aug)]))
-        png.files, png.labels = png.files[:len(keep)], png.labels[:len(keep)]
-        return data, png
-    pairs = scan_pairs(folder)[:images]
+    folder = Path(config.data_dir) / get_task("cls").layout.train
+    data = load_cls_split(folder, transform=cls_train_transform(config.aug))
+    keep = torch.arange(min(images, len(data)))
+    data.images, data.labels, data.files = data.images[keep], data.labels[keep], data.files[:len(keep)]
+    png = PNGFolder(folder, v2.Compose([v2.PILToTensor(), cls_train_transform(config.aug)]))
+    png.files, png.labels = png.files[:len(keep)], png.labels[:len(keep)]
+    return data, png
+
+
+def _seg_sets(config, images):
+    """P2: the first ``images`` training pairs in memory, and decoded from their files at every access."""
+    pairs = scan_pairs(Path(config.data_dir) / get_task("seg").layout.train)[:images]
     transform = seg_train_transform(config.crop_size, scale=(config.min_scale, 1.0))
     with _linked(pairs) as subset:
         data = load_seg_split(subset, size=config.size, transform=transform)
     return data, PairFolder(pairs, config.size, transform)
+
+
+# each task's (in-memory dataset, per-access dataset) of its first N training images
+TRAINING_SETS = {"cls": _cls_sets, "seg": _seg_sets}
+
+
+def training_sets(task, config, images):
+    """(in-memory dataset, per-access dataset) of the first ``images`` training images of ``task``."""
+    return TRAINING_SETS[task](config, images)
 
 
 class _linked:
@@ -142,7 +153,7 @@ def bench_recipe(task, args, device):
     for name in args.pipelines:
         torch.manual_seed(0)
         if name == "reference":
-            model = _reference_model(task, config)
+            model = _reference_model(config)
             cfg = config.replace(loader="workers", amp="none", channels_last=False, micro_batch=0, ema=None)
             dataset = torch.utils.data.Subset(per_access, range(2 * config.batch_size, len(per_access)))
             warm_set = torch.utils.data.Subset(per_access, range(2 * config.batch_size))
@@ -170,13 +181,19 @@ def _subset(data, rows):
     return type(data)(data.images[rows], data.labels[rows], data.files[rows], data.transform)
 
 
-def _reference_model(task, config):
-    if task == "cls":
-        from hw1.bench.reference import reference_densenet
+def _torchvision_densenet(mc):
+    from hw1.bench.reference import reference_densenet
 
-        mc = config.model_config
-        return reference_densenet(depth=mc["depth"], growth_rate=mc["growth_rate"], stem_pool=mc["stem_pool"])
-    return get_spec(config.model).build(**config.model_config, weights="none")
+    return reference_densenet(depth=mc["depth"], growth_rate=mc["growth_rate"], stem_pool=mc["stem_pool"])
+
+
+# what one would write without this package, by model: torchvision's own where it has the model
+REFERENCE_MODELS = {"densenet": _torchvision_densenet}
+
+
+def _reference_model(config):
+    make = REFERENCE_MODELS.get(config.model)
+    return make(config.model_config) if make else get_spec(config.model).build(**config.model_config, weights="none")
 
 
 def bench_predict(args):

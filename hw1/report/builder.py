@@ -72,7 +72,8 @@ class ReportBuilder:
         fresh = [self.fresh_score(run, task, data) for run in runs]
         found = [notes.no_records(r, self.data_dir) if not r.records else notes.unfinished(r) for r in runs]
         found.append(data if isinstance(data, Missing) else None)
-        return sections.scores(title, task, runs, fresh, evaluate=self.evaluate, notes=[n for n in found if n])
+        return sections.scores(title, get_task(task), runs, fresh, evaluate=self.evaluate,
+                               notes=[n for n in found if n])
 
     def fresh_score(self, run, task, data):
         """The run's best.pth scored afresh, then each shipped export of the run with its own TTA (what

@@ -7,7 +7,6 @@ import shlex
 from datetime import date
 
 from hw1 import plots
-from hw1.data.masks import CLASS_NAMES
 from hw1.models import get_spec
 from hw1.report.blocks import Code, Figure, Paragraph, Section, Table, config_text, fmt
 from hw1.report.details import shown
@@ -40,43 +39,44 @@ def architecture(title, run, arch, notes):
 
 
 def score_rows(task, run, fresh):
-    """The table rows of one run: its best and last epoch as metrics.jsonl has them, then ``fresh``
-    (:class:`~hw1.report.evidence.FreshScore` s: the run's checkpoint, then its shipped exports)."""
-    seg = task == "seg"
+    """The table rows of one run of ``task`` (a :class:`~hw1.tasks.base.Task`): its best and last epoch
+    as metrics.jsonl has them, then ``fresh`` (:class:`~hw1.report.evidence.FreshScore` s: the run's
+    checkpoint, then its shipped exports). A task with named classes gets a column for each class its
+    metric averages."""
+    named = (task.averaged or task.num_classes) if task.class_names else 0
     if not run.records:
-        return [[run.label, "no result", "-"] + ["-"] * 6 * seg]
-    key = f"val_{get_task(task).metric}"
+        return [[run.label, "no result", "-"] + ["-"] * named]
+    key = f"val_{task.metric}"
     best = max(run.records, key=lambda r: -math.inf if r.get(key) is None else r[key])
     last = run.records[-1]
-    size = f", images resized to {run.config.size}" if seg and run.config and run.config.size else ""
+    size = getattr(run.config, "size", None) if run.config else None
+    size = f", images resized to {size}" if size else ""
     rows = []
     for r, which in [(best, "best")] + ([(last, "last")] if last is not best else []):
-        per_class = [fmt(v) for v in (r.get("val_iou") or [])[:6]] if seg else []
+        per_class = [fmt(v) for v in (r.get(f"val_{task.per_class}") or [])[:named]]
         rows.append([run.label, f"metrics.jsonl, epoch {r['epoch']} of {last['epoch']} ({which}{size})",
                      fmt(r.get(key)), *per_class])
     for f in fresh:
-        per_class = [fmt(v) for v in f.result["iou"][:6]] if seg else []
+        per_class = [fmt(v) for v in f.result[task.per_class][:named]]
         shipped = f" (shipped, exported from {f.exported_from.name})" if f.exported_from else ""
         tta = f", {f.tta} TTA" if f.tta != "none" else ""
         rows.append([run.label, f"fresh evaluation of {shown(f.checkpoint) if f.exported_from else f.checkpoint.name}"
-                     f"{shipped} ({f.epoch}) on {f.data}" + (" at full size" if seg else "") + tta,
-                     fmt(f.result[get_task(task).metric]), *per_class])
+                     f"{shipped} ({f.epoch}) on {f.data}" + (" at full size" if task.dense else "") + tta,
+                     fmt(f.result[task.metric]), *per_class])
     return rows
 
 
 def scores(title, task, runs, fresh, *, evaluate, notes):
-    """Validation scores of ``runs``; ``fresh``: each run's fresh scores (a list, maybe empty),
-    ``evaluate``: whether they were asked for."""
-    seg = task == "seg"
-    header = ["model", "source", "mIoU" if seg else "accuracy"] + (list(CLASS_NAMES[:6]) if seg else [])
+    """Validation scores of ``runs`` of ``task`` (a :class:`~hw1.tasks.base.Task`); ``fresh``: each run's
+    fresh scores (a list, maybe empty), ``evaluate``: whether they were asked for."""
+    named = (task.averaged or task.num_classes) if task.class_names else 0
+    header = ["model", "source", task.metric_label] + list((task.class_names or ())[:named])
     rows = [row for run, score in zip(runs, fresh) for row in score_rows(task, run, score)]
-    what = "mIoU over classes 0-5 (the course's metric: one confusion matrix pooled over all pixels)" if seg \
-        else "accuracy over all validation images"
     how = ("'fresh evaluation' rows score the checkpoint again on the data given to this report, and each "
            "checkpoint in checkpoints/ exported from the run as the course's scripts predict with it (its TTA)."
            if evaluate else "add --evaluate to score each run's best.pth afresh on --data-dir.")
-    return Section(title, [Paragraph(f"Validation {what}. 'metrics.jsonl' rows are what the training run "
-                                     f"measured after that epoch; {how}"), Table(header, rows), *notes])
+    return Section(title, [Paragraph(f"Validation {task.metric_help}. 'metrics.jsonl' rows are what the training "
+                                     f"run measured after that epoch; {how}"), Table(header, rows), *notes])
 
 
 def implementation(title, runs, tables, *, only_differences=False, notes=()):

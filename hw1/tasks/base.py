@@ -61,6 +61,12 @@ class Task:
     predict_help: str  # python -m hw1.predict NAME: what it does
     output_name: str  # its output argument (output_csv)
     output_noun: str  # what it writes, counted (predictions)
+    dense: bool = False  # one label per pixel: targets (N, H, W), inputs at the training crop, --size resizes
+    averaged: int | None = None  # the classes its metric averages, 0..averaged-1 (None: all)
+    class_names: tuple | None = None  # names for figures and tables (None: numbered)
+    palette: tuple | None = None  # an (R, G, B) 0-255 colour per class for figures (None: a colour map's)
+    per_class_label: str = "accuracy"  # what val_<per_class> holds, in figures
+    metric_help: str = ""  # the metric in one phrase, for the report
 
     def course_model(self, slot):
         """The model of the course's ``slot`` (A or B) of this problem, as the models' specs say."""

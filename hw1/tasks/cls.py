@@ -107,4 +107,4 @@ TASK = Task(
     eval_batch=500, config=ClsConfig, add_flags=add_flags, load_splits=load_splits, eval_dataset=eval_dataset,
     make_demo=make_demo, score=cls_confusion_from_csv, summarize=metrics.cls_summary, describe=metrics.cls_lines,
     write_predictions=write_predictions, predict_help="P1: folder of images -> filename,label CSV",
-    output_name="output_csv", output_noun="predictions")
+    output_name="output_csv", output_noun="predictions", metric_help="accuracy over all validation images")

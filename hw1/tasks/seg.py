@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from hw1 import metrics
 from hw1.config import TrainConfig
 from hw1.data.batches import SegBatchTransform
-from hw1.data.masks import NUM_CLASSES
+from hw1.data.masks import CLASS_NAMES, NUM_CLASSES, PALETTE, UNKNOWN
 from hw1.data.scenes import make_seg_demo
 from hw1.data.seg import MASK_SUFFIX, SAT_SUFFIX, load_seg_split, seg_eval_transform, seg_train_transform
 from hw1.losses import CLASS_WEIGHTS, SegLoss, class_weights
@@ -129,4 +129,7 @@ TASK = Task(
     eval_batch=4, config=SegConfig, add_flags=add_flags, load_splits=load_splits, eval_dataset=eval_dataset,
     make_demo=make_demo, score=seg_confusion_from_dirs, summarize=metrics.seg_summary, describe=metrics.seg_lines,
     write_predictions=write_predictions, predict_help="P2: folder of satellite images -> folder of colour masks",
-    output_name="output_dir", output_noun="masks")
+    output_name="output_dir", output_noun="masks", dense=True, averaged=UNKNOWN, class_names=CLASS_NAMES,
+    palette=tuple(map(tuple, PALETTE.tolist())), per_class_label="IoU",
+    metric_help=f"mIoU over classes 0-{UNKNOWN - 1} (the course's metric: one confusion matrix pooled over "
+                "all pixels)")
