@@ -30,6 +30,12 @@ def logits_of(output):
     return output["out"] if isinstance(output, dict) else output
 
 
+def hard_labels(targets):
+    """Class indices of ``targets``: themselves, or the most probable class of each row of class
+    probabilities (Mixup's and CutMix's labels), which the training accuracy counts against."""
+    return targets if not targets.is_floating_point() else top_class(targets)
+
+
 def top_class(scores):
     """Index of the largest score along dim 1, the first on ties (what ``argmax(1)`` returns).
 
@@ -201,7 +207,7 @@ def train_one_epoch(model, loader, state, *, criterion, device, amp_dtype=None, 
                     loss = criterion(output, y)
                 scaler.scale(loss * (len(x) / len(images))).backward()
             loss_sum += loss.detach().double() * len(x)
-            correct += (top_class(logits_of(output).detach()) == y).sum()
+            correct += (top_class(logits_of(output).detach()) == hard_labels(y)).sum()
         if grad_clip:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -212,7 +218,7 @@ def train_one_epoch(model, loader, state, *, criterion, device, amp_dtype=None, 
             ema.update()
 
         seen += images.shape[0]
-        counted += targets.numel()
+        counted += hard_labels(targets).numel()
         # Reading the loss forces a device sync, so it is checked every ``log_every`` steps, not each.
         if (step + 1) % log_every == 0 or step + 1 == len(loader):
             # Summed over ranks so that all stop together: a rank raising alone would leave the

@@ -195,6 +195,40 @@ def test_the_stream_gives_a_transform_that_asks_the_indices_and_the_epoch():
     assert seen == [([0, 1], 7), ([2, 3], 7)]
 
 
+def test_mixup_blends_each_image_with_the_previous_one_and_its_label_alike():
+    from hw1.data.batches import mix_batch
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+    out, soft = mix_batch(images, labels, 5, mixup=0.4)
+    lam = soft[1, 1].item()
+    assert 0 < lam < 1 and torch.allclose(out, images * lam + images.roll(1, 0) * (1 - lam))
+    assert torch.allclose(soft.sum(1), torch.ones(6)) and soft[0, 0] == 1
+    assert torch.allclose(soft[1], torch.tensor([1 - lam, lam, 0, 0, 0]))
+    draws = {round(mix_batch(images, labels, 5, mixup=0.4)[1][1, 1].item(), 6) for _ in range(20)}
+    assert len(draws) == 20  # a new share every batch
+
+
+def test_cutmix_pastes_one_box_and_weights_the_labels_by_its_area():
+    from hw1.data.batches import mix_batch
+
+    torch.manual_seed(0)
+    images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 10, 10).clone()  # image i is all i
+    labels = torch.tensor([0, 1, 2, 3])
+    for _ in range(20):
+        out, soft = mix_batch(images, labels, 4, cutmix=1.0)
+        pasted = out[:, 0] != images[:, 0]  # where each image shows its predecessor
+        assert torch.equal(pasted, pasted[:1].expand_as(pasted))  # the same box in every image
+        assert torch.equal(out[1][:, pasted[0]], torch.zeros(3, int(pasted[0].sum())))  # from image 0
+        share = pasted[0].float().mean().item()
+        rows, cols = pasted[0].any(1).nonzero().flatten(), pasted[0].any(0).nonzero().flatten()
+        assert int(pasted[0].sum()) == len(rows) * len(cols)  # one rectangle
+        assert torch.allclose(soft[1, :2], torch.tensor([share, 1 - share]))  # label by area
+    with_both = [mix_batch(images, labels, 4, mixup=1.0, cutmix=1.0)[0] for _ in range(40)]
+    boxes = sum(bool(((o == 0) | (o == 1) | (o == 2) | (o == 3)).all()) for o in with_both)
+    assert 5 < boxes < 35  # about half the batches take CutMix (whole pixels), the others Mixup
+
+
 def test_cutout_zeroes_one_square_wholly_inside_each_image():
     from hw1.data.batches import random_cutout
 

@@ -391,8 +391,10 @@ def test_non_finite_loss_after_resume_keeps_the_checkpoint(cls_one_epoch_run, cl
 @pytest.mark.reliability
 @pytest.mark.parametrize("loader", [("--loader", "workers", "--workers", "1", "--aug", "light"),
                                     ("--loader", "batched", "--aug", "light"), ("--loader", "batched", "--aug", "seed"),
-                                    ("--loader", "batched", "--aug", "light", "--flip", "alternate", "--cutout", "8")],
-                         ids=["workers", "batched-light", "batched-seed", "batched-alternate-flip-cutout"])
+                                    ("--loader", "batched", "--aug", "light", "--flip", "alternate", "--cutout", "8"),
+                                    ("--loader", "batched", "--aug", "light", "--mixup", "0.4", "--cutmix", "1")],
+                         ids=["workers", "batched-light", "batched-seed", "batched-alternate-flip-cutout",
+                              "batched-mixup-cutmix"])
 def test_resume_with_random_augmentation_is_exact(loader, cls_tiny_data, cls_tiny_train_argv, tmp_path):
     # Random crops and flips (AutoAugment and erasing too): a worker's RNG stream derives from the
     # main process's torch RNG, and the batched loader draws from that RNG itself; the checkpoint

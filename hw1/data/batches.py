@@ -97,6 +97,35 @@ def random_cutout(images, size):
     return images * keep[:, None].to(images.device, images.dtype)
 
 
+def _beta(alpha):
+    """One draw of Beta(alpha, alpha) from the CPU generator (as a float)."""
+    a = torch.tensor(float(alpha))
+    return torch.distributions.Beta(a, a).sample().item()
+
+
+def mix_batch(images, labels, num_classes, *, mixup=0.0, cutmix=0.0):
+    """Mixup (Zhang et al., 2018) or CutMix (Yun et al., 2019) of float ``images`` (N, C, H, W) with
+    the batch rolled by one, as torchvision's ``v2.MixUp`` / ``v2.CutMix`` pair them; ``labels`` (N,)
+    become class probabilities (N, num_classes) weighted by each image's share. ``mixup`` and
+    ``cutmix`` are the alphas of the Beta that draws the share (0: off); with both on, each batch
+    takes one of the two at random."""
+    use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand(()).item() < 0.5)
+    lam = _beta(cutmix if use_cutmix else mixup)
+    other = images.roll(1, 0)
+    if use_cutmix:  # a box of about (1 - lam) of the area, centred uniformly, clipped to the image
+        h, w = images.shape[-2:]
+        cy, cx = torch.randint(h, ()).item(), torch.randint(w, ()).item()
+        rh, rw = round(h * math.sqrt(1 - lam) / 2), round(w * math.sqrt(1 - lam) / 2)
+        y0, y1, x0, x1 = max(cy - rh, 0), min(cy + rh, h), max(cx - rw, 0), min(cx + rw, w)
+        images = images.clone()
+        images[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the share the box really left
+    else:
+        images = images * lam + other * (1 - lam)
+    one_hot = F.one_hot(labels, num_classes).to(images.dtype)
+    return images, one_hot * lam + one_hot.roll(1, 0) * (1 - lam)
+
+
 def random_erasing(images, *, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), attempts=10):
     """torchvision's ``RandomErasing()`` (value 0) of float ``images`` (N, C, H, W), drawn for all at once.
 
@@ -151,19 +180,22 @@ class ClsBatchTransform:
 
     ``light``: reflect-padded random crop and horizontal flip; ``seed`` adds, as the seed recipe,
     AutoAugment's CIFAR-10 policy (per image: its operations differ from image to image) and
-    RandomErasing; ``none``: normalisation only. ``(uint8 images, labels) -> (float images, labels)``.
+    RandomErasing; ``none``: normalisation only; then ``cutout``, and ``mixup`` / ``cutmix``
+    (:func:`mix_batch`, whose labels are class probabilities). ``(uint8 images, labels) -> (float
+    images, labels)``.
     """
 
     FLIPS = ("random", "alternate")
 
-    def __init__(self, aug="seed", padding=4, flip="random", seed=0, cutout=0):
-        from hw1.data.cls import AUGMENTATIONS
+    def __init__(self, aug="seed", padding=4, flip="random", seed=0, cutout=0, mixup=0.0, cutmix=0.0):
+        from hw1.data.cls import AUGMENTATIONS, NUM_CLASSES
 
         if aug not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {aug!r}")
         if flip not in self.FLIPS:
             raise ValueError(f"flip must be one of {self.FLIPS}, got {flip!r}")
         self.aug, self.padding, self.flip, self.seed, self.cutout = aug, padding, flip, seed, cutout
+        self.mixup, self.cutmix, self.num_classes = mixup, cutmix, NUM_CLASSES
         # the stream passes each batch's indices and the epoch to a transform that asks for them
         self.wants_indices = flip == "alternate"
         self._autoaugment = None
@@ -184,6 +216,8 @@ class ClsBatchTransform:
             images = random_erasing(images)
         if self.cutout:
             images = random_cutout(images, self.cutout)
+        if self.mixup > 0 or self.cutmix > 0:
+            images, labels = mix_batch(images, labels, self.num_classes, mixup=self.mixup, cutmix=self.cutmix)
         return images, labels
 
 

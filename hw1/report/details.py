@@ -73,6 +73,8 @@ def cls_augmentation(c, x):
     steps = transform_names(cls_train_transform(c.aug)) if c.aug in AUGMENTATIONS else []
     extra = "; the flip alternates: each image mirrored on every other epoch" if c.flip == "alternate" else ""
     extra = (extra if c.aug != "none" else "") + (f"; cutout {c.cutout}x{c.cutout}" if c.cutout else "")
+    mixes = [f"{name} alpha {a:g}" for name, a in (("Mixup", c.mixup), ("CutMix", c.cutmix)) if a]
+    extra += f"; {' or '.join(mixes)} (one per batch)" if len(mixes) == 2 else f"; {mixes[0]}" if mixes else ""
     return (f"{c.aug}: {', '.join(steps)}" if steps else f"{c.aug or '-'}") + extra
 
 

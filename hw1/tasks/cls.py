@@ -12,6 +12,10 @@ from hw1.models import model_names
 from hw1.scoring import cls_confusion_from_csv
 from hw1.tasks.base import CHECKPOINTS, Layout, Task
 
+# Beta(alpha, alpha) is U-shaped below 1, uniform at 1, peaked at 0.5 above; past 100 it is a
+# constant half-and-half mix
+MAX_MIX_ALPHA = 100
+
 LAYOUT = Layout(folder="p1_data", archive="p1_data.tar.gz", train="train_50", val="val_50", labels="val_gt.csv")
 
 
@@ -24,6 +28,8 @@ class ClsConfig(TrainConfig):
     aug: str = "seed"
     flip: str = "random"
     cutout: int = 0
+    mixup: float = 0.0
+    cutmix: float = 0.0
     model: str = "densenet"
 
     task = "cls"
@@ -36,6 +42,11 @@ class ClsConfig(TrainConfig):
             p.append(("--cutout", self.cutout, f"in [0, {self.input_size()}] (0: none)"))
         elif self.cutout and self.loader != "batched":
             p.append(("--cutout", self.cutout, "0 with --loader workers (cutout needs --loader batched)"))
+        for flag, alpha in (("--mixup", self.mixup), ("--cutmix", self.cutmix)):
+            if not 0 <= alpha <= MAX_MIX_ALPHA:
+                p.append((flag, alpha, f"in [0, {MAX_MIX_ALPHA}] (0: none)"))
+            elif alpha and self.loader != "batched":
+                p.append((flag, alpha, "0 with --loader workers (it needs --loader batched)"))
         if self.flip == "alternate" and self.loader != "batched":
             p.append(("--flip", self.flip, "random with --loader workers (alternate needs --loader batched)"))
         return p
@@ -51,7 +62,8 @@ class ClsConfig(TrainConfig):
 
     def batch_transform(self):
         """``--aug`` on whole batches, for ``--loader batched``."""
-        return ClsBatchTransform(self.aug, flip=self.flip, seed=self.seed, cutout=self.cutout)
+        return ClsBatchTransform(self.aug, flip=self.flip, seed=self.seed, cutout=self.cutout, mixup=self.mixup,
+                                 cutmix=self.cutmix)
 
 
 def add_flags(p):
@@ -68,6 +80,13 @@ def add_flags(p):
     p.add_argument("--cutout", type=int, metavar="N",
                    help="zero one N x N square of each training image (Cutout; --loader batched; the CIFAR-10 "
                         "speed runs use 12); 0: none (default: %(default)s)")
+    p.add_argument("--mixup", type=float, metavar="ALPHA",
+                   help="Mixup: each training image blended with the batch's previous one, by a share drawn from "
+                        "Beta(ALPHA, ALPHA), the label likewise (--loader batched); 0: none (default: %(default)s)")
+    p.add_argument("--cutmix", type=float, metavar="ALPHA",
+                   help="CutMix: a box of the batch's previous image pasted into each training image, the labels "
+                        "weighted by area, the share drawn from Beta(ALPHA, ALPHA); with --mixup too, each batch "
+                        "takes one of the two at random (--loader batched); 0: none (default: %(default)s)")
     p.add_argument("--demo", action="store_true",
                    help="train a small DenseNet on generated digits (no course data), then predict and score: "
                         "densenet's recipe 'demo'")
