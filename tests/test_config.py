@@ -287,20 +287,14 @@ def test_alternating_flip_needs_the_batched_loader(tmp_path, capsys):
     assert _config(train_cls, ["--flip", "alternate"], ClsConfig).batch_transform().wants_indices
 
 
-@pytest.mark.parametrize("argv, message", [(["--mixup", "101"], "--mixup 101.0: must be in [0, 100] (0: none)"),
+@pytest.mark.parametrize("argv, message", [(["--cutout", "33"], "--cutout 33: must be in [0, 32] (0: none)"),
+                                           (["--cutout", "12", "--loader", "workers"],
+                                            "--cutout 12: must be 0 with --loader workers"),
+                                           (["--mixup", "101"], "--mixup 101.0: must be in [0, 100] (0: none)"),
                                            (["--cutmix", "-0.5"], "--cutmix -0.5: must be in [0, 100] (0: none)"),
                                            (["--cutmix", "1", "--loader", "workers"],
                                             "--cutmix 1.0: must be 0 with --loader workers")])
-def test_mix_alphas_are_bounded_and_need_the_batched_loader(argv, message, tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        run(train_cls.main, [*argv, "--data-dir", str(tmp_path / "none")])
-    assert info.value.code == 2 and message in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("argv, message", [(["--cutout", "33"], "--cutout 33: must be in [0, 32] (0: none)"),
-                                           (["--cutout", "12", "--loader", "workers"],
-                                            "--cutout 12: must be 0 with --loader workers")])
-def test_cutout_fits_the_image_and_needs_the_batched_loader(argv, message, tmp_path, capsys):
+def test_batch_augmentations_are_bounded_and_need_the_batched_loader(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         run(train_cls.main, [*argv, "--data-dir", str(tmp_path / "none")])
     assert info.value.code == 2 and message in capsys.readouterr().err
