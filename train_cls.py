@@ -20,7 +20,7 @@ log = logging.getLogger("train_cls")
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_training_args(TASK.add_flags(p), TASK.config)
+    return add_training_args(p, TASK.config)
 
 
 def main(argv=None):

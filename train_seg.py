@@ -16,7 +16,7 @@ from hw1.trainer import start_run, train
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_training_args(TASK.add_flags(p), TASK.config)
+    return add_training_args(p, TASK.config)
 
 
 def main(argv=None):

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from hw1.flags import between
+from hw1.flags import ABOVE_0, AT_LEAST_0, AT_LEAST_1, between
 from hw1.errors import UserError
 from hw1.run_dir import run_folder_of
 
@@ -39,41 +39,92 @@ MAX_LR = 1e6
 MAX_BN_BIAS_LR = 1000  # the speed runs use 64
 
 
+DATA, OPTIMISATION, RUNTIME = "data and output", "optimisation", "runtime"
+TASK_GROUP = None  # the task's own flags, listed first
+
+
+def knob(default=None, help="", *, group=OPTIMISATION, must=(), required=False, **flag):
+    """A field of the training config that is also a flag of the training scripts, declared once:
+    its default (a callable: a factory), its ``--help`` (``%(default)s`` shows the default, or each
+    model's recipe value where the default is None), the rules its value must pass (``must``:
+    ``(test, what the value must be)`` pairs, checked in order; None passes unless ``required``)
+    and argparse's own arguments (``choices``, ``metavar``, ``nargs``, ``action``, ``type``).
+    :func:`hw1.flags.add_training_args` makes the flags, :meth:`TrainConfig.problems` checks the
+    rules. A subclass may change a knob's default with a plain value; its flag stays."""
+    kind = {"default_factory": default} if callable(default) else {"default": default}
+    rules = [must] if must and callable(must[0]) else list(must)
+    return field(**kind, metadata={"help": help, "group": group, "must": rules, "required": required,
+                                   "flag": flag})
+
+
+def knobs(config_cls):
+    """``{field name: its knob's metadata}`` of ``config_cls``, in the dataclass's order; a field that a
+    subclass redeclared with a plain default keeps the knob of the class that declared it."""
+    out = {}
+    for f in dataclasses.fields(config_cls):
+        for klass in config_cls.__mro__:
+            declared = getattr(klass, "__dataclass_fields__", {}).get(f.name)
+            if declared is not None and "flag" in declared.metadata:
+                out[f.name] = declared.metadata
+                break
+    return out
+
+
 @dataclass
 class TrainConfig:
     """What both training scripts take. None means "the model's recipe" or "chosen at run time"."""
     model: str | None = None
     model_config: dict = field(default_factory=dict)
-    epochs: int | None = None
+    epochs: int | None = knob(None, "(default: %(default)s)", must=AT_LEAST_1, required=True)
     weights: str | None = None
-    data_dir: str = ""
-    out_dir: str | None = None
-    overwrite: bool = False
-    loader: str = "batched"
-    workers: int = 2
-    save_epochs: list | None = None
-    recipe: str | None = None
-    batch_size: int = 1
-    opt: str | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float | None = None
-    no_wd_norm: bool = False
-    bn_bias_lr: float = 1.0
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
-    grad_clip: float | None = None
-    ema: float | None = None
-    device: str = "auto"
-    amp: str = "auto"
-    channels_last: bool | None = None
-    micro_batch: int | None = None
-    compile: bool = False
-    seed: int = 0
-    resume: str | None = None
-    no_progress: bool = False
-    debug: bool = False
+    data_dir: str = knob("", "the extracted course data (default: %(default)s)", group=DATA)
+    out_dir: str | None = knob(None, "run folder (default: runs/<model>; with --resume, the checkpoint's folder)",
+                               group=DATA)
+    overwrite: bool = knob(False, "clear a run folder that already holds a run (otherwise such a folder is "
+                                  "refused)", group=DATA)
+    loader: str = knob("batched", "batched: whole batches augmented in this process from the decoded tensors; "
+                                  "workers: a DataLoader whose --workers processes augment image by image "
+                                  "(default: %(default)s)", group=DATA, choices=LOADERS)
+    workers: int = knob(2, "DataLoader worker processes of --loader workers (default: %(default)s)", group=DATA,
+                        must=between(0, MAX_WORKERS))
+    save_epochs: list | None = knob(None, "epochs whose checkpoint is kept as epoch_NNN.pth (default: first, "
+                                          "middle, last)", group=DATA, type=int, nargs="*")
+    recipe: str | None = knob(None, "a named recipe of the model, e.g. densenet's or vgg16_fcn8s's cpu: defaults "
+                                    "for its flags and hyperparameters; typed flags still win")
+    batch_size: int = knob(1, "(default: %(default)s)", must=AT_LEAST_1)
+    opt: str | None = knob(None, "(default: %(default)s)", choices=("sgd", "adamw"))
+    lr: float | None = knob(None, "peak learning rate (default: %(default)s)", required=True,
+                            must=[ABOVE_0, (lambda v: v <= MAX_LR, f"at most {MAX_LR:g}")])
+    momentum: float = knob(0.9, "SGD momentum (default: %(default)s)", must=between(0, 1, open_hi=True))
+    nesterov: bool = knob(False, "Nesterov momentum for SGD")
+    weight_decay: float | None = knob(None, "(default: %(default)s)", must=AT_LEAST_0)
+    no_wd_norm: bool = knob(False, "no weight decay on norm layers and biases")
+    bn_bias_lr: float = knob(1.0, "batch-norm biases train at K x the lr (the CIFAR-10 speed runs use 64) "
+                                  "(default: %(default)s)", metavar="K",
+                             must=between(0, MAX_BN_BIAS_LR, open_lo=True))
+    warmup_epochs: float = knob(0.0, "linear warm-up length (default: %(default)s)", must=AT_LEAST_0)
+    min_lr: float = knob(0.0, "lr at the end of the cosine (default: %(default)s)")
+    grad_clip: float | None = knob(None, "clip the gradient norm to this value", must=ABOVE_0)
+    ema: float | None = knob(None, "evaluate and ship an exponential moving average of the weights (decay per "
+                                   "step, e.g. 0.999; 0 turns off a recipe's average)", metavar="DECAY",
+                             must=between(0, 1, open_hi=True, note=" (0: no average)"))
+    device: str = knob("auto", "auto, cpu, cuda, cuda:N (default: %(default)s)", group=RUNTIME)
+    amp: str = knob("auto", "autocast dtype; auto = bf16 where the hardware has it, fp16 on older GPUs "
+                            "(default: %(default)s)", group=RUNTIME, choices=("auto", "bf16", "fp16", "none"))
+    channels_last: bool | None = knob(None, "NHWC memory format (default: on, except DenseNet on the CPU, which "
+                                            "trains faster in NCHW)", group=RUNTIME)
+    micro_batch: int | None = knob(None, "run each batch's forward/backward in chunks of this many images, one "
+                                         "optimizer step per batch (batch-norm statistics per chunk); 0 = whole "
+                                         "batches (default: 64 for DenseNet on the CPU, faster per image there; "
+                                         "else whole batches)", group=RUNTIME,
+                                   must=(lambda v: v >= 0, "0 (whole batches) or more"))
+    compile: bool = knob(False, "torch.compile the model", group=RUNTIME)
+    seed: int = knob(0, "(default: %(default)s)", group=RUNTIME, must=(lambda v: 0 <= v < SEED_LIMIT, "in [0, 2**62)"))
+    resume: str | None = knob(None, "continue from this checkpoint (e.g. runs/densenet/last.pth) under this "
+                                    "command's flags; see docs/training.md, Resume, on what may change",
+                              group=RUNTIME)
+    no_progress: bool = knob(False, "no progress bars", group=RUNTIME)
+    debug: bool = knob(False, "show full tracebacks", group=RUNTIME)
     demo: bool = False
     # records of the run, filled when it starts
     command: str | None = None
@@ -130,46 +181,27 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 p.append(("--" + f.name.replace("_", "-"), value, "a finite number"))
-        if not 0 <= self.seed < SEED_LIMIT:
-            p.append(("--seed", self.seed, "in [0, 2**62)"))
-        if self.epochs is None or self.epochs < 1:
-            p.append(("--epochs", self.epochs, "at least 1"))
-        if self.lr is None or not self.lr > 0:
-            p.append(("--lr", self.lr, "above 0"))
-        elif self.lr > MAX_LR:
-            p.append(("--lr", self.lr, f"at most {MAX_LR:g}"))
-        if self.batch_size < 1:
-            p.append(("--batch-size", self.batch_size, "at least 1"))
-        if self.loader not in LOADERS:
-            p.append(("--loader", self.loader, " or ".join(LOADERS)))
-        if not 0 <= self.workers <= MAX_WORKERS:
-            p.append(("--workers", self.workers, f"in [0, {MAX_WORKERS}]"))
-        if not 0 <= self.momentum < 1:
-            p.append(("--momentum", self.momentum, "in [0, 1)"))
-        if self.weight_decay is not None and self.weight_decay < 0:
-            p.append(("--weight-decay", self.weight_decay, "0 or more"))
-        if not 0 < self.bn_bias_lr <= MAX_BN_BIAS_LR:
-            p.append(("--bn-bias-lr", self.bn_bias_lr, f"in (0, {MAX_BN_BIAS_LR}]"))
-        if self.warmup_epochs < 0:
-            p.append(("--warmup-epochs", self.warmup_epochs, "0 or more"))
+        for name, k in knobs(type(self)).items():
+            value = getattr(self, name)
+            flag = "--" + name.replace("_", "-")
+            if value is None:
+                if k["required"]:
+                    p.append((flag, value, k["must"][0][1] if k["must"] else "given"))
+                continue
+            for v in value if isinstance(value, list) else [value]:
+                broken = next((must for ok, must in k["must"] if not ok(v)), None)
+                if broken is not None:
+                    p.append((flag, v, broken))
+                    break
         if self.min_lr < 0 or (self.lr and self.min_lr > self.lr):
             p.append(("--min-lr", self.min_lr, "in [0, --lr]"))
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            p.append(("--grad-clip", self.grad_clip, "above 0"))
-        if self.ema is not None and not 0 <= self.ema < 1:
-            p.append(("--ema", self.ema, "in [0, 1) (0: no average)"))
-        if self.micro_batch is not None and self.micro_batch < 0:
-            p.append(("--micro-batch", self.micro_batch, "0 (whole batches) or more"))
+        if self.loader not in LOADERS:
+            p.append(("--loader", self.loader, " or ".join(LOADERS)))
         if self.save_epochs and self.epochs and self.epochs >= 1:
             outside = [e for e in self.save_epochs if not 1 <= e <= self.epochs]
             if outside:
                 p.append(("--save-epochs", outside[0], f"an epoch in 1..{self.epochs}"))
         return p
-
-    def range_problems(self, names):
-        """The problems of the fields ``names`` under :data:`SIDE_RANGES` (None: unset, passes)."""
-        return [("--" + n.replace("_", "-"), getattr(self, n), SIDE_RANGES[n][1]) for n in names
-                if getattr(self, n) is not None and not SIDE_RANGES[n][0](getattr(self, n))]
 
     def spec(self):
         from hw1.models import get_spec

@@ -9,63 +9,35 @@ from hw1.errors import UserError
 
 
 def add_training_args(parser, config_cls):
-    """Flags common to both training scripts, then one flag per hyperparameter of the task's models
-    (:func:`add_model_args`); call it last.
+    """The training script's flags: one per knob of ``config_cls`` (:func:`hw1.config.knob`: the task's
+    own first, then data and output, optimisation, runtime), then one per hyperparameter of the
+    task's models (:func:`add_model_args`).
 
     No flag has an argparse default: what the user did not type is absent from the parsed
     namespace, and :func:`hw1.config.resolve` lays the typed flags over the dataclass's defaults
     and the model's recipes, once. The help shows those defaults (a field that defaults to None,
     ``--lr``, ``--epochs``, ... says "the model's recipe").
     """
-    g = parser.add_argument_group("data and output")
-    g.add_argument("--data-dir", help="the extracted course data (default: %(default)s)")
-    g.add_argument("--out-dir", help="run folder (default: runs/<model>; with --resume, the checkpoint's folder)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="clear a run folder that already holds a run (otherwise such a folder is refused)")
-    g.add_argument("--loader", choices=["batched", "workers"],
-                   help="batched: whole batches augmented in this process from the decoded tensors; workers: a "
-                        "DataLoader whose --workers processes augment image by image (default: %(default)s)")
-    g.add_argument("--workers", type=int, help="DataLoader worker processes of --loader workers (default: %(default)s)")
-    g.add_argument("--save-epochs", type=int, nargs="*",
-                   help="epochs whose checkpoint is kept as epoch_NNN.pth (default: first, middle, last)")
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--recipe", help="a named recipe of the model, e.g. densenet's or vgg16_fcn8s's cpu: defaults "
-                                    "for its flags and hyperparameters; typed flags still win")
-    g.add_argument("--epochs", type=int, help="(default: %(default)s)")
-    g.add_argument("--batch-size", type=int, help="(default: %(default)s)")
-    g.add_argument("--opt", choices=["sgd", "adamw"], help="(default: %(default)s)")
-    g.add_argument("--lr", type=float, help="peak learning rate (default: %(default)s)")
-    g.add_argument("--momentum", type=float, help="SGD momentum (default: %(default)s)")
-    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
-    g.add_argument("--weight-decay", type=float, help="(default: %(default)s)")
-    g.add_argument("--no-wd-norm", action="store_true", help="no weight decay on norm layers and biases")
-    g.add_argument("--bn-bias-lr", type=float, metavar="K",
-                   help="batch-norm biases train at K x the lr (the CIFAR-10 speed runs use 64) (default: %(default)s)")
-    g.add_argument("--warmup-epochs", type=float, help="linear warm-up length (default: %(default)s)")
-    g.add_argument("--min-lr", type=float, help="lr at the end of the cosine (default: %(default)s)")
-    g.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
-    g.add_argument("--ema", type=float, metavar="DECAY",
-                   help="evaluate and ship an exponential moving average of the weights (decay per step, e.g. 0.999; "
-                        "0 turns off a recipe's average)")
-    g = parser.add_argument_group("runtime")
-    g.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    g.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"],
-                   help="autocast dtype; auto = bf16 where the hardware has it, fp16 on older GPUs (default: %(default)s)")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="NHWC memory format (default: on, except DenseNet on the CPU, which trains faster in NCHW)")
-    g.add_argument("--micro-batch", type=int,
-                   help="run each batch's forward/backward in chunks of this many images, one optimizer step per "
-                        "batch (batch-norm statistics per chunk); 0 = whole batches (default: 64 for DenseNet on "
-                        "the CPU, faster per image there; else whole batches)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--seed", type=int, help="(default: %(default)s)")
-    g.add_argument("--resume", help="continue from this checkpoint (e.g. runs/densenet/last.pth) under this "
-                                    "command's flags; see docs/training.md, Resume, on what may change")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g.add_argument("--debug", action="store_true", help="show full tracebacks")
-    g.add_argument("--print-config", action="store_true",
-                   help="print every value of the run with where it comes from (default, recipe, flag, the CPU's "
-                        "measured fastest) and exit without training; a run logs the same when it starts")
+    from hw1.config import DATA, OPTIMISATION, RUNTIME, TASK_GROUP, knobs
+
+    groups = {TASK_GROUP: parser}
+    groups.update({name: parser.add_argument_group(name) for name in (DATA, OPTIMISATION, RUNTIME)})
+    order = list(groups)
+    types = {f.name: f.type for f in dataclasses.fields(config_cls)}
+    for name, k in sorted(knobs(config_cls).items(), key=lambda item: order.index(item[1]["group"])):
+        kwargs = {"help": k["help"], **k["flag"]}
+        if "action" not in kwargs:
+            kind = _flag_type(types[name])
+            if kind is bool:
+                kwargs["action"] = "store_true" if config_cls.__dataclass_fields__[name].default is False \
+                    else argparse.BooleanOptionalAction
+            else:
+                kwargs.setdefault("type", kind)
+        groups[k["group"]].add_argument("--" + name.replace("_", "-"), **kwargs)
+    groups[RUNTIME].add_argument("--print-config", action="store_true",
+                                 help="print every value of the run with where it comes from (default, recipe, "
+                                      "flag, the CPU's measured fastest) and exit without training; a run logs the "
+                                      "same when it starts")
     from hw1.models import get_spec, model_names
 
     specs = [get_spec(n) for n in model_names(config_cls.task)]
@@ -84,6 +56,12 @@ def add_training_args(parser, config_cls):
         if action.dest != "help":
             action.default = argparse.SUPPRESS
     return parser
+
+
+def _flag_type(annotation):
+    """The value type of a field's annotation: ``int`` of ``int | None``."""
+    args = [a for a in getattr(annotation, "__args__", (annotation,)) if a is not type(None)]
+    return args[0]
 
 
 def add_model_args(parser, specs):
@@ -160,13 +138,18 @@ def split_hyperparameters(typed, specs):
     return typed, {**hyper, **items}
 
 
+# Rules, ``(test, what the value must be)``: of check_numbers' tables and the training config's knobs
 AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
+AT_LEAST_0 = (lambda v: v >= 0, "0 or more")
 ABOVE_0 = (lambda v: v > 0, "above 0")
 
 
-def between(lo, hi):
-    """A :func:`check_numbers` rule: ``lo <= value <= hi``."""
-    return (lambda v: lo <= v <= hi, f"in [{lo}, {hi}]")
+def between(lo, hi, *, open_lo=False, open_hi=False, note=""):
+    """A rule: ``lo <= value <= hi`` (``open_lo`` / ``open_hi``: strictly); ``note`` follows the range."""
+    def test(v):
+        return (lo < v if open_lo else lo <= v) and (v < hi if open_hi else v <= hi)
+
+    return (test, f"in {'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}{note}")
 
 
 def check_numbers(args, rules):

@@ -345,3 +345,24 @@ def test_config_is_saved_as_it_is(cls_tiny_run):
     assert config_of("cls", {"model": "densenet", "depth": 52, "stem_pool": True}).model_config == \
         {"depth": 52, "stem_pool": True}
     assert config_of("seg", {}) is None
+
+
+def test_a_training_knob_is_one_line_that_makes_its_flag_help_and_rule():
+    import argparse
+
+    from hw1.config import knob
+    from hw1.flags import add_training_args, between
+
+    @dataclasses.dataclass
+    class Warm(ClsConfig):
+        warmth: float = knob(0.5, "how warm (default: %(default)s)", must=between(0, 1))
+        label_smoothing: float = 0.3  # a knob's default changed with a plain value keeps its flag and rule
+
+    parser = add_training_args(argparse.ArgumentParser(), Warm)
+    help_text = " ".join(parser.format_help().split())
+    assert "--warmth WARMTH how warm (default: 0.5)" in help_text
+    assert "--label-smoothing LABEL_SMOOTHING (default: 0.3)" in help_text
+    assert vars(parser.parse_args(["--warmth", "0.25"])) == {"warmth": 0.25}  # typed from the annotation
+    config = Warm(model="densenet", epochs=1, lr=0.1, warmth=2.0, label_smoothing=1.5)
+    assert config.problems() == [("--label-smoothing", 1.5, "in [0, 1)"), ("--warmth", 2.0, "in [0, 1]")]
+    assert Warm(model="densenet", epochs=1, lr=0.1).problems() == []

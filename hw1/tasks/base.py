@@ -50,7 +50,6 @@ class Task:
     shipped_model: str  # its model, trained by the script's --recipe cpu
     eval_batch: int  # images per batch when scoring a checkpoint
     config: type  # its hw1.config.TrainConfig subclass
-    add_flags: Callable  # (parser) -> the training script's flags of this task
     load_splits: Callable  # (config) -> (train set, validation set) of the course data
     eval_dataset: Callable  # (folder, *, labels_csv, size, model_size) -> a labelled dataset to score a model on
     make_demo: Callable  # (root) -> writes the demo's generated data there

@@ -3,8 +3,9 @@ its course data, training config and flags, splits, scorer and summary, predicti
 from dataclasses import dataclass
 
 from hw1 import metrics
-from hw1.config import TrainConfig
+from hw1.config import TASK_GROUP, TrainConfig, knob
 from hw1.data.batches import ClsBatchTransform
+from hw1.flags import between
 from hw1.data.cls import (AUGMENTATIONS, IMG_SIZE, NUM_CLASSES, cls_eval_transform, cls_train_transform,
                           load_cls_split)
 from hw1.data.demo import make_cls_demo
@@ -24,31 +25,41 @@ class ClsConfig(TrainConfig):
     """train_cls.py: P1 classification."""
     data_dir: str = LAYOUT.root
     batch_size: int = 128
-    label_smoothing: float = 0.1
-    aug: str = "seed"
-    flip: str = "random"
-    cutout: int = 0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    model: str = "densenet"
+    model: str = knob("densenet", "(default: %(default)s)", group=TASK_GROUP, choices=model_names("cls"))
+    weights: str | None = knob(None, "imagenet, none or a state-dict path (default: the model's recipe: imagenet "
+                                     "for convnext, none for densenet)", group=TASK_GROUP)
+    label_smoothing: float = knob(0.1, "(default: %(default)s)", group=TASK_GROUP,
+                                  must=between(0, 1, open_hi=True))
+    aug: str = knob("seed", "seed: crop+flip, AutoAugment, RandomErasing; light: crop+flip (default: %(default)s)",
+                    group=TASK_GROUP, choices=AUGMENTATIONS)
+    flip: str = knob("random", "the training crops' left-right flip: random, or alternate (each image mirrored on "
+                               "every other epoch, as the CIFAR-10 speed runs do; --loader batched) (default: "
+                               "%(default)s)", group=TASK_GROUP, choices=ClsBatchTransform.FLIPS)
+    cutout: int = knob(0, "zero one N x N square of each training image (Cutout; --loader batched; the CIFAR-10 "
+                          "speed runs use 12); 0: none (default: %(default)s)", group=TASK_GROUP, metavar="N")
+    mixup: float = knob(0.0, "Mixup: each training image blended with the batch's previous one, by a share drawn "
+                             "from Beta(ALPHA, ALPHA), the label likewise (--loader batched); 0: none (default: "
+                             "%(default)s)", group=TASK_GROUP, metavar="ALPHA",
+                        must=between(0, MAX_MIX_ALPHA, note=" (0: none)"))
+    cutmix: float = knob(0.0, "CutMix: a box of the batch's previous image pasted into each training image, the "
+                              "labels weighted by area, the share drawn from Beta(ALPHA, ALPHA); with --mixup too, "
+                              "each batch takes one of the two at random (--loader batched); 0: none (default: "
+                              "%(default)s)", group=TASK_GROUP, metavar="ALPHA",
+                         must=between(0, MAX_MIX_ALPHA, note=" (0: none)"))
+    demo: bool = knob(False, "train a small DenseNet on generated digits (no course data), then predict and score: "
+                             "densenet's recipe 'demo'", group=TASK_GROUP)
 
     task = "cls"
 
     def problems(self):
         p = super().problems()
-        if not 0 <= self.label_smoothing < 1:
-            p.append(("--label-smoothing", self.label_smoothing, "in [0, 1)"))
         if not 0 <= self.cutout <= self.input_size():
             p.append(("--cutout", self.cutout, f"in [0, {self.input_size()}] (0: none)"))
-        elif self.cutout and self.loader != "batched":
-            p.append(("--cutout", self.cutout, "0 with --loader workers (cutout needs --loader batched)"))
-        for flag, alpha in (("--mixup", self.mixup), ("--cutmix", self.cutmix)):
-            if not 0 <= alpha <= MAX_MIX_ALPHA:
-                p.append((flag, alpha, f"in [0, {MAX_MIX_ALPHA}] (0: none)"))
-            elif alpha and self.loader != "batched":
-                p.append((flag, alpha, "0 with --loader workers (it needs --loader batched)"))
-        if self.flip == "alternate" and self.loader != "batched":
-            p.append(("--flip", self.flip, "random with --loader workers (alternate needs --loader batched)"))
+        if self.loader != "batched":  # these run on whole batches
+            p += [(flag, value, f"{off} with --loader workers (it needs --loader batched)")
+                  for flag, value, off in (("--cutout", self.cutout, 0), ("--mixup", self.mixup, 0),
+                                           ("--cutmix", self.cutmix, 0), ("--flip", self.flip, "random"))
+                  if value != off]
         return p
 
     def input_size(self):
@@ -64,33 +75,6 @@ class ClsConfig(TrainConfig):
         """``--aug`` on whole batches, for ``--loader batched``."""
         return ClsBatchTransform(self.aug, flip=self.flip, seed=self.seed, cutout=self.cutout, mixup=self.mixup,
                                  cutmix=self.cutmix)
-
-
-def add_flags(p):
-    """train_cls.py's own flags (before the common ones of :func:`hw1.flags.add_training_args`)."""
-    p.add_argument("--model", choices=model_names("cls"), help="(default: %(default)s)")
-    p.add_argument("--weights", help="imagenet, none or a state-dict path (default: the model's recipe: imagenet for "
-                                     "convnext, none for densenet)")
-    p.add_argument("--label-smoothing", type=float, help="(default: %(default)s)")
-    p.add_argument("--aug", choices=AUGMENTATIONS,
-                   help="seed: crop+flip, AutoAugment, RandomErasing; light: crop+flip (default: %(default)s)")
-    p.add_argument("--flip", choices=ClsBatchTransform.FLIPS,
-                   help="the training crops' left-right flip: random, or alternate (each image mirrored on every "
-                        "other epoch, as the CIFAR-10 speed runs do; --loader batched) (default: %(default)s)")
-    p.add_argument("--cutout", type=int, metavar="N",
-                   help="zero one N x N square of each training image (Cutout; --loader batched; the CIFAR-10 "
-                        "speed runs use 12); 0: none (default: %(default)s)")
-    p.add_argument("--mixup", type=float, metavar="ALPHA",
-                   help="Mixup: each training image blended with the batch's previous one, by a share drawn from "
-                        "Beta(ALPHA, ALPHA), the label likewise (--loader batched); 0: none (default: %(default)s)")
-    p.add_argument("--cutmix", type=float, metavar="ALPHA",
-                   help="CutMix: a box of the batch's previous image pasted into each training image, the labels "
-                        "weighted by area, the share drawn from Beta(ALPHA, ALPHA); with --mixup too, each batch "
-                        "takes one of the two at random (--loader batched); 0: none (default: %(default)s)")
-    p.add_argument("--demo", action="store_true",
-                   help="train a small DenseNet on generated digits (no course data), then predict and score: "
-                        "densenet's recipe 'demo'")
-    return p
 
 
 def load_splits(config):
@@ -123,7 +107,7 @@ TASK = Task(
     name="cls", problem="P1", script="train_cls.py", metric="acc", metric_label="accuracy", per_class="per_class_acc",
     layout=LAYOUT, num_classes=NUM_CLASSES, default_checkpoint=CHECKPOINTS / "p1_densenet.pth",
     shipped_model="densenet",
-    eval_batch=500, config=ClsConfig, add_flags=add_flags, load_splits=load_splits, eval_dataset=eval_dataset,
+    eval_batch=500, config=ClsConfig, load_splits=load_splits, eval_dataset=eval_dataset,
     make_demo=make_demo, score=cls_confusion_from_csv, summarize=metrics.cls_summary, describe=metrics.cls_lines,
     write_predictions=write_predictions, predict_help="P1: folder of images -> filename,label CSV",
     output_name="output_csv", output_noun="predictions", metric_help="accuracy over all validation images")

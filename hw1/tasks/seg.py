@@ -3,11 +3,12 @@ a model: its course data, training config and flags, splits, scorer and summary,
 from dataclasses import dataclass
 
 from hw1 import metrics
-from hw1.config import TrainConfig
+from hw1.config import SIDE_RANGES, TASK_GROUP, TrainConfig, knob
 from hw1.data.batches import SegBatchTransform
 from hw1.data.masks import CLASS_NAMES, NUM_CLASSES, PALETTE, UNKNOWN
 from hw1.data.scenes import make_seg_demo
 from hw1.data.seg import MASK_SUFFIX, SAT_SUFFIX, load_seg_split, seg_eval_transform, seg_train_transform
+from hw1.flags import AT_LEAST_0, between
 from hw1.losses import CLASS_WEIGHTS, SegLoss, class_weights
 from hw1.models import model_names
 from hw1.scoring import seg_confusion_from_dirs
@@ -22,28 +23,34 @@ class SegConfig(TrainConfig):
     """train_seg.py: P2 segmentation."""
     data_dir: str = LAYOUT.root
     batch_size: int = 8
-    crop_size: int = 512
-    min_scale: float = 0.25
-    aux_weight: float = 0.0
-    class_weights: str = "none"
-    lovasz: float = 0.0
-    size: int | None = None
-    model: str = "vgg16_fcn32s"
+    model: str = knob("vgg16_fcn32s", "(default: %(default)s)", group=TASK_GROUP, choices=model_names("seg"))
+    weights: str | None = knob(None, "vgg16_fcn32s, vgg16_fcn8s: imagenet|none|PATH (default imagenet); "
+                                     "resnet101_fcn: coco|imagenet-backbone|none|PATH (default coco)",
+                               group=TASK_GROUP)
+    crop_size: int = knob(512, "training crop (default: %(default)s)", group=TASK_GROUP,
+                          must=SIDE_RANGES["crop_size"])
+    min_scale: float = knob(0.25, "smallest crop area fraction before resizing to --crop-size (default: "
+                                  "%(default)s)", group=TASK_GROUP, must=between(0, 1, open_lo=True))
+    aux_weight: float = knob(0.0, "resnet101_fcn: weight of the auxiliary head's loss; 0 builds no aux head "
+                                  "(default: 0)", group=TASK_GROUP, must=AT_LEAST_0)
+    class_weights: str = knob("none", "weight the loss per class by its share of the training pixels: enet = "
+                                      "1/ln(1.02 + share), inv-sqrt = 1/sqrt(share), milder (default: %(default)s)",
+                              group=TASK_GROUP, choices=CLASS_WEIGHTS)
+    lovasz: float = knob(0.0, "add W x the Lovász-softmax loss, a surrogate of each class's IoU, to the "
+                              "cross-entropy (default: %(default)s)", group=TASK_GROUP, metavar="W", must=AT_LEAST_0)
+    size: int | None = knob(None, "resize every image and mask to this on load; the checkpoint records it and "
+                                  "prediction resizes to it, then upsamples the logits to each image's own size",
+                            group=TASK_GROUP, must=SIDE_RANGES["size"])
+    demo: bool = knob(False, "train a small run on generated scenes (no course data): vgg16_fcn32s's recipe 'demo'",
+                      group=TASK_GROUP)
 
     task = "seg"
 
     def problems(self):
         p = super().problems()
-        p += self.range_problems(("crop_size", "size"))
-        if not 0 < self.min_scale <= 1:
-            p.append(("--min-scale", self.min_scale, "in (0, 1]"))
-        if self.aux_weight < 0:
-            p.append(("--aux-weight", self.aux_weight, "0 or more"))
-        elif self.aux_weight > 0 and "aux_loss" not in self.spec().hidden:
+        if self.aux_weight > 0 and "aux_loss" not in self.spec().hidden:
             p.append(("--aux-weight", self.aux_weight, f"0: {self.model} has no auxiliary head"))
-        if self.lovasz < 0:
-            p.append(("--lovasz", self.lovasz, "0 or more"))
-        if self.class_weights not in CLASS_WEIGHTS:
+        if self.class_weights not in CLASS_WEIGHTS:  # an args.json's value: the flag has its choices
             p.append(("--class-weights", self.class_weights, ", ".join(CLASS_WEIGHTS)))
         return p
 
@@ -63,31 +70,6 @@ class SegConfig(TrainConfig):
     def batch_transform(self):
         """The training crops, flips and turns on whole batches, for ``--loader batched``."""
         return SegBatchTransform(self.crop_size, scale=(self.min_scale, 1.0))
-
-
-def add_flags(p):
-    """train_seg.py's own flags (before the common ones of :func:`hw1.flags.add_training_args`)."""
-    p.add_argument("--model", choices=model_names("seg"), help="(default: %(default)s)")
-    p.add_argument("--weights",
-                   help="vgg16_fcn32s, vgg16_fcn8s: imagenet|none|PATH (default imagenet); "
-                        "resnet101_fcn: coco|imagenet-backbone|none|PATH (default coco)")
-    p.add_argument("--crop-size", type=int, help="training crop (default: %(default)s)")
-    p.add_argument("--min-scale", type=float,
-                   help="smallest crop area fraction before resizing to --crop-size (default: %(default)s)")
-    p.add_argument("--aux-weight", type=float,
-                   help="resnet101_fcn: weight of the auxiliary head's loss; 0 builds no aux head (default: 0)")
-    p.add_argument("--class-weights", choices=CLASS_WEIGHTS,
-                   help="weight the loss per class by its share of the training pixels: enet = 1/ln(1.02 + share), "
-                        "inv-sqrt = 1/sqrt(share), milder (default: %(default)s)")
-    p.add_argument("--lovasz", type=float, metavar="W",
-                   help="add W x the Lovász-softmax loss, a surrogate of each class's IoU, to the "
-                        "cross-entropy (default: %(default)s)")
-    p.add_argument("--size", type=int,
-                   help="resize every image and mask to this on load; the checkpoint records it and "
-                        "prediction resizes to it, then upsamples the logits to each image's own size")
-    p.add_argument("--demo", action="store_true",
-                   help="train a small run on generated scenes (no course data): vgg16_fcn32s's recipe 'demo'")
-    return p
 
 
 def load_splits(config):
@@ -126,7 +108,7 @@ TASK = Task(
     # P2's shipped model: VGG16-FCN8s at a quarter of VGG16's width, trained on a CPU budget (the
     # full-width models are hundreds of MB and come through hw1_download.sh)
     default_checkpoint=CHECKPOINTS / "p2_vgg16_fcn8s.pth", shipped_model="vgg16_fcn8s",
-    eval_batch=4, config=SegConfig, add_flags=add_flags, load_splits=load_splits, eval_dataset=eval_dataset,
+    eval_batch=4, config=SegConfig, load_splits=load_splits, eval_dataset=eval_dataset,
     make_demo=make_demo, score=seg_confusion_from_dirs, summarize=metrics.seg_summary, describe=metrics.seg_lines,
     write_predictions=write_predictions, predict_help="P2: folder of satellite images -> folder of colour masks",
     output_name="output_dir", output_noun="masks", dense=True, averaged=UNKNOWN, class_names=CLASS_NAMES,
