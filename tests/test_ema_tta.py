@@ -11,7 +11,7 @@ from hw1 import engine
 from hw1.checkpoint import load_checkpoint, model_from_checkpoint
 from hw1.ema import EMA
 from hw1.errors import UserError
-from hw1.models.densenet import DenseNet
+from hw1.models.densenet import densenet as build_densenet
 from hw1.run_dir import RunDir
 from hw1.summary import summarize_run
 
@@ -180,7 +180,7 @@ def test_crops_tta_moves_segmentation_maps_back_to_their_pixels():
 
 
 def test_stem_pool_runs_the_blocks_at_half_the_side():
-    plain, pooled = DenseNet(depth=10, growth_rate=4), DenseNet(depth=10, growth_rate=4, stem_pool=True)
+    plain, pooled = build_densenet(depth=10, growth_rate=4), build_densenet(depth=10, growth_rate=4, stem_pool=True)
     x = torch.randn(2, 3, 32, 32)
     assert plain.trunk.denseblock1(plain.trunk.conv0(x)).shape[-1] == 32
     stem = nn.Sequential(*list(pooled.trunk.children())[:4])  # conv0, norm0, relu0, pool0

@@ -75,8 +75,8 @@ class DenseNet(nn.Module):
         stem_pool: BN-ReLU-maxpool 2x2 after the stem convolution (blocks at 16x16 and below).
     """
 
-    def __init__(self, *, depth=100, growth_rate=12, compression=0.5, bn_size=4, drop_rate=0.0, num_classes=50,
-                 stem_pool=False):
+    # no defaults: the builder, densenet(), is their one home (and the flags' and checkpoints' source)
+    def __init__(self, *, depth, growth_rate, compression, bn_size, drop_rate, num_classes, stem_pool):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"DenseNet-BC depth must be 6n+4 with n >= 1, got {depth}")
