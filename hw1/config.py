@@ -48,7 +48,8 @@ def knob(default=None, help="", *, group=OPTIMISATION, must=(), required=False, 
     its default (a callable: a factory), its ``--help`` (``%(default)s`` shows the default, or each
     model's recipe value where the default is None), the rules its value must pass (``must``:
     ``(test, what the value must be)`` pairs, checked in order; None passes unless ``required``)
-    and argparse's own arguments (``choices``, ``metavar``, ``nargs``, ``action``, ``type``).
+    and argparse's own arguments (``choices``, or a function that gives them when the parser is
+    made, ``metavar``, ``nargs``, ``action``, ``type``).
     :func:`hw1.flags.add_training_args` makes the flags, :meth:`TrainConfig.problems` checks the
     rules. A subclass may change a knob's default with a plain value; its flag stays."""
     kind = {"default_factory": default} if callable(default) else {"default": default}

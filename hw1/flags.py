@@ -26,6 +26,8 @@ def add_training_args(parser, config_cls):
     types = {f.name: f.type for f in dataclasses.fields(config_cls)}
     for name, k in sorted(knobs(config_cls).items(), key=lambda item: order.index(item[1]["group"])):
         kwargs = {"help": k["help"], **k["flag"]}
+        if callable(kwargs.get("choices")):  # asked when the parser is made: models registered since count
+            kwargs["choices"] = kwargs["choices"]()
         if "action" not in kwargs:
             kind = _flag_type(types[name])
             if kind is bool:

@@ -18,7 +18,8 @@ from torchvision.models import ResNet101_Weights, VGG16_Weights
 from torchvision.models.segmentation import FCN_ResNet101_Weights
 
 from hw1.errors import UserError
-from hw1.models.fcn import VGG16FCN32s, resnet101_fcn, vgg16_fcn8s, vgg16_fcn32s
+from hw1.models.fcn import VGG16FCN32s, vgg16_fcn8s, vgg16_fcn32s
+from hw1.models.fcn_resnet101 import resnet101_fcn
 from hw1.models.weights import hub_file
 
 SIZES = [(512, 512), (45, 77), (20, 13)]

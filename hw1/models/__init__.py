@@ -12,7 +12,7 @@ REGISTRY = {
     "convnext": "hw1.models.convnext:SPEC",
     "vgg16_fcn32s": "hw1.models.fcn:VGG16_FCN32S",
     "vgg16_fcn8s": "hw1.models.fcn:VGG16_FCN8S",
-    "resnet101_fcn": "hw1.models.fcn:RESNET101_FCN",
+    "resnet101_fcn": "hw1.models.fcn_resnet101:RESNET101_FCN",
 }
 
 

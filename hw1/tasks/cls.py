@@ -25,7 +25,7 @@ class ClsConfig(TrainConfig):
     """train_cls.py: P1 classification."""
     data_dir: str = LAYOUT.root
     batch_size: int = 128
-    model: str = knob("densenet", "(default: %(default)s)", group=TASK_GROUP, choices=model_names("cls"))
+    model: str = knob("densenet", "(default: %(default)s)", group=TASK_GROUP, choices=lambda: model_names("cls"))
     weights: str | None = knob(None, "imagenet, none or a state-dict path (default: the model's recipe: imagenet "
                                      "for convnext, none for densenet)", group=TASK_GROUP)
     label_smoothing: float = knob(0.1, "(default: %(default)s)", group=TASK_GROUP,

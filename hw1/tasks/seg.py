@@ -23,7 +23,7 @@ class SegConfig(TrainConfig):
     """train_seg.py: P2 segmentation."""
     data_dir: str = LAYOUT.root
     batch_size: int = 8
-    model: str = knob("vgg16_fcn32s", "(default: %(default)s)", group=TASK_GROUP, choices=model_names("seg"))
+    model: str = knob("vgg16_fcn32s", "(default: %(default)s)", group=TASK_GROUP, choices=lambda: model_names("seg"))
     weights: str | None = knob(None, "vgg16_fcn32s, vgg16_fcn8s: imagenet|none|PATH (default imagenet); "
                                      "resnet101_fcn: coco|imagenet-backbone|none|PATH (default coco)",
                                group=TASK_GROUP)
