@@ -160,8 +160,11 @@ def shown(path):
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=None, overwrite=False):
+def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=None, overwrite=False, task="cls"):
     """Classify every .png/.jpg of ``image_dir``; write ``output_csv``; return ``[(filename, label), ...]``.
+
+    ``task``: the task whose checkpoints it takes (and whose shipped model is the default): P1's,
+    or another problem's that classifies images as P1 does.
 
     ``tta``: average each image's class probabilities over its views (:data:`hw1.engine.TTA_MODES`;
     True is flip, the mirror image); None (the default) does what the checkpoint says, which for
@@ -177,7 +180,7 @@ def predict_cls(image_dir, output_csv, checkpoint=None, device=None, tta=None, o
     for p in files:
         if not is_utf8(p.name):
             raise UserError(f"{shown(p)}: file name is not UTF-8 text, which the CSV needs to name it; rename the file")
-    model = load_model(checkpoint, "cls", device)
+    model = load_model(checkpoint, task, device)
     images = decode_images(files, IMG_SIZE)
     rows = [(p.name, int(c)) for p, c in zip(files, classify(model, images, tta=tta))]
     write_csv(rows, output_csv, ("filename", "label"))
