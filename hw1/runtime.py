@@ -168,16 +168,23 @@ def _cpuinfo(field):
     """The value of the first ``field`` line of /proc/cpuinfo, or None where there is none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(field):
-                return line.split(":", 1)[1].strip()
+            key, sep, value = line.partition(":")
+            if sep and key.strip() == field:
+                return value.strip()
     except OSError:
         pass
     return None
 
 
 def cpu_model():
-    """The CPU's model name from /proc/cpuinfo (the processor type where there is none)."""
-    return _cpuinfo("model name") or platform.processor() or platform.machine()
+    """The CPU's model name from /proc/cpuinfo with its family and model numbers (virtual CPUs are
+    often named only "AMD EPYC" or "Intel(R) Xeon(R) Processor", which cover generations whose
+    speeds differ twofold), or the processor type where there is no /proc/cpuinfo."""
+    name = _cpuinfo("model name")
+    if name is None:
+        return platform.processor() or platform.machine()
+    family, model = _cpuinfo("cpu family"), _cpuinfo("model")
+    return f"{name} (family {family} model {model})" if family and model else name
 
 
 def cpu_flags():

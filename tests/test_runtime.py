@@ -83,3 +83,14 @@ def test_cpu_kind_obeys_onednns_isa_cap(monkeypatch, cap, kind):
         assert runtime.cpu_kind() == native
     else:
         assert runtime.cpu_kind() == kind
+
+
+def test_cpu_model_gives_family_and_model_numbers(monkeypatch, tmp_path):
+    # "model" is also the start of "model name": each field is read by its whole key
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+                    "model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n")
+    real = runtime.Path
+    monkeypatch.setattr(runtime, "Path", lambda p: info if str(p) == "/proc/cpuinfo" else real(p))
+    assert runtime.cpu_model() == "AMD EPYC (family 26 model 2)"
+    assert runtime.cpu_flags() == ["avx2", "avx512_bf16"]
