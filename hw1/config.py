@@ -136,6 +136,7 @@ class TrainConfig:
     origins: dict | None = field(default=None, compare=False, repr=False)
 
     task = None  # the name of its task (hw1.tasks), set by the subclasses
+    demo_dirs = None  # (generated data, run folder) of --demo, set by the subclasses
 
     @classmethod
     def from_dict(cls, values):
@@ -280,7 +281,10 @@ def resolve(config_cls, typed, hyperparameters=None, *, command=None):
     if name is not None and name not in named:
         raise UserError(f"--{'demo' if name == 'demo' else 'recipe ' + name}: {spec.name} has "
                         + (f"the recipes {', '.join(named)}" if named else "no named recipes"))
-    recipe = {**spec.recipes.get("default", {}), **(spec.recipes[name] if name else {})}
+    chosen = dict(spec.recipes[name]) if name else {}
+    if name == "demo" and config_cls.demo_dirs:  # the task's generated data and its run folder
+        chosen = {"data_dir": config_cls.demo_dirs[0], "out_dir": config_cls.demo_dirs[1], **chosen}
+    recipe = {**spec.recipes.get("default", {}), **chosen}
     fields = {f.name for f in dataclasses.fields(config_cls)}
     params = spec.hyperparameters()
     values = {**{k: v for k, v in recipe.items() if k in fields}, **typed}
@@ -291,7 +295,7 @@ def resolve(config_cls, typed, hyperparameters=None, *, command=None):
     def origin(key, given):
         if key in given:
             return "flag"
-        if name and key in spec.recipes[name]:
+        if name and key in chosen:
             return "--demo" if name == "demo" else f"recipe {name}"
         return f"{spec.name}'s default recipe" if key in spec.recipes.get("default", {}) else None
 

@@ -36,8 +36,7 @@ DENSENET = {
     # epochs, not 15 (with oneDNN capped to AVX2, fp32, the whole command took 66 s and predicted
     # 0.944 of the validation digits, against 82 s and 0.975; 10 epochs: 62 s, 0.905;
     # docs/performance.md). A demo run replaces a previous demo run, never another run.
-    "demo": {"data_dir": "hw1_data/demo_cls", "out_dir": "runs/demo_cls", "depth": 22, "growth_rate": 12,
-             "epochs": 12, "batch_size": 64, "aug": "none"},
+    "demo": {"depth": 22, "growth_rate": 12, "epochs": 12, "batch_size": 64, "aug": "none"},
 }
 
 CONVNEXT = {"default": {**SEED, "epochs": 20, "weights": "imagenet"}}
@@ -73,8 +72,8 @@ VGG16_FCN32S = {
     "cpu": _VGG16_CPU,  # the homework's model A with the shipped model's recipe: the skips are what it lacks
     # VGG16-BN-FCN32s from scratch (batch norm is what lets it learn in so few steps) with narrow fc6/fc7,
     # on 64 generated 128x128 scenes. A demo run replaces a previous demo run, never another run.
-    "demo": {"data_dir": "hw1_data/demo_seg", "out_dir": "runs/demo_seg", "weights": "none", "batch_norm": True,
-             "fc_channels": 512, "epochs": 20, "batch_size": 8, "crop_size": 128, "lr": 1e-3},
+    "demo": {"weights": "none", "batch_norm": True, "fc_channels": 512, "epochs": 20, "batch_size": 8,
+             "crop_size": 128, "lr": 1e-3},
 }
 
 # torchvision's segmentation reference: SGD, lr 0.02 at batch 16 -> 0.01 at 8

@@ -50,6 +50,8 @@ class ClsConfig(TrainConfig):
                              "densenet's recipe 'demo'", group=TASK_GROUP)
 
     task = "cls"
+    # --demo's digits (which only --demo writes, and rewrites) and its run (which a demo replaces)
+    demo_dirs = ("hw1_data/demo_cls", "runs/demo_cls")
 
     def problems(self):
         p = super().problems()

@@ -45,6 +45,8 @@ class SegConfig(TrainConfig):
                       group=TASK_GROUP)
 
     task = "seg"
+    # --demo's generated scenes (which only --demo writes, and rewrites) and its run (which a demo replaces)
+    demo_dirs = ("hw1_data/demo_seg", "runs/demo_seg")
 
     def problems(self):
         p = super().problems()
