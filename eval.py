@@ -12,7 +12,8 @@ from pathlib import Path
 
 from hw1.cli import run
 from hw1.errors import UserError
-from hw1.flags import AT_LEAST_1, add_tta_args, check_numbers
+from hw1.flags import add_tta_args, check_numbers
+from hw1.rules import AT_LEAST_1
 from hw1.io import atomic_write_text, json_safe
 from hw1.outputs import check_output
 from hw1.predict import load_model

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from hw1 import plots
 from hw1.cli import command_line, run
-from hw1.flags import ABOVE_0, AT_LEAST_1, between, check_numbers, parse_key_values
+from hw1.flags import check_numbers, parse_key_values
+from hw1.rules import ABOVE_0, AT_LEAST_1, between
 from hw1.config import SIDE_RANGES
 from hw1.data.cls import NUM_CLASSES
 from hw1.errors import UserError

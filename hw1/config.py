@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from hw1.flags import ABOVE_0, AT_LEAST_0, AT_LEAST_1, between
+from hw1.rules import ABOVE_0, AT_LEAST_0, AT_LEAST_1, between
 from hw1.errors import UserError
 from hw1.run_dir import run_folder_of
 
@@ -217,12 +217,13 @@ class TrainConfig:
         derived from this config, e.g. the auxiliary head of ``--aux-weight``), so that args.json
         and the checkpoints say exactly what was built.
         """
+        from hw1.models import hyperparameter_names
         from hw1.models.spec import ArgError
 
         try:
             self.model_config = self.spec().model_config(self.model_config, self)
         except ArgError as e:
-            raise UserError(e.as_flag()) from None
+            raise UserError(e.as_flag(hyperparameter_names())) from None
         problems = self.problems()
         if problems:
             flag, value, must = problems[0]

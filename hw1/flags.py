@@ -140,20 +140,6 @@ def split_hyperparameters(typed, specs):
     return typed, {**hyper, **items}
 
 
-# Rules, ``(test, what the value must be)``: of check_numbers' tables and the training config's knobs
-AT_LEAST_1 = (lambda v: v >= 1, "at least 1")
-AT_LEAST_0 = (lambda v: v >= 0, "0 or more")
-ABOVE_0 = (lambda v: v > 0, "above 0")
-
-
-def between(lo, hi, *, open_lo=False, open_hi=False, note=""):
-    """A rule: ``lo <= value <= hi`` (``open_lo`` / ``open_hi``: strictly); ``note`` follows the range."""
-    def test(v):
-        return (lo < v if open_lo else lo <= v) and (v < hi if open_hi else v <= hi)
-
-    return (test, f"in {'(' if open_lo else '['}{lo}, {hi}{')' if open_hi else ']'}{note}")
-
-
 def check_numbers(args, rules):
     """A one-line :class:`UserError` for the first numeric flag of ``args`` that breaks its rule.
 

@@ -28,17 +28,17 @@ from pathlib import Path
 
 from PIL import Image
 
+from hw1.data.layouts import COURSE
 from hw1.errors import UserError
-from hw1.tasks import TASKS
 
 # The tEXt mark of the PNGs hw1 writes as predictions, which tells them from ground truth.
 MASK_MARK = ("Software", "hw1.predict")
 # The first line of the Markdown of a report (viz.py report), which tells it from other Markdown.
 REPORT_MARK = "<!-- written by viz.py report (hw1.report) -->"
 # Folders and files of the course's data layout (a folder holding one is data, not output).
-DATA_FOLDERS = tuple(d for task in TASKS.values() for d in (task.layout.train, task.layout.val))
+DATA_FOLDERS = tuple(d for layout in COURSE for d in (layout.train, layout.val))
 # The course's label CSVs (val_gt.csv): ground truth by its name, wherever a copy of it lies.
-LABEL_FILES = tuple(task.layout.labels for task in TASKS.values() if task.layout.labels)
+LABEL_FILES = tuple(layout.labels for layout in COURSE if layout.labels)
 
 
 def _png_software(path):
@@ -79,11 +79,15 @@ def _json(path):
 
 
 def _summary_keys():
-    """The key sets of eval.py's JSON: one task's metrics of a confusion matrix."""
+    """The key sets of eval.py's JSON: one problem's metrics of a confusion matrix."""
     import torch
 
-    return [set(task.summarize(torch.zeros(task.num_classes, task.num_classes, dtype=torch.int64)))
-            for task in TASKS.values()]
+    from hw1 import metrics
+    from hw1.data.cls import NUM_CLASSES as P1_CLASSES
+    from hw1.data.masks import NUM_CLASSES as P2_CLASSES
+
+    return [set(summary(torch.zeros(n, n, dtype=torch.int64)))
+            for summary, n in ((metrics.cls_summary, P1_CLASSES), (metrics.seg_summary, P2_CLASSES))]
 
 
 def is_metrics_json(path):

@@ -351,7 +351,8 @@ def test_a_training_knob_is_one_line_that_makes_its_flag_help_and_rule():
     import argparse
 
     from hw1.config import knob
-    from hw1.flags import add_training_args, between
+    from hw1.flags import add_training_args
+    from hw1.rules import between
 
     @dataclasses.dataclass
     class Warm(ClsConfig):

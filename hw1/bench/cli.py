@@ -42,12 +42,13 @@ from hw1.bench.models import (BASELINE, RUNTIME_CONFIGS, DEFAULT, TRAIN_FLOPS_NO
 from hw1.bench.recipes import PIPELINES, bench_predict, bench_recipe
 from hw1.bench.reference import bench_reference
 from hw1.bench.timing import matmul_peak
-from hw1.flags import AT_LEAST_1, add_model_args, between, check_numbers, split_hyperparameters
+from hw1.flags import add_model_args, check_numbers, split_hyperparameters
+from hw1.rules import AT_LEAST_1, between
 from hw1.config import MAX_WORKERS, SIDE_RANGES
 from hw1.data.cls import cls_train_transform, load_cls_split
 from hw1.errors import UserError
 from hw1.io import atomic_write_text, json_safe
-from hw1.models import get_spec, model_names
+from hw1.models import get_spec, hyperparameter_names, model_names
 from hw1.models.spec import ArgError
 from hw1.outputs import check_output
 from hw1.runtime import (cpu_cores, cpu_flags, cpu_has_fast_bf16, cpu_kind, cpu_model, device_name, get_device,
@@ -269,7 +270,7 @@ def parse_args(argv):
         try:
             model_config_of(name, args)
         except ArgError as e:
-            raise UserError(e.as_flag()) from None
+            raise UserError(e.as_flag(hyperparameter_names())) from None
     if set(args.parts) & set(DATA_PARTS):  # real data only: the recipes' epochs are of the course's images
         args.data_dirs = {CLS.name: args.data_dir or CLS.config.data_dir, SEG.name: args.p2_data_dir}
         for task, folder in args.data_dirs.items():

@@ -17,13 +17,14 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from hw1.data.images import MEAN, STD, folder_files, image_size, read_rgb
+from hw1.data.layouts import P2
 from hw1.data.masks import read_mask
 from hw1.errors import UserError
 
 log = logging.getLogger(__name__)
 
 # the course's pairs: xxxx_sat.jpg and its mask xxxx_mask.png
-SAT_SUFFIX, MASK_SUFFIX = "_sat.jpg", "_mask.png"
+SAT_SUFFIX, MASK_SUFFIX = P2.image_suffix, P2.mask_suffix
 
 
 def scan_pairs(folder):

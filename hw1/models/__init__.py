@@ -28,11 +28,13 @@ def current_name(name, model_config):
     """``(name, model_config)`` under today's registry names of a checkpoint saved under older ones
     (``vgg16_fcn32s`` with a ``skips`` argument, before FCN-8s was ``vgg16_fcn8s``); ValueError for
     an old model that no registered one builds."""
-    if name == "vgg16_fcn32s":
-        from hw1.models.fcn import renamed_vgg16_fcn
+    spec = get_spec(name) if name in REGISTRY else None
+    return spec.renamed(name, model_config) if spec is not None and spec.renamed else (name, model_config)
 
-        return renamed_vgg16_fcn(name, model_config)
-    return name, model_config
+
+def hyperparameter_names():
+    """The hyperparameters of every registered model: the names that have a training flag."""
+    return {n for name in REGISTRY for n in get_spec(name).hyperparameters()}
 
 
 def model_names(task=None):

@@ -322,7 +322,7 @@ VGG16_FCN32S = ModelSpec(
     name="vgg16_fcn32s", task="seg", slot="A", builder=vgg16_fcn32s, num_classes=NUM_CLASSES, input_size=512,
     recipes=recipes.VGG16_FCN32S,
     ranges=_VGG16_RANGES, help=_VGG16_HELP,
-    bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages)
+    bench_batch={"cuda": 8, "cpu": 2}, stages=vgg16_fcn32s_stages, renamed=renamed_vgg16_fcn)
 VGG16_FCN8S = ModelSpec(
     name="vgg16_fcn8s", task="seg", builder=vgg16_fcn8s, num_classes=NUM_CLASSES, input_size=512,
     recipes=recipes.VGG16_FCN8S,

@@ -22,12 +22,11 @@ class ArgError(ValueError):
         super().__init__(f"{name}={value!r}: {must}")
         self.name, self.value, self.must = name, value, must
 
-    def as_flag(self):
-        """The error as the command line gave it: ``--depth 11: ...`` for a hyperparameter that some
-        model has a flag for, ``--model-config Depth=10: ...`` for a name that no flag has."""
-        from hw1.models import REGISTRY, get_spec
-
-        if any(self.name in get_spec(name).hyperparameters() for name in REGISTRY):
+    def as_flag(self, flagged):
+        """The error as the command line gave it: ``--depth 11: ...`` for a hyperparameter that has a
+        flag (``flagged``: the names of those, :func:`hw1.models.hyperparameter_names`),
+        ``--model-config Depth=10: ...`` for a name that no flag has."""
+        if self.name in flagged:
             return f"--{self.name.replace('_', '-')} {self.value}: {self.must}"
         return f"--model-config {self.name}={self.value}: {self.must}"
 
@@ -55,6 +54,8 @@ class ModelSpec:
         derived: ``derived(config)`` -> those builder arguments, from the training config.
         slot: the course's slot of the model in its problem (``A``: from scratch, ``B``: pretrained).
         bench_batch: the bench's default batch per device type (``cuda``, ``cpu``).
+        renamed: ``renamed(name, model_config)`` -> today's ``(name, model_config)`` of a checkpoint
+            saved under this model's name by an older version (:func:`hw1.models.current_name`).
         stages: ``stages(model)`` -> ``[(name, description, [modules]), ...]`` in forward order for
             the architecture figure; None uses the model's top-level children.
     """
@@ -71,6 +72,7 @@ class ModelSpec:
     slot: str | None = None
     bench_batch: dict = field(default_factory=lambda: {"cuda": 8, "cpu": 2})
     stages: Callable | None = None
+    renamed: Callable | None = None
 
     def hyperparameters(self):
         """``{name: inspect.Parameter}`` of the builder's keyword-only arguments that are flags."""

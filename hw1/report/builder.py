@@ -4,7 +4,9 @@ from pathlib import Path
 
 from hw1 import plots
 from hw1.errors import UserError
-from hw1.report import evidence, notes, sections
+import hw1.report.evidence as evidence
+import hw1.report.notes as notes
+import hw1.report.sections as sections
 from hw1.report.blocks import Figure, Missing, Section
 from hw1.report.details import RunFacts, details
 from hw1.report.runs import stage_checkpoints

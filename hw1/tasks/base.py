@@ -1,38 +1,13 @@
-"""What a problem of the homework is to the rest of hw1: a :class:`Layout` of its course data and
-a :class:`Task` of direct references to its pieces (each problem's module, ``hw1/tasks/<name>.py``,
+"""What a problem of the homework is to the rest of hw1: a :class:`~hw1.data.layouts.Layout` of its
+course data and a :class:`Task` of direct references to its pieces (each problem's module, ``hw1/tasks/<name>.py``,
 makes one)."""
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from hw1.errors import UserError
+from hw1.data.layouts import Layout  # noqa: F401 (a task module names its layout by it)
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The course's files of one problem, as extracted into ``hw1_data/``."""
-    folder: str  # under hw1_data/: p1_data
-    archive: str  # the course's archive of it: p1_data.tar.gz
-    train: str  # the split folders in it
-    val: str
-    labels: str | None = None  # a filename,label CSV of the validation split beside them (P1)
-    image_suffix: str | None = None  # P2's pairs: xxxx_sat.jpg + xxxx_mask.png
-    mask_suffix: str | None = None
-
-    @property
-    def root(self):
-        return f"hw1_data/{self.folder}"
-
-    def require(self, data_dir, splits=None):
-        """``data_dir`` holding the split folders (both, or those named), or a one-line error saying
-        how to make it."""
-        root, splits = Path(data_dir), splits or (self.train, self.val)
-        if not all((root / d).is_dir() for d in splits):
-            raise UserError(f"{root}: expected {' and '.join(d + '/' for d in splits)} here; extract the course "
-                            f"data with 'mkdir -p hw1_data && tar xzf {self.archive} -C hw1_data' or pass --data-dir")
-        return root
 
 
 @dataclass(frozen=True)

@@ -5,19 +5,20 @@ from dataclasses import dataclass
 from hw1 import metrics
 from hw1.config import TASK_GROUP, TrainConfig, knob
 from hw1.data.batches import ClsBatchTransform
-from hw1.flags import between
+from hw1.rules import between
 from hw1.data.cls import (AUGMENTATIONS, IMG_SIZE, NUM_CLASSES, cls_eval_transform, cls_train_transform,
                           load_cls_split)
 from hw1.data.demo import make_cls_demo
+from hw1.data.layouts import P1
 from hw1.models import model_names
 from hw1.scoring import cls_confusion_from_csv
-from hw1.tasks.base import CHECKPOINTS, Layout, Task
+from hw1.tasks.base import CHECKPOINTS, Task
 
 # Beta(alpha, alpha) is U-shaped below 1, uniform at 1, peaked at 0.5 above; past 100 it is a
 # constant half-and-half mix
 MAX_MIX_ALPHA = 100
 
-LAYOUT = Layout(folder="p1_data", archive="p1_data.tar.gz", train="train_50", val="val_50", labels="val_gt.csv")
+LAYOUT = P1
 
 
 @dataclass

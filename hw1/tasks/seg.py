@@ -7,15 +7,15 @@ from hw1.config import SIDE_RANGES, TASK_GROUP, TrainConfig, knob
 from hw1.data.batches import SegBatchTransform
 from hw1.data.masks import CLASS_NAMES, NUM_CLASSES, PALETTE, UNKNOWN
 from hw1.data.scenes import make_seg_demo
-from hw1.data.seg import MASK_SUFFIX, SAT_SUFFIX, load_seg_split, seg_eval_transform, seg_train_transform
-from hw1.flags import AT_LEAST_0, between
+from hw1.data.layouts import P2
+from hw1.data.seg import load_seg_split, seg_eval_transform, seg_train_transform
+from hw1.rules import AT_LEAST_0, between
 from hw1.losses import CLASS_WEIGHTS, SegLoss, class_weights
 from hw1.models import model_names
 from hw1.scoring import seg_confusion_from_dirs
-from hw1.tasks.base import CHECKPOINTS, Layout, Task
+from hw1.tasks.base import CHECKPOINTS, Task
 
-LAYOUT = Layout(folder="p2_data", archive="p2_data.tar.gz", train="train", val="validation",
-                image_suffix=SAT_SUFFIX, mask_suffix=MASK_SUFFIX)
+LAYOUT = P2
 
 
 @dataclass
