@@ -98,7 +98,7 @@ ACCEPTED = {
     "train": {("--workers", "0"), ("--warmup-epochs", "0"), ("--min-lr", "0"), ("--weight-decay", "0"),
               ("--momentum", "0"), ("--seed", "0"), ("--ema", "0"), ("--micro-batch", "0"), ("--label-smoothing", "0"),
               ("--drop-rate", "0"), ("--aux-weight", "0"), ("--dropout", "0"), ("--lovasz", "0"), ("--lovasz", HUGE), ("--cutout", "0"),
-              ("--mixup", "0"), ("--cutmix", "0"),
+              ("--mixup", "0"), ("--cutmix", "0"), ("--mix-prob", "0"),
               ("--warmup-epochs", HUGE),
               ("--epochs", HUGE), ("--micro-batch", HUGE), ("--seed", HUGE),
               ("--batch-size", HUGE), ("--weight-decay", HUGE), ("--grad-clip", HUGE)},

@@ -229,6 +229,18 @@ def test_cutmix_pastes_one_box_and_weights_the_labels_by_its_area():
     assert 5 < boxes < 35  # about half the batches take CutMix (whole pixels), the others Mixup
 
 
+def test_mix_prob_mixes_that_share_of_the_batches():
+    from hw1.data.batches import ClsBatchTransform
+
+    torch.manual_seed(0)
+    images, labels = torch.randint(256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8)
+    never = ClsBatchTransform("none", cutmix=1.0, mix_prob=0.0)
+    assert all(torch.equal(never(images, labels)[1], labels) for _ in range(10))  # class indices, untouched
+    half = ClsBatchTransform("none", cutmix=1.0, mix_prob=0.5)
+    mixed = sum(half(images, labels)[1].is_floating_point() for _ in range(200))
+    assert 70 < mixed < 130
+
+
 def test_cutout_zeroes_one_square_wholly_inside_each_image():
     from hw1.data.batches import random_cutout
 

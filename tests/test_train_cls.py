@@ -392,7 +392,7 @@ def test_non_finite_loss_after_resume_keeps_the_checkpoint(cls_one_epoch_run, cl
 @pytest.mark.parametrize("loader", [("--loader", "workers", "--workers", "1", "--aug", "light"),
                                     ("--loader", "batched", "--aug", "light"), ("--loader", "batched", "--aug", "seed"),
                                     ("--loader", "batched", "--aug", "light", "--flip", "alternate", "--cutout", "8"),
-                                    ("--loader", "batched", "--aug", "light", "--mixup", "0.4", "--cutmix", "1")],
+                                    ("--loader", "batched", "--aug", "light", "--mixup", "0.4", "--cutmix", "1", "--mix-prob", "0.5")],
                          ids=["workers", "batched-light", "batched-seed", "batched-alternate-flip-cutout",
                               "batched-mixup-cutmix"])
 def test_resume_with_random_augmentation_is_exact(loader, cls_tiny_data, cls_tiny_train_argv, tmp_path):

@@ -181,13 +181,13 @@ class ClsBatchTransform:
     ``light``: reflect-padded random crop and horizontal flip; ``seed`` adds, as the seed recipe,
     AutoAugment's CIFAR-10 policy (per image: its operations differ from image to image) and
     RandomErasing; ``none``: normalisation only; then ``cutout``, and ``mixup`` / ``cutmix``
-    (:func:`mix_batch`, whose labels are class probabilities). ``(uint8 images, labels) -> (float
+    (:func:`mix_batch`, whose labels are class probabilities) on a ``mix_prob`` share of the batches. ``(uint8 images, labels) -> (float
     images, labels)``.
     """
 
     FLIPS = ("random", "alternate")
 
-    def __init__(self, aug="seed", padding=4, flip="random", seed=0, cutout=0, mixup=0.0, cutmix=0.0):
+    def __init__(self, aug="seed", padding=4, flip="random", seed=0, cutout=0, mixup=0.0, cutmix=0.0, mix_prob=1.0):
         from hw1.data.cls import AUGMENTATIONS, NUM_CLASSES
 
         if aug not in AUGMENTATIONS:
@@ -195,7 +195,7 @@ class ClsBatchTransform:
         if flip not in self.FLIPS:
             raise ValueError(f"flip must be one of {self.FLIPS}, got {flip!r}")
         self.aug, self.padding, self.flip, self.seed, self.cutout = aug, padding, flip, seed, cutout
-        self.mixup, self.cutmix, self.num_classes = mixup, cutmix, NUM_CLASSES
+        self.mixup, self.cutmix, self.mix_prob, self.num_classes = mixup, cutmix, mix_prob, NUM_CLASSES
         # the stream passes each batch's indices and the epoch to a transform that asks for them
         self.wants_indices = flip == "alternate"
         self._autoaugment = None
@@ -216,7 +216,9 @@ class ClsBatchTransform:
             images = random_erasing(images)
         if self.cutout:
             images = random_cutout(images, self.cutout)
-        if self.mixup > 0 or self.cutmix > 0:
+        # a draw for every batch when mixing is on (a resumed run draws as an uninterrupted one); an
+        # unmixed batch keeps its class indices, which the loss and the accuracy take as well
+        if (self.mixup > 0 or self.cutmix > 0) and torch.rand(()).item() < self.mix_prob:
             images, labels = mix_batch(images, labels, self.num_classes, mixup=self.mixup, cutmix=self.cutmix)
         return images, labels
 

@@ -75,6 +75,7 @@ def cls_augmentation(c, x):
     extra = (extra if c.aug != "none" else "") + (f"; cutout {c.cutout}x{c.cutout}" if c.cutout else "")
     mixes = [f"{name} alpha {a:g}" for name, a in (("Mixup", c.mixup), ("CutMix", c.cutmix)) if a]
     extra += f"; {' or '.join(mixes)} (one per batch)" if len(mixes) == 2 else f"; {mixes[0]}" if mixes else ""
+    extra += f", on {c.mix_prob:g} of the batches" if mixes and c.mix_prob < 1 else ""
     return (f"{c.aug}: {', '.join(steps)}" if steps else f"{c.aug or '-'}") + extra
 
 

@@ -47,6 +47,9 @@ class ClsConfig(TrainConfig):
                               "each batch takes one of the two at random (--loader batched); 0: none (default: "
                               "%(default)s)", group=TASK_GROUP, metavar="ALPHA",
                          must=between(0, MAX_MIX_ALPHA, note=" (0: none)"))
+    mix_prob: float = knob(1.0, "the share of training batches that --mixup / --cutmix mix, the others left as "
+                                "they are (the CutMix paper's CIFAR runs: 0.5) (default: %(default)s)",
+                           group=TASK_GROUP, metavar="P", must=between(0, 1))
     demo: bool = knob(False, "train a small DenseNet on generated digits (no course data), then predict and score: "
                              "densenet's recipe 'demo'", group=TASK_GROUP)
 
@@ -77,7 +80,7 @@ class ClsConfig(TrainConfig):
     def batch_transform(self):
         """``--aug`` on whole batches, for ``--loader batched``."""
         return ClsBatchTransform(self.aug, flip=self.flip, seed=self.seed, cutout=self.cutout, mixup=self.mixup,
-                                 cutmix=self.cutmix)
+                                 cutmix=self.cutmix, mix_prob=self.mix_prob)
 
 
 def load_splits(config):
