@@ -181,8 +181,8 @@ class ClsBatchTransform:
     ``light``: reflect-padded random crop and horizontal flip; ``seed`` adds, as the seed recipe,
     AutoAugment's CIFAR-10 policy (per image: its operations differ from image to image) and
     RandomErasing; ``none``: normalisation only; then ``cutout``, and ``mixup`` / ``cutmix``
-    (:func:`mix_batch`, whose labels are class probabilities) on a ``mix_prob`` share of the batches. ``(uint8 images, labels) -> (float
-    images, labels)``.
+    (:func:`mix_batch`, whose labels are class probabilities) on a ``mix_prob`` share of the
+    batches. ``(uint8 images, labels) -> (float images, labels)``.
     """
 
     FLIPS = ("random", "alternate")

@@ -38,12 +38,18 @@ def architecture(title, run, arch, notes):
                                   f"The same as a table: {table}", fig), *notes])
 
 
+def _named_columns(task):
+    """How many per-class columns the score table has: one per class the task's metric averages,
+    where its classes have names; none otherwise (P1's 50 numbered classes)."""
+    return (task.averaged or task.num_classes) if task.class_names else 0
+
+
 def score_rows(task, run, fresh):
     """The table rows of one run of ``task`` (a :class:`~hw1.tasks.base.Task`): its best and last epoch
     as metrics.jsonl has them, then ``fresh`` (:class:`~hw1.report.evidence.FreshScore` s: the run's
     checkpoint, then its shipped exports). A task with named classes gets a column for each class its
     metric averages."""
-    named = (task.averaged or task.num_classes) if task.class_names else 0
+    named = _named_columns(task)
     if not run.records:
         return [[run.label, "no result", "-"] + ["-"] * named]
     key = f"val_{task.metric}"
@@ -69,7 +75,7 @@ def score_rows(task, run, fresh):
 def scores(title, task, runs, fresh, *, evaluate, notes):
     """Validation scores of ``runs`` of ``task`` (a :class:`~hw1.tasks.base.Task`); ``fresh``: each run's
     fresh scores (a list, maybe empty), ``evaluate``: whether they were asked for."""
-    named = (task.averaged or task.num_classes) if task.class_names else 0
+    named = _named_columns(task)
     header = ["model", "source", task.metric_label] + list((task.class_names or ())[:named])
     rows = [row for run, score in zip(runs, fresh) for row in score_rows(task, run, score)]
     how = ("'fresh evaluation' rows score the checkpoint again on the data given to this report, and each "

@@ -5,12 +5,12 @@ from dataclasses import dataclass
 from hw1 import metrics
 from hw1.config import TASK_GROUP, TrainConfig, knob
 from hw1.data.batches import ClsBatchTransform
-from hw1.rules import between
 from hw1.data.cls import (AUGMENTATIONS, IMG_SIZE, NUM_CLASSES, cls_eval_transform, cls_train_transform,
                           load_cls_split)
 from hw1.data.demo import make_cls_demo
 from hw1.data.layouts import P1
 from hw1.models import model_names
+from hw1.rules import between
 from hw1.scoring import cls_confusion_from_csv
 from hw1.tasks.base import CHECKPOINTS, Task
 

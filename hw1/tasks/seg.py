@@ -6,12 +6,12 @@ from hw1 import metrics
 from hw1.config import SIDE_RANGES, TASK_GROUP, TrainConfig, knob
 from hw1.data.batches import SegBatchTransform
 from hw1.data.masks import CLASS_NAMES, NUM_CLASSES, PALETTE, UNKNOWN
-from hw1.data.scenes import make_seg_demo
 from hw1.data.layouts import P2
+from hw1.data.scenes import make_seg_demo
 from hw1.data.seg import load_seg_split, seg_eval_transform, seg_train_transform
-from hw1.rules import AT_LEAST_0, between
 from hw1.losses import CLASS_WEIGHTS, SegLoss, class_weights
 from hw1.models import model_names
+from hw1.rules import AT_LEAST_0, between
 from hw1.scoring import seg_confusion_from_dirs
 from hw1.tasks.base import CHECKPOINTS, Task
 
